@@ -1,0 +1,70 @@
+//! `switchboard token`: API keys, made directly in the store (the server need not run).
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use crate::StoreArgs;
+
+/// Subcommands of `switchboard token`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Create an API key and print it (only this once).
+    Create {
+        /// A label for the key.
+        #[arg(long)]
+        name: String,
+        /// The owner the key acts as; owners never see each other's sessions.
+        #[arg(long, default_value = "default")]
+        owner: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List API keys (ids and labels; keys themselves are never stored).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+pub(crate) async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create { name, owner, store } => {
+            if name.trim().is_empty() {
+                anyhow::bail!("--name must not be empty");
+            }
+            let store = open(&store).await?;
+            let key = switchboard_server::auth::create_api_key(
+                store.as_ref(),
+                &owner,
+                &name,
+                crate::serve::now_ms_pub(),
+            )
+            .await
+            .context("failed to store the new key")?;
+            eprintln!("Created API key {name:?} for owner {owner:?}. It is shown only this once:");
+            println!("{key}");
+        }
+        TokenCommand::List { store } => {
+            let store = open(&store).await?;
+            for key in store.api_keys().await? {
+                let state = if key.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!("{}\t{}\t{}", key.id, key.name, state);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn open(args: &StoreArgs) -> anyhow::Result<switchboard_store::ArcStore> {
+    let url = args.database_url()?;
+    switchboard_store::open(&url).await.with_context(|| {
+        format!(
+            "failed to open the store at {}",
+            switchboard_store::redact_url(&url)
+        )
+    })
+}

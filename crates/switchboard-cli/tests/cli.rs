@@ -1,0 +1,258 @@
+//! The `switchboard` binary as a person (or a crash) meets it: first start, keys, and
+//! durability across `kill -9`.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+fn switchboard() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command
+        .env_remove("SWITCHBOARD_DATABASE_URL")
+        .env_remove("SWITCHBOARD_LISTEN")
+        .kill_on_drop(true);
+    command
+}
+
+/// A `switchboard serve` process on an ephemeral port.
+struct Served {
+    child: Child,
+    url: String,
+    /// Everything it printed on stdout before "listening".
+    banner: String,
+}
+
+async fn serve(data_dir: &Path) -> anyhow::Result<Served> {
+    let mut child = switchboard()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut banner = String::new();
+    let url = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await? {
+            banner.push_str(&line);
+            banner.push('\n');
+            if let Some(rest) = line.strip_prefix("Switchboard listening on ") {
+                return Ok::<_, anyhow::Error>(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+        }
+        anyhow::bail!("serve exited before listening: {banner}")
+    })
+    .await??;
+    // Keep draining stdout so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Served { child, url, banner })
+}
+
+async fn create_key(data_dir: &Path, name: &str) -> anyhow::Result<String> {
+    let out = switchboard()
+        .args(["token", "create", "--name", name, "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "token create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+#[tokio::test]
+async fn the_first_start_prints_a_key_once_with_the_client_settings() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut first = serve(dir.path()).await?;
+    assert!(
+        first.banner.contains("CLAUDE_BRIDGE_BASE_URL="),
+        "{}",
+        first.banner
+    );
+    let key = first
+        .banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export CLAUDE_BRIDGE_OAUTH_TOKEN="))
+        .expect("the key is printed")
+        .to_string();
+    // The printed key works.
+    let list = reqwest::Client::new()
+        .get(format!("{}/v1/sessions", first.url))
+        .bearer_auth(&key)
+        .send()
+        .await?;
+    assert_eq!(list.status(), 200);
+    first.child.kill().await?;
+
+    let mut second = serve(dir.path()).await?;
+    assert!(
+        !second.banner.contains(&key),
+        "the key is never printed again"
+    );
+    assert!(!second.banner.contains("CLAUDE_BRIDGE_OAUTH_TOKEN"));
+    second.child.kill().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn token_create_refuses_an_empty_name_and_an_unknown_database() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = switchboard()
+        .args(["token", "create", "--name", " ", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--name must not be empty"));
+    let out = switchboard()
+        .args([
+            "token",
+            "create",
+            "--name",
+            "x",
+            "--database-url",
+            "mysql://nope",
+        ])
+        .output()
+        .await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported database URL scheme"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_server_killed_with_sigkill_keeps_every_acknowledged_event_in_order() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let key = create_key(dir.path(), "durability").await?;
+    let mut served = serve(dir.path()).await?;
+    let http = reqwest::Client::new();
+    let session: Value = http
+        .post(format!("{}/v1/sessions", served.url))
+        .bearer_auth(&key)
+        .json(&json!({"title": "durable"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = session["id"].as_str().expect("session id").to_string();
+
+    // A writer posts batches as fast as the server acknowledges them; the server is
+    // killed while it writes. Every batch that got a 2xx must survive.
+    let writer = {
+        let (http, url, key, id) = (http.clone(), served.url.clone(), key.clone(), id.clone());
+        tokio::spawn(async move {
+            let mut acknowledged: Vec<String> = Vec::new();
+            for batch in 0..10_000u32 {
+                let uuids: Vec<String> = (0..5).map(|i| format!("evt-{batch}-{i}")).collect();
+                let events: Vec<Value> = uuids
+                    .iter()
+                    .map(|u| json!({"type":"assistant","uuid":u,"message":{"content":u}}))
+                    .collect();
+                let sent = http
+                    .post(format!("{url}/v1/session_ingress/session/{id}/events"))
+                    .bearer_auth(&key)
+                    .json(&json!({ "events": events }))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => acknowledged.extend(uuids),
+                    _ => break,
+                }
+            }
+            acknowledged
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    served.child.start_kill()?; // SIGKILL
+    served.child.wait().await?;
+    let acknowledged = writer.await?;
+    assert!(
+        acknowledged.len() >= 50,
+        "the writer got going: {}",
+        acknowledged.len()
+    );
+
+    let mut restarted = serve(dir.path()).await?;
+    let mut stored: Vec<(u64, String)> = Vec::new();
+    let mut after = 0;
+    loop {
+        let page: Value = http
+            .get(format!(
+                "{}/v1/sessions/{id}/events?limit=1000&after_id={after}",
+                restarted.url
+            ))
+            .bearer_auth(&key)
+            .send()
+            .await?
+            .json()
+            .await?;
+        for e in page["data"].as_array().expect("data") {
+            stored.push((
+                e["sequence_num"].as_u64().unwrap(),
+                e["uuid"].as_str().unwrap().to_string(),
+            ));
+        }
+        if !page["has_more"].as_bool().unwrap_or(false) {
+            break;
+        }
+        after = stored.last().unwrap().0;
+    }
+    // Sequence numbers are 1..=n with no gap; uuids appear once, in posting order; every
+    // acknowledged uuid is there (a batch in flight at the kill may also be).
+    let seqs: Vec<u64> = stored.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>());
+    let uuids: Vec<&str> = stored.iter().map(|(_, u)| u.as_str()).collect();
+    assert_eq!(
+        &uuids[..acknowledged.len()],
+        acknowledged
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+    );
+    let mut unique = uuids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), uuids.len(), "no duplicates");
+
+    // Retrying the last acknowledged batch after the restart stores nothing new.
+    let retry: Vec<Value> = acknowledged[acknowledged.len() - 5..]
+        .iter()
+        .map(|u| json!({"type":"assistant","uuid":u,"message":{}}))
+        .collect();
+    let r = http
+        .post(format!(
+            "{}/v1/session_ingress/session/{id}/events",
+            restarted.url
+        ))
+        .bearer_auth(&key)
+        .json(&json!({ "events": retry }))
+        .send()
+        .await?;
+    assert!(r.status().is_success());
+    let session: Value = http
+        .get(format!("{}/v1/sessions/{id}", restarted.url))
+        .bearer_auth(&key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        session["last_sequence_num"].as_u64(),
+        Some(stored.len() as u64)
+    );
+    restarted.child.kill().await?;
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! The Sessions (compat) API: create, get, patch, archive, events and list
+//! (PROTOCOL.md §6 and §13).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Body of `POST /v1/sessions`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CreateSessionRequest {
+    /// The session's title, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Initial events (always empty from the real client).
+    #[serde(default)]
+    pub events: Vec<Value>,
+    /// Sources, outcomes, model and cwd: stored and returned as given.
+    #[serde(default)]
+    pub session_context: Value,
+    /// The environment that should run the session; a work item is queued for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment_id: Option<String>,
+    /// Where the session came from, e.g. `remote-control`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The permission mode the worker starts in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permission_mode: Option<String>,
+    /// Serve this session over the CCR v2 plane (a Switchboard extension; default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_code_sessions: bool,
+}
+
+/// Body of `PATCH /v1/sessions/{id}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchSessionRequest {
+    /// The new title.
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+/// A session as the Sessions API returns it (§6.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionResource {
+    /// Always `"session"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The compat id, `session_<body>`.
+    pub id: String,
+    /// The title, if set.
+    pub title: Option<String>,
+    /// `idle`, `running`, `requires_action` or `archived`.
+    pub session_status: String,
+    /// The environment the session runs on, if any.
+    pub environment_id: Option<String>,
+    /// Creation time, ISO 8601.
+    pub created_at: String,
+    /// Last change, ISO 8601.
+    pub updated_at: String,
+    /// The context given at creation.
+    pub session_context: Value,
+    /// Whether a worker is connected right now.
+    #[serde(default)]
+    pub worker_connected: bool,
+    /// The last event's time, ISO 8601, if any.
+    #[serde(default)]
+    pub last_activity_at: Option<String>,
+    /// The sequence number of the last event in the session's log.
+    #[serde(default)]
+    pub last_sequence_num: u64,
+    /// True when the session is served over the CCR v2 plane.
+    #[serde(default)]
+    pub use_code_sessions: bool,
+}
+
+/// Body of `POST /v1/sessions/{id}/events` and of the session-ingress POST.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventsRequest {
+    /// The messages, in order.
+    pub events: Vec<Value>,
+}
+
+/// A page of history or of the session list (§6.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items, oldest first.
+    pub data: Vec<T>,
+    /// Whether there are more items beyond this page in the direction asked.
+    pub has_more: bool,
+    /// The id of the first item of the page.
+    pub first_id: Option<String>,
+    /// The id of the last item of the page.
+    pub last_id: Option<String>,
+}
+
+/// The name of the field the server adds to every event it hands out: the event's
+/// position in the session's log, by which a reader resumes.
+pub const SEQUENCE_FIELD: &str = "sequence_num";
+
+/// Reads the sequence number the server attached to an event.
+pub fn event_sequence(event: &Value) -> Option<u64> {
+    event.get(SEQUENCE_FIELD)?.as_u64()
+}

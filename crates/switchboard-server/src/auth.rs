@@ -1,0 +1,232 @@
+//! Bearer credentials: minting, verifying, and what each class may reach.
+//!
+//! Every token the server issues has the form `sb<k>_<id>_<secret>`: `k` names the class
+//! (`k` API key, `e` environment secret, `i` session-ingress token), `id` is the public
+//! key of the stored [`Credential`] row and `secret` is 32 random bytes in base64url.
+//! Only the SHA-256 of the secret is stored, and it is compared in constant time.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rand::distr::{Alphanumeric, SampleString};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use switchboard_store::{Credential, CredentialKind, Millis, Store, StoreError};
+
+use crate::error::ApiError;
+
+/// Who is calling, as established by their bearer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// An API key: acts as its owner.
+    Owner {
+        /// The owner.
+        owner_id: String,
+    },
+    /// An environment secret: may poll one environment.
+    Environment {
+        /// The owner of the environment.
+        owner_id: String,
+        /// The environment.
+        environment_id: String,
+    },
+    /// A session-ingress token: the worker of one session.
+    Ingress {
+        /// The owner of the session.
+        owner_id: String,
+        /// The session body id.
+        session_id: String,
+        /// The work item the token came with.
+        work_id: Option<String>,
+    },
+}
+
+impl Principal {
+    /// The owner behind any credential.
+    pub fn owner_id(&self) -> &str {
+        match self {
+            Principal::Owner { owner_id }
+            | Principal::Environment { owner_id, .. }
+            | Principal::Ingress { owner_id, .. } => owner_id,
+        }
+    }
+}
+
+fn prefix(kind: CredentialKind) -> &'static str {
+    match kind {
+        CredentialKind::ApiKey => "sbk",
+        CredentialKind::EnvironmentSecret => "sbe",
+        CredentialKind::IngressToken => "sbi",
+    }
+}
+
+/// A random lowercase alphanumeric string: ids that are safe in any path.
+pub fn random_id(len: usize) -> String {
+    Alphanumeric
+        .sample_string(&mut rand::rng(), len)
+        .to_ascii_lowercase()
+}
+
+fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A freshly minted token: the string to hand out once, and the row to store.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    /// The bearer token; never stored.
+    pub token: String,
+    /// The row to store.
+    pub credential: Credential,
+}
+
+/// Mints a credential of `kind` for `owner_id`, bound to `scope`.
+pub fn mint(
+    kind: CredentialKind,
+    owner_id: &str,
+    scope: Option<&str>,
+    work_id: Option<&str>,
+    name: &str,
+    now: Millis,
+    expires_at: Option<Millis>,
+) -> Minted {
+    let id = random_id(16);
+    let mut secret_bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret_bytes);
+    let secret = URL_SAFE_NO_PAD.encode(secret_bytes);
+    Minted {
+        token: format!("{}_{id}_{secret}", prefix(kind)),
+        credential: Credential {
+            id,
+            kind,
+            owner_id: owner_id.to_string(),
+            scope: scope.map(str::to_string),
+            work_id: work_id.map(str::to_string),
+            name: name.to_string(),
+            secret_hash: hash_secret(&secret),
+            created_at: now,
+            expires_at,
+            revoked_at: None,
+        },
+    }
+}
+
+/// Creates an API key for the owner named `owner_name` (creating the owner if needed)
+/// and returns the token, which is not stored and cannot be shown again.
+pub async fn create_api_key(
+    store: &dyn Store,
+    owner_name: &str,
+    key_name: &str,
+    now: Millis,
+) -> Result<String, StoreError> {
+    let owner = store.ensure_owner(owner_name, now).await?;
+    let minted = mint(
+        CredentialKind::ApiKey,
+        &owner.id,
+        None,
+        None,
+        key_name,
+        now,
+        None,
+    );
+    store.insert_credential(&minted.credential).await?;
+    Ok(minted.token)
+}
+
+/// Splits a token into its class, id and secret; `None` if it is not one of ours.
+fn parse_token(token: &str) -> Option<(CredentialKind, &str, &str)> {
+    let (class, rest) = token.split_once('_')?;
+    let kind = match class {
+        "sbk" => CredentialKind::ApiKey,
+        "sbe" => CredentialKind::EnvironmentSecret,
+        "sbi" => CredentialKind::IngressToken,
+        _ => return None,
+    };
+    let (id, secret) = rest.split_once('_')?;
+    (!id.is_empty() && !secret.is_empty()).then_some((kind, id, secret))
+}
+
+/// Checks a bearer token against the store and says who it belongs to.
+///
+/// Unknown, malformed or revoked tokens are 401; a token past its expiry is a 403 with
+/// an `expired` type (which the client reports as "session has expired").
+pub async fn verify(store: &dyn Store, token: &str, now: Millis) -> Result<Principal, ApiError> {
+    let unknown = || ApiError::Unauthorized("invalid bearer token".into());
+    let (kind, id, secret) = parse_token(token).ok_or_else(unknown)?;
+    let credential = match store.credential(id).await {
+        Ok(c) => c,
+        Err(StoreError::NotFound) => return Err(unknown()),
+        Err(e) => return Err(e.into()),
+    };
+    let matches: bool = hash_secret(secret)
+        .as_bytes()
+        .ct_eq(credential.secret_hash.as_bytes())
+        .into();
+    if !matches || credential.kind != kind || credential.revoked_at.is_some() {
+        return Err(unknown());
+    }
+    if credential.expires_at.is_some_and(|exp| exp <= now) {
+        return Err(ApiError::Expired("token has expired".into()));
+    }
+    let scope = || {
+        credential
+            .scope
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("unscoped credential"))
+    };
+    Ok(match kind {
+        CredentialKind::ApiKey => Principal::Owner {
+            owner_id: credential.owner_id,
+        },
+        CredentialKind::EnvironmentSecret => Principal::Environment {
+            environment_id: scope()?,
+            owner_id: credential.owner_id,
+        },
+        CredentialKind::IngressToken => Principal::Ingress {
+            session_id: scope()?,
+            work_id: credential.work_id,
+            owner_id: credential.owner_id,
+        },
+    })
+}
+
+/// Reads `Authorization: Bearer <token>`.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("missing Authorization header".into()))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| ApiError::Unauthorized("expected a Bearer token".into()))?;
+    Ok(token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_tokens_parse_back_and_never_look_like_cookies() {
+        let m = mint(
+            CredentialKind::IngressToken,
+            "o",
+            Some("s"),
+            None,
+            "",
+            0,
+            None,
+        );
+        let (kind, id, secret) = parse_token(&m.token).unwrap();
+        assert_eq!(kind, CredentialKind::IngressToken);
+        assert_eq!(id, m.credential.id);
+        assert_eq!(hash_secret(secret), m.credential.secret_hash);
+        assert!(!m.token.starts_with("sk-ant-sid"));
+        assert!(parse_token("sbx_a_b").is_none());
+        assert!(parse_token("sbk__b").is_none());
+        assert!(parse_token("garbage").is_none());
+    }
+}

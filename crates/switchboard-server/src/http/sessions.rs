@@ -1,0 +1,112 @@
+//! `/v1/sessions*`: the Sessions (compat) API used by bridges and viewers.
+
+use axum::extract::State;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use switchboard_proto::sessions::{
+    CreateSessionRequest, EventsRequest, Page, PatchSessionRequest, SessionResource,
+};
+
+use super::Auth;
+use crate::error::{ApiError, Json, OptionalJson, Path, Query};
+use crate::state::{AppState, HistoryQuery};
+
+/// `POST /v1/sessions`.
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    OptionalJson(req): OptionalJson<CreateSessionRequest>,
+) -> Result<axum::Json<SessionResource>, ApiError> {
+    let owner_id = AppState::require_owner(&principal)?;
+    let session = state.create_session(owner_id, req).await?;
+    Ok(axum::Json(state.session_resource(&session)))
+}
+
+/// Query of the session list.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    limit: Option<u32>,
+    before_id: Option<String>,
+}
+
+/// `GET /v1/sessions`.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Query(q): Query<ListQuery>,
+) -> Result<axum::Json<Page<SessionResource>>, ApiError> {
+    let owner_id = AppState::require_owner(&principal)?;
+    Ok(axum::Json(
+        state
+            .list_sessions(owner_id, q.limit, q.before_id.as_deref())
+            .await?,
+    ))
+}
+
+/// `GET /v1/sessions/{id}`.
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<SessionResource>, ApiError> {
+    let session = state.authorize_session(&principal, &id, false).await?;
+    Ok(axum::Json(state.session_resource(&session)))
+}
+
+/// `PATCH /v1/sessions/{id}`: sets the title.
+pub(crate) async fn patch(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+    Json(req): Json<PatchSessionRequest>,
+) -> Result<axum::Json<SessionResource>, ApiError> {
+    let session = state.authorize_session(&principal, &id, false).await?;
+    let session = match req.title.as_deref().map(str::trim) {
+        Some(title) if !title.is_empty() => state.set_title(&session, title).await?,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "title must be a non-empty string".into(),
+            ))
+        }
+    };
+    Ok(axum::Json(state.session_resource(&session)))
+}
+
+/// `POST /v1/sessions/{id}/archive`: 200, then 409 once archived.
+pub(crate) async fn archive(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let session = state.authorize_session(&principal, &id, false).await?;
+    state.archive_session(&session).await?;
+    Ok(axum::Json(json!({})))
+}
+
+/// `POST /v1/sessions/{id}/events`: prompts and control messages for the worker. The
+/// owner's key may send them; so may the session's ingress token (permission answers).
+pub(crate) async fn post_events(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+    Json(req): Json<EventsRequest>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let session = state.authorize_session(&principal, &id, true).await?;
+    let appended = state.post_session_events(&session, req.events).await?;
+    let events: Vec<Value> = appended
+        .iter()
+        .map(|a| json!({ "sequence_num": a.seq, "duplicate": a.duplicate }))
+        .collect();
+    Ok(axum::Json(json!({ "events": events })))
+}
+
+/// `GET /v1/sessions/{id}/events`: history, oldest first.
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<axum::Json<Page<Value>>, ApiError> {
+    let session = state.authorize_session(&principal, &id, false).await?;
+    Ok(axum::Json(state.history(&session, q).await?))
+}

@@ -1,0 +1,214 @@
+//! The in-memory side of each session: its live broadcast channel, the lock that keeps
+//! appends and publishes in sequence order, and the worker slot.
+//!
+//! The store is the source of truth; the hub only makes new events reach connected
+//! readers without a database round trip. Every reader subscribes first, then reads the
+//! backlog from the store, then follows the channel, skipping sequence numbers it has
+//! already seen. A reader that falls more than the channel's capacity behind gets
+//! `Lagged` and must go back to the store (workers) or be disconnected (viewers).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use switchboard_store::Direction;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+/// One event of a session's log, as the hub passes it around.
+#[derive(Debug)]
+pub(crate) struct LogEvent {
+    /// Position in the log.
+    pub(crate) seq: u64,
+    /// Which way it travels.
+    pub(crate) direction: Direction,
+    /// The message, serialized JSON object, verbatim.
+    pub(crate) payload: String,
+}
+
+impl LogEvent {
+    /// The payload with the sequence number attached, for readers that resume by it.
+    ///
+    /// Payloads are JSON objects the server serialized itself (so they start with `{`
+    /// and carry no `sequence_num` of their own), which makes splicing the field in
+    /// exact and cheaper than a parse and re-serialization per reader.
+    pub(crate) fn with_sequence(&self) -> String {
+        with_sequence(&self.payload, self.seq)
+    }
+}
+
+/// Splices `"sequence_num":seq` into a serialized JSON object.
+pub(crate) fn with_sequence(payload: &str, seq: u64) -> String {
+    let field = switchboard_proto::sessions::SEQUENCE_FIELD;
+    let rest = payload.strip_prefix('{').unwrap_or(payload).trim_start();
+    if rest.starts_with('}') {
+        format!("{{\"{field}\":{seq}}}")
+    } else {
+        format!("{{\"{field}\":{seq},{rest}")
+    }
+}
+
+/// The live state of one session.
+#[derive(Debug)]
+pub(crate) struct SessionChannel {
+    tx: broadcast::Sender<Arc<LogEvent>>,
+    /// Held across "append to the store, publish to the channel" so that events are
+    /// published in sequence order.
+    pub(crate) append: tokio::sync::Mutex<()>,
+    /// Held while inbound events are handed to a worker; guards the cached cursor, the
+    /// highest inbound sequence number handed over (`None` until read from the store).
+    pub(crate) delivery: tokio::sync::Mutex<Option<u64>>,
+    /// Generation of the current worker connection; a newer connection bumps it and
+    /// older ones close.
+    worker_generation: watch::Sender<u64>,
+    next_generation: AtomicU64,
+    workers: AtomicUsize,
+    /// Cancelled when the session is archived: its connections end.
+    pub(crate) closed: CancellationToken,
+}
+
+impl SessionChannel {
+    fn new(capacity: usize) -> Self {
+        Self {
+            tx: broadcast::channel(capacity).0,
+            append: tokio::sync::Mutex::new(()),
+            delivery: tokio::sync::Mutex::new(None),
+            worker_generation: watch::channel(0).0,
+            next_generation: AtomicU64::new(0),
+            workers: AtomicUsize::new(0),
+            closed: CancellationToken::new(),
+        }
+    }
+
+    /// Follows the session's new events.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<LogEvent>> {
+        self.tx.subscribe()
+    }
+
+    /// Publishes an event that was just committed. Call with `append` held.
+    pub(crate) fn publish(&self, event: Arc<LogEvent>) -> usize {
+        self.tx.send(event).unwrap_or(0)
+    }
+
+    /// Registers a new worker connection, which takes over from any older one.
+    pub(crate) fn attach_worker(self: &Arc<Self>) -> WorkerGuard {
+        let generation = self.next_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.worker_generation.send_replace(generation);
+        self.workers.fetch_add(1, Ordering::SeqCst);
+        WorkerGuard {
+            channel: self.clone(),
+            generation,
+            rx: self.worker_generation.subscribe(),
+        }
+    }
+
+    /// Whether any worker is connected.
+    pub(crate) fn has_worker(&self) -> bool {
+        self.workers.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// Held by a worker connection for as long as it lasts.
+#[derive(Debug)]
+pub(crate) struct WorkerGuard {
+    channel: Arc<SessionChannel>,
+    generation: u64,
+    rx: watch::Receiver<u64>,
+}
+
+impl WorkerGuard {
+    /// True while no newer worker connection has taken over.
+    pub(crate) fn is_current(&self) -> bool {
+        *self.rx.borrow() == self.generation
+    }
+
+    /// Resolves when a newer worker connection takes over.
+    pub(crate) async fn superseded(&mut self) {
+        let generation = self.generation;
+        // An error means the channel is gone, which cannot happen while we hold it.
+        let _ = self.rx.wait_for(|g| *g != generation).await;
+    }
+}
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        self.channel.workers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// All live session channels.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    channels: Mutex<HashMap<String, Arc<SessionChannel>>>,
+    capacity: usize,
+}
+
+impl Hub {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            channels: Mutex::new(HashMap::new()),
+            capacity: capacity.max(16),
+        }
+    }
+
+    /// The channel of a session, created on first use.
+    pub(crate) fn channel(&self, session_id: &str) -> Arc<SessionChannel> {
+        let mut channels = self.channels.lock().expect("hub lock poisoned");
+        channels
+            .entry(session_id.to_string())
+            .or_insert_with(|| Arc::new(SessionChannel::new(self.capacity)))
+            .clone()
+    }
+
+    /// The channel of a session, if one is live.
+    pub(crate) fn get(&self, session_id: &str) -> Option<Arc<SessionChannel>> {
+        self.channels
+            .lock()
+            .expect("hub lock poisoned")
+            .get(session_id)
+            .cloned()
+    }
+
+    /// Ends a session's connections and forgets its channel.
+    pub(crate) fn close(&self, session_id: &str) {
+        if let Some(channel) = self
+            .channels
+            .lock()
+            .expect("hub lock poisoned")
+            .remove(session_id)
+        {
+            channel.closed.cancel();
+        }
+    }
+
+    /// Forgets channels nobody uses; they are rebuilt from the store on demand.
+    pub(crate) fn sweep(&self) {
+        self.channels
+            .lock()
+            .expect("hub lock poisoned")
+            .retain(|_, c| Arc::strong_count(c) > 1 || c.tx.receiver_count() > 0);
+    }
+
+    /// How many sessions have a live channel.
+    pub(crate) fn len(&self) -> usize {
+        self.channels.lock().expect("hub lock poisoned").len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_is_spliced_into_objects() {
+        assert_eq!(with_sequence("{}", 3), r#"{"sequence_num":3}"#);
+        assert_eq!(
+            with_sequence(r#"{"type":"user"}"#, 7),
+            r#"{"sequence_num":7,"type":"user"}"#
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&with_sequence(r#"{"a":{"b":1}}"#, 9)).unwrap();
+        assert_eq!(v["sequence_num"], 9);
+        assert_eq!(v["a"]["b"], 1);
+    }
+}

@@ -1,0 +1,68 @@
+//! Server configuration.
+
+use std::time::Duration;
+
+/// Everything that tunes a [`crate::Server`]. Built by the binary from flags and
+/// environment variables; tests shorten the timings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// Where the store lives: `sqlite://PATH` (the embedded default) or `postgres://…`.
+    pub database_url: String,
+    /// The base URL clients reach the server at; goes into work secrets and printed
+    /// links. `None` means `http://<listen address>`.
+    pub public_url: Option<String>,
+    /// How long a work poll waits for work before answering 204. The client gives up
+    /// after 10 s, so this must stay well below.
+    pub poll_timeout: Duration,
+    /// `reclaim_older_than_ms` to use when a poll does not send one (the client's default).
+    pub default_reclaim: Duration,
+    /// An environment that has not polled for this long is deregistered.
+    pub environment_idle_timeout: Duration,
+    /// How often idle environments and unused session channels are collected.
+    pub gc_interval: Duration,
+    /// How often a `keep_alive` frame goes to an idle worker WebSocket.
+    pub ingress_keepalive: Duration,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Lifetime of session-ingress tokens; `None` keeps them valid until the session is
+    /// archived (the protocol recommends long-lived opaque tokens).
+    pub ingress_token_ttl: Option<Duration>,
+    /// How many events a session's live channel holds for a slow reader before the
+    /// reader is cut off and must resume from the log.
+    pub channel_capacity: usize,
+    /// When a viewer names no sequence number, send it only the most recent this many
+    /// events (`None`: the whole history).
+    pub viewer_backlog: Option<u32>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://switchboard.db".into(),
+            public_url: None,
+            poll_timeout: Duration::from_secs(8),
+            default_reclaim: Duration::from_millis(5_000),
+            // Upstream collects environments after four hours without a poll.
+            environment_idle_timeout: Duration::from_secs(4 * 60 * 60),
+            gc_interval: Duration::from_secs(60),
+            // The reference server uses 20 s; proxies commonly idle-close at 60 s.
+            ingress_keepalive: Duration::from_secs(20),
+            // v2 event batches may reach 10 MiB; leave room for the envelope.
+            max_body_bytes: 16 * 1024 * 1024,
+            ingress_token_ttl: None,
+            channel_capacity: 1024,
+            viewer_backlog: None,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// Options with the given database URL and defaults for everything else.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            ..Self::default()
+        }
+    }
+}

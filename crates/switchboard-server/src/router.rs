@@ -1,0 +1,109 @@
+//! Every route, assembled in one place by a pure function (tests call it without a
+//! socket).
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+use crate::http::{self, environments, health, ingress, sessions};
+use crate::state::AppState;
+use crate::ws;
+
+/// Builds the application's router.
+pub(crate) fn build(state: AppState) -> Router {
+    let max_body = state.options().max_body_bytes;
+    let mut router = Router::new()
+        .route("/health", get(health::get))
+        .route("/metrics", get(health::metrics))
+        // Environments API (PROTOCOL.md §4).
+        .route("/v1/environments/bridge", post(environments::register))
+        .route(
+            "/v1/environments/bridge/{environment_id}",
+            delete(environments::deregister),
+        )
+        .route(
+            "/v1/environments/{environment_id}/work/poll",
+            get(environments::poll),
+        )
+        .route(
+            "/v1/environments/{environment_id}/work/{work_id}/ack",
+            post(environments::ack),
+        )
+        .route(
+            "/v1/environments/{environment_id}/work/{work_id}/heartbeat",
+            post(environments::heartbeat),
+        )
+        .route(
+            "/v1/environments/{environment_id}/work/{work_id}/stop",
+            post(environments::stop),
+        )
+        .route(
+            "/v1/environments/{environment_id}/bridge/reconnect",
+            post(environments::reconnect),
+        )
+        // Sessions API (§6, §13).
+        .route("/v1/sessions", post(sessions::create).get(sessions::list))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get).patch(sessions::patch),
+        )
+        .route("/v1/sessions/{id}/archive", post(sessions::archive))
+        .route(
+            "/v1/sessions/{id}/events",
+            post(sessions::post_events).get(sessions::history),
+        )
+        // Viewers (§13.1).
+        .route("/v1/sessions/ws/{id}/subscribe", get(ws::viewer::upgrade));
+    // Session ingress v1 (§8), under both version segments the client builds.
+    for version in ["v1", "v2"] {
+        router = router
+            .route(
+                &format!("/{version}/session_ingress/ws/{{id}}"),
+                get(ws::ingress::upgrade),
+            )
+            .route(
+                &format!("/{version}/session_ingress/session/{{id}}/events"),
+                post(ingress::post_events),
+            );
+    }
+    router
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", MatchedPath::as_str)
+                .to_owned();
+            tracing::info_span!("http", method = %req.method(), route = %route)
+        }))
+        .with_state(state)
+}
+
+/// Collapses repeated slashes in the request path before routing (PROTOCOL.md §17
+/// tier 0: clients may build `//` from a base URL with a trailing slash).
+pub(crate) fn normalize_path(mut req: Request) -> Request {
+    let path = req.uri().path();
+    if path.contains("//") {
+        let mut collapsed = String::with_capacity(path.len());
+        for c in path.chars() {
+            if !(c == '/' && collapsed.ends_with('/')) {
+                collapsed.push(c);
+            }
+        }
+        let pq = match req.uri().query() {
+            Some(q) => format!("{collapsed}?{q}"),
+            None => collapsed,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = pq.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    req
+}

@@ -1,0 +1,203 @@
+//! The session-ingress WebSocket (PROTOCOL.md §8): the v1 worker's read stream.
+//!
+//! The server sends each inbound event (prompt, control request, permission answer) as
+//! one JSON object plus `\n` per text frame, once, in log order; it never echoes the
+//! worker's own writes. Inbound events that arrived while no worker was connected wait
+//! in the log behind the session's worker cursor and go out when one connects.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::Value;
+use switchboard_store::{Direction, Session, SessionStatus};
+use tokio::sync::broadcast::error::RecvError;
+use tracing::Instrument as _;
+
+use super::{close, close_code_for, reject, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SESSION_GONE};
+use crate::auth;
+use crate::error::{ApiError, Path};
+use crate::hub::{SessionChannel, WorkerGuard};
+use crate::metrics::{GaugeGuard, Metrics};
+use crate::state::AppState;
+
+const KEEP_ALIVE_FRAME: &str = "{\"type\":\"keep_alive\"}\n";
+
+/// `GET /v{1,2}/session_ingress/ws/{id}`.
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let checked = authorize(&state, &headers, &id).await;
+    let span = tracing::info_span!("ingress_ws", session = %id);
+    ws.read_buffer_size(super::READ_BUFFER_BYTES)
+        .write_buffer_size(super::WRITE_BUFFER_BYTES)
+        .max_message_size(super::MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| {
+            async move {
+                match checked {
+                    Ok(session) => run(state, socket, session).await,
+                    Err(e) => {
+                        tracing::info!(error = %e, "refusing worker connection");
+                        reject(socket, close_code_for(&e), e.to_string()).await
+                    }
+                }
+            }
+            .instrument(span)
+        })
+}
+
+async fn authorize(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Session, ApiError> {
+    let token = auth::bearer(headers)?;
+    let principal = state.authenticate(token).await?;
+    let session = state.authorize_session(&principal, id, true).await?;
+    if session.status == SessionStatus::Archived {
+        return Err(ApiError::NotFound("session is archived".into()));
+    }
+    Ok(session)
+}
+
+/// Why a connection ended, and the close frame it gets.
+struct Ended(u16, &'static str);
+
+async fn run(state: AppState, socket: WebSocket, session: Session) {
+    let channel = state.hub().channel(&session.id);
+    let mut worker = channel.attach_worker();
+    let _gauge = GaugeGuard::new(&state.metrics().worker_connections);
+    // Subscribe before reading the backlog, so nothing appended in between is missed.
+    let mut live = channel.subscribe();
+    let (mut sink, mut stream) = socket.split();
+    tracing::info!("worker connected");
+
+    let ended = async {
+        deliver(&state, &channel, &worker, &session.id, &mut sink).await?;
+        let period = state.options().ingress_keepalive;
+        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                event = live.recv() => match event {
+                    Ok(event) if event.direction == Direction::Inbound => {
+                        deliver(&state, &channel, &worker, &session.id, &mut sink).await?;
+                    }
+                    Ok(_) => {}
+                    // Fell behind the channel: the log has everything.
+                    Err(RecvError::Lagged(_)) => {
+                        deliver(&state, &channel, &worker, &session.id, &mut sink).await?;
+                    }
+                    Err(RecvError::Closed) => return Err(Ended(CLOSE_SESSION_GONE, "session closed")),
+                },
+                message = stream.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        accept_worker_text(&state, &session, text.as_str()).await?;
+                    }
+                    Some(Ok(Message::Close(_))) | None => return Ok(()),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "worker socket failed");
+                        return Ok(());
+                    }
+                },
+                _ = keepalive.tick() => {
+                    sink.send(Message::Text(KEEP_ALIVE_FRAME.into())).await.map_err(|_| Ended(CLOSE_INTERNAL, ""))?;
+                }
+                _ = worker.superseded() => {
+                    return Err(Ended(CLOSE_SESSION_GONE, "replaced by a newer worker connection"));
+                }
+                _ = channel.closed.cancelled() => return Err(Ended(CLOSE_SESSION_GONE, "session archived")),
+                _ = state.shutdown().wait() => return Err(Ended(CLOSE_GOING_AWAY, "server shutting down")),
+            }
+        }
+    }
+    .await;
+    match ended {
+        Ok(()) => tracing::info!("worker disconnected"),
+        Err(Ended(code, reason)) => {
+            tracing::info!(code, reason, "closing worker connection");
+            close(&mut sink, code, reason).await;
+        }
+    }
+}
+
+/// Hands every inbound event past the session's worker cursor to this worker, in order,
+/// advancing the cursor after each one. Only the current worker connection delivers.
+async fn deliver(
+    state: &AppState,
+    channel: &Arc<SessionChannel>,
+    worker: &WorkerGuard,
+    session_id: &str,
+    sink: &mut SplitSink<WebSocket, Message>,
+) -> Result<(), Ended> {
+    let internal = |e: ApiError| {
+        tracing::error!(error = ?e, "cannot read the session log");
+        Ended(CLOSE_INTERNAL, "internal error")
+    };
+    let mut cursor_slot = channel.delivery.lock().await;
+    if !worker.is_current() {
+        return Ok(());
+    }
+    let mut cursor = match *cursor_slot {
+        Some(c) => c,
+        None => {
+            state
+                .store()
+                .session(session_id)
+                .await
+                .map_err(|e| internal(e.into()))?
+                .worker_cursor
+        }
+    };
+    loop {
+        let pending = state
+            .pending_inbound(session_id, cursor)
+            .await
+            .map_err(internal)?;
+        let full_page = pending.len() >= 100;
+        for event in pending {
+            let mut frame = event.payload;
+            frame.push('\n');
+            sink.send(Message::Text(frame.into()))
+                .await
+                .map_err(|_| Ended(CLOSE_INTERNAL, ""))?;
+            cursor = event.seq;
+            *cursor_slot = Some(cursor);
+            state
+                .store()
+                .advance_worker_cursor(session_id, cursor)
+                .await
+                .map_err(|e| internal(e.into()))?;
+            Metrics::add(&state.metrics().events_delivered, 1);
+        }
+        if !full_page {
+            return Ok(());
+        }
+    }
+}
+
+/// A worker that writes over the socket instead of POSTing (no
+/// `CLAUDE_CODE_POST_FOR_SESSION_INGRESS_V2`) sends newline-separated messages.
+async fn accept_worker_text(state: &AppState, session: &Session, text: &str) -> Result<(), Ended> {
+    let mut messages = Vec::new();
+    for line in text.split('\n').map(str::trim).filter(|l| !l.is_empty()) {
+        match serde_json::from_str::<Value>(line) {
+            Ok(v) => messages.push(v),
+            Err(e) => tracing::warn!(error = %e, "ignoring a worker frame that is not JSON"),
+        }
+    }
+    if messages.is_empty() {
+        return Ok(());
+    }
+    state
+        .append_outbound(session, messages)
+        .await
+        .map(drop)
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot store worker messages");
+            Ended(CLOSE_INTERNAL, "cannot store messages")
+        })
+}

@@ -1,0 +1,59 @@
+//! Long-lived WebSocket connections.
+
+pub(crate) mod ingress;
+pub(crate) mod viewer;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt as _;
+
+use crate::error::ApiError;
+
+/// Close code: the session is unknown, archived, or was taken over (permanent for the
+/// worker, PROTOCOL.md §8.4).
+pub(crate) const CLOSE_SESSION_GONE: u16 = 4001;
+/// Close code: the credential may not reach this session (permanent).
+pub(crate) const CLOSE_UNAUTHORIZED: u16 = 4003;
+/// Close code: the server is going away; clients reconnect.
+pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: the server failed.
+pub(crate) const CLOSE_INTERNAL: u16 = 1011;
+
+/// The close code that reports a failed upgrade-time check.
+pub(crate) fn close_code_for(e: &ApiError) -> u16 {
+    match e {
+        ApiError::Unauthorized(_) | ApiError::Forbidden(_) | ApiError::Expired(_) => {
+            CLOSE_UNAUTHORIZED
+        }
+        ApiError::NotFound(_) | ApiError::BadRequest(_) | ApiError::Conflict(_) => {
+            CLOSE_SESSION_GONE
+        }
+        _ => CLOSE_INTERNAL,
+    }
+}
+
+/// Frame size limit for worker and viewer sockets.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Read buffer per socket: small, since thousands of mostly idle sockets are the norm
+/// (tungstenite's default is 128 KiB).
+pub(crate) const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Write buffer per socket before a flush is forced.
+pub(crate) const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Sends a close frame with a code and reason; errors are moot at this point.
+pub(crate) async fn close<S>(sink: &mut S, code: u16, reason: &str)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = sink.close().await;
+}
+
+/// Accepts an upgrade only to close it with a code, as the client expects for auth and
+/// missing-session failures (a plain HTTP error reads as a transient failure to it).
+pub(crate) async fn reject(mut socket: WebSocket, code: u16, reason: String) {
+    close(&mut socket, code, &reason).await;
+}

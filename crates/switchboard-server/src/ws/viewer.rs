@@ -1,0 +1,219 @@
+//! The viewer subscribe WebSocket (PROTOCOL.md §13.1): a session's stored history from a
+//! sequence number, then every new event live, one JSON object per frame with its
+//! `sequence_num`; and, from the viewer, prompts and control messages for the worker.
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use switchboard_proto::ErrorBody;
+use switchboard_store::{EventQuery, Session};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tracing::Instrument as _;
+
+use super::{close, close_code_for, reject, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SESSION_GONE};
+use crate::auth;
+use crate::error::{ApiError, Path, Query};
+use crate::hub::with_sequence;
+use crate::metrics::{GaugeGuard, Metrics};
+use crate::state::AppState;
+
+/// Close code for a viewer that fell too far behind; it reconnects and resumes from
+/// the last `sequence_num` it saw (1013: "try again later").
+pub(crate) const CLOSE_TOO_SLOW: u16 = 1013;
+
+/// How many stored events one backlog read takes.
+const BACKLOG_PAGE: u32 = 500;
+
+/// Query of the subscribe URL.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct SubscribeQuery {
+    /// Send only events after this sequence number.
+    from_sequence_num: Option<u64>,
+}
+
+/// `GET /v1/sessions/ws/{id}/subscribe`.
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<SubscribeQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let checked = authorize(&state, &headers, &id).await;
+    let span = tracing::info_span!("viewer_ws", session = %id);
+    ws.read_buffer_size(super::READ_BUFFER_BYTES)
+        .write_buffer_size(super::WRITE_BUFFER_BYTES)
+        .max_message_size(super::MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| {
+            async move {
+                match checked {
+                    Ok(session) => run(state, socket, session, q.from_sequence_num).await,
+                    Err(e) => {
+                        tracing::info!(error = %e, "refusing viewer connection");
+                        reject(socket, close_code_for(&e), e.to_string()).await
+                    }
+                }
+            }
+            .instrument(span)
+        })
+}
+
+async fn authorize(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Session, ApiError> {
+    let token = auth::bearer(headers)?;
+    let principal = state.authenticate(token).await?;
+    state.authorize_session(&principal, id, false).await
+}
+
+struct Ended(u16, String);
+
+async fn run(state: AppState, socket: WebSocket, session: Session, from: Option<u64>) {
+    let channel = state.hub().channel(&session.id);
+    let _gauge = GaugeGuard::new(&state.metrics().viewer_connections);
+    // Subscribe before reading the backlog; overlap is skipped by sequence number.
+    let mut live = channel.subscribe();
+    let (mut sink, mut stream) = socket.split();
+    let mut last = match from {
+        Some(from) => from,
+        None => state.viewer_backlog_start(&session).await.unwrap_or(0),
+    };
+
+    let ended: Result<(), Ended> = async {
+        last = send_backlog(&state, &session.id, last, &mut sink).await?;
+        loop {
+            tokio::select! {
+                event = live.recv() => match event {
+                    Ok(event) => {
+                        let mut sent = 0;
+                        let mut next = Some(event);
+                        // Forward everything already waiting as one batch, then flush once.
+                        while let Some(event) = next.take() {
+                            if event.seq > last {
+                                sink.feed(Message::Text(event.with_sequence().into())).await.map_err(gone)?;
+                                last = event.seq;
+                                sent += 1;
+                            }
+                            match live.try_recv() {
+                                Ok(more) => next = Some(more),
+                                Err(TryRecvError::Lagged(_)) => return Err(too_slow(last)),
+                                Err(_) => {}
+                            }
+                        }
+                        sink.flush().await.map_err(gone)?;
+                        Metrics::add(&state.metrics().events_delivered, sent);
+                    }
+                    Err(RecvError::Lagged(_)) => return Err(too_slow(last)),
+                    Err(RecvError::Closed) => return Err(Ended(CLOSE_SESSION_GONE, "session closed".into())),
+                },
+                message = stream.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(reply) = accept_viewer_text(&state, &session, text.as_str()).await {
+                            sink.send(Message::Text(reply.to_string().into())).await.map_err(gone)?;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None => return Ok(()),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) => return Ok(()),
+                },
+                _ = channel.closed.cancelled() => return Err(Ended(CLOSE_SESSION_GONE, "session archived".into())),
+                _ = state.shutdown().wait() => return Err(Ended(CLOSE_GOING_AWAY, "server shutting down".into())),
+            }
+        }
+    }
+    .await;
+    if let Err(Ended(code, reason)) = ended {
+        tracing::info!(code, %reason, "closing viewer connection");
+        close(&mut sink, code, &reason).await;
+    }
+}
+
+fn gone<E>(_: E) -> Ended {
+    Ended(CLOSE_INTERNAL, String::new())
+}
+
+fn too_slow(last: u64) -> Ended {
+    Ended(
+        CLOSE_TOO_SLOW,
+        format!("viewer fell behind; resume from sequence_num {last}"),
+    )
+}
+
+/// Streams stored events after `after`, page by page; returns the last one sent.
+async fn send_backlog(
+    state: &AppState,
+    session_id: &str,
+    mut after: u64,
+    sink: &mut SplitSink<WebSocket, Message>,
+) -> Result<u64, Ended> {
+    loop {
+        let query = EventQuery {
+            after: Some(after),
+            limit: BACKLOG_PAGE,
+            ..Default::default()
+        };
+        let events = state
+            .store()
+            .events(session_id, &query)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = ?e, "cannot read the session log");
+                Ended(CLOSE_INTERNAL, "internal error".into())
+            })?;
+        let count = events.len();
+        for event in events {
+            sink.feed(Message::Text(
+                with_sequence(&event.payload, event.seq).into(),
+            ))
+            .await
+            .map_err(gone)?;
+            after = event.seq;
+        }
+        sink.flush().await.map_err(gone)?;
+        Metrics::add(&state.metrics().events_delivered, count as u64);
+        if count < BACKLOG_PAGE as usize {
+            return Ok(after);
+        }
+    }
+}
+
+/// Handles a frame from the viewer: one message for the worker. Returns an error frame
+/// for the viewer when the message is refused.
+async fn accept_viewer_text(state: &AppState, session: &Session, text: &str) -> Option<Value> {
+    let message: Value = match serde_json::from_str(text.trim()) {
+        Ok(v) => v,
+        Err(e) => {
+            return Some(error_frame(&ApiError::BadRequest(format!(
+                "frame is not JSON: {e}"
+            ))))
+        }
+    };
+    match state.append_inbound(session, vec![message]).await {
+        Ok(_) => None,
+        Err(e) => Some(error_frame(&e)),
+    }
+}
+
+fn error_frame(e: &ApiError) -> Value {
+    let body = match e {
+        ApiError::Internal(_) => ErrorBody::new("api_error", "internal server error"),
+        other => ErrorBody::new(error_kind(other), other.to_string()),
+    };
+    json!({ "type": "error", "error": body.error })
+}
+
+fn error_kind(e: &ApiError) -> &'static str {
+    use switchboard_proto::error::kinds;
+    match e {
+        ApiError::BadRequest(_) => kinds::INVALID_REQUEST,
+        ApiError::Conflict(_) => kinds::CONFLICT,
+        ApiError::NotFound(_) => kinds::NOT_FOUND,
+        ApiError::Unauthorized(_) | ApiError::Forbidden(_) | ApiError::Expired(_) => {
+            kinds::PERMISSION
+        }
+        _ => kinds::API,
+    }
+}

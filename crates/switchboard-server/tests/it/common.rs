@@ -1,0 +1,179 @@
+//! A real server on 127.0.0.1:0 with a fresh SQLite file, and clients for it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use switchboard_client::{BridgeApiClient, IngressConfig, SessionsClient};
+use switchboard_proto::environments::{RegisterEnvironmentRequest, WorkResponse, WorkSecret};
+use switchboard_server::{Server, ServerOptions};
+
+/// A running server; dropping it shuts the server down and deletes its database.
+pub struct TestServer {
+    server: Arc<Server>,
+    addr: SocketAddr,
+    /// The API key of the owner `alice`.
+    pub key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server with test-friendly timings.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `configure` adjusted its options.
+    pub async fn start_with(configure: impl FnOnce(&mut ServerOptions)) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut options =
+            ServerOptions::new(format!("sqlite://{}", dir.path().join("test.db").display()));
+        options.poll_timeout = Duration::from_secs(2);
+        options.ingress_keepalive = Duration::from_secs(5);
+        configure(&mut options);
+        let server = Arc::new(Server::new(options).await?);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let running = server.clone();
+        tokio::spawn(async move { running.listen(listener).await });
+        let key = switchboard_server::auth::create_api_key(
+            server.state().store().as_ref(),
+            "alice",
+            "test",
+            0,
+        )
+        .await?;
+        Ok(Self {
+            server,
+            addr,
+            key,
+            _dir: dir,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A new API key for `owner`.
+    pub async fn key_for(&self, owner: &str) -> anyhow::Result<String> {
+        Ok(switchboard_server::auth::create_api_key(
+            self.server.state().store().as_ref(),
+            owner,
+            "test",
+            0,
+        )
+        .await?)
+    }
+
+    /// The Environments API client with alice's key.
+    pub fn bridge(&self) -> BridgeApiClient {
+        BridgeApiClient::new(self.url(), self.key.clone())
+    }
+
+    /// The Sessions API client with alice's key.
+    pub fn sessions(&self) -> SessionsClient {
+        SessionsClient::new(self.url(), self.key.clone())
+    }
+
+    /// A raw HTTP client for requests the typed clients refuse to make.
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    /// Stops the server as SIGTERM would.
+    pub fn shutdown(&self) {
+        self.server.shutdown();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.server.shutdown();
+    }
+}
+
+/// A registration request as `claude remote-control` sends it.
+pub fn registration() -> RegisterEnvironmentRequest {
+    RegisterEnvironmentRequest {
+        machine_name: "test-host".into(),
+        directory: "/work/project".into(),
+        branch: "main".into(),
+        git_repo_url: None,
+        max_sessions: 1,
+        metadata: json!({"worker_type": "claude_code"}),
+        environment_id: None,
+    }
+}
+
+/// A user prompt as a viewer sends it.
+pub fn prompt(text: &str) -> Value {
+    json!({
+        "type": "user",
+        "uuid": uuid::Uuid::new_v4().to_string(),
+        "parent_tool_use_id": null,
+        "message": {"role": "user", "content": text},
+    })
+}
+
+/// Decodes a work item's secret.
+pub fn secret_of(work: &WorkResponse) -> WorkSecret {
+    WorkSecret::decode(&work.secret).expect("the server's work secret decodes")
+}
+
+/// An environment registered, a session created on it, and its work polled.
+pub struct Dispatched {
+    pub environment_id: String,
+    pub environment_secret: String,
+    pub session_id: String,
+    pub work: WorkResponse,
+    pub ingress_token: String,
+}
+
+/// Runs register → create session → poll (no ack).
+pub async fn dispatch(server: &TestServer) -> anyhow::Result<Dispatched> {
+    let bridge = server.bridge();
+    let env = bridge.register_environment(&registration()).await?;
+    let session = server
+        .sessions()
+        .create_session(&switchboard_proto::sessions::CreateSessionRequest {
+            environment_id: Some(env.environment_id.clone()),
+            title: Some("test".into()),
+            ..Default::default()
+        })
+        .await?;
+    let work = bridge
+        .poll_for_work(&env.environment_id, &env.environment_secret, Some(5_000))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no work after creating a session"))?;
+    let ingress_token = secret_of(&work).session_ingress_token;
+    Ok(Dispatched {
+        environment_id: env.environment_id,
+        environment_secret: env.environment_secret,
+        session_id: session.id,
+        work,
+        ingress_token,
+    })
+}
+
+/// Ingress settings with short delays, so tests of reconnects stay fast.
+pub fn ingress_config(server: &TestServer, session_id: &str, token: &str) -> IngressConfig {
+    let mut config = IngressConfig::new(server.url(), session_id, token.to_string());
+    config.reconnect_base_delay = Duration::from_millis(50);
+    config.reconnect_max_delay = Duration::from_millis(200);
+    config.reconnect_budget = Duration::from_secs(3);
+    config.post_base_delay = Duration::from_millis(20);
+    config.post_max_jitter = Duration::from_millis(10);
+    config.post_max_attempts = 3;
+    config
+}
+
+/// Waits for the next message on a receiver, failing after a few seconds.
+pub async fn next(rx: &mut tokio::sync::mpsc::Receiver<Value>) -> anyhow::Result<Value> {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out waiting for a message"))?
+        .ok_or_else(|| anyhow::anyhow!("the stream ended"))
+}

@@ -1,0 +1,179 @@
+//! Replays of the official CLI's wire captures (`tests/fixtures/real-client`): the
+//! client's side of each capture is sent to Switchboard, byte for byte where the server
+//! cannot tell the difference, and every answer must be one the real client accepts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::Value;
+use switchboard_client::HistoryQuery;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::*;
+
+/// One line of a capture.
+#[derive(Debug, serde::Deserialize)]
+pub struct Record {
+    pub dir: String,
+    pub transport: String,
+    pub method: String,
+    pub path: String,
+    pub headers: Option<serde_json::Map<String, Value>>,
+    pub body: Option<Value>,
+    pub ws: Option<Value>,
+}
+
+/// Loads a capture by file name.
+pub fn load(name: &str) -> anyhow::Result<Vec<Record>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/real-client")
+        .join(name);
+    let text = std::fs::read_to_string(&path)?;
+    text.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+}
+
+/// The capture's headers minus those the server must not depend on being equal.
+fn replay_headers(record: &Record, token: &str) -> Vec<(String, String)> {
+    record
+        .headers
+        .iter()
+        .flatten()
+        .filter(|(k, _)| {
+            !k.eq_ignore_ascii_case("authorization")
+                && !k.to_ascii_lowercase().starts_with("sec-websocket")
+                && !k.eq_ignore_ascii_case("upgrade")
+        })
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .chain([("Authorization".to_string(), format!("Bearer {token}"))])
+        .collect()
+}
+
+#[tokio::test]
+async fn the_v1_hybrid_capture_replays_against_switchboard() -> anyhow::Result<()> {
+    let records = load("v1-hybrid-2.1.112.jsonl")?;
+    let server = TestServer::start().await?;
+    let d = dispatch(&server).await?;
+    let viewer = server.sessions();
+    let http = server.http();
+
+    // The upgrade, with the capture's headers (permessage-deflate offer included).
+    let upgrade = records
+        .iter()
+        .find(|r| r.dir == "client->server" && r.transport == "http" && r.method == "GET")
+        .expect("an upgrade");
+    let url = format!(
+        "{}/v2/session_ingress/ws/{}",
+        server.url().replace("http", "ws"),
+        d.work.data.id
+    );
+    let mut request = url.into_client_request()?;
+    for (k, v) in replay_headers(upgrade, &d.ingress_token) {
+        request
+            .headers_mut()
+            .insert(http::HeaderName::try_from(k.as_str())?, v.parse()?);
+    }
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+
+    let mut expected: Vec<Value> = Vec::new();
+    let mut seen_uuids = std::collections::HashSet::new();
+    let mut keep = |v: &Value, expected: &mut Vec<Value>| {
+        if v["type"] == "keep_alive" {
+            return;
+        }
+        if let Some(u) = v["uuid"].as_str() {
+            if !seen_uuids.insert(u.to_string()) {
+                return; // The worker's echo of a prompt is the same event.
+            }
+        }
+        expected.push(v.clone());
+    };
+    for record in &records {
+        match (record.dir.as_str(), record.transport.as_str()) {
+            // What the fake server sent the worker: here a viewer sends it, and the
+            // worker must receive exactly that, newline-terminated.
+            ("server->client", "ws")
+                if record.ws.as_ref().is_some_and(|w| w["opcode"] == "text") =>
+            {
+                let message = record.body.clone().expect("a text frame body");
+                viewer
+                    .send_events(&d.session_id, vec![message.clone()])
+                    .await?;
+                let frame = loop {
+                    match tokio::time::timeout(Duration::from_secs(5), socket.next()).await? {
+                        Some(Ok(Message::Text(t))) if !t.contains("\"keep_alive\"") => {
+                            break t.to_string()
+                        }
+                        Some(Ok(_)) => {}
+                        other => anyhow::bail!("worker socket ended: {other:?}"),
+                    }
+                };
+                assert!(frame.ends_with('\n'));
+                assert_eq!(serde_json::from_str::<Value>(frame.trim_end())?, message);
+                keep(&message, &mut expected);
+            }
+            ("client->server", "http") if record.method == "POST" => {
+                let mut post = http.post(format!(
+                    "{}{}",
+                    server.url(),
+                    record.path.replace("session_fixture1", &d.work.data.id)
+                ));
+                for (k, v) in replay_headers(record, &d.ingress_token) {
+                    post = post.header(k, v);
+                }
+                let body = record.body.clone().expect("a POST body");
+                let response = post.body(serde_json::to_vec(&body)?).send().await?;
+                assert!(
+                    response.status().is_success(),
+                    "{} -> {}",
+                    record.path,
+                    response.status()
+                );
+                for event in body["events"].as_array().expect("events") {
+                    keep(event, &mut expected);
+                }
+            }
+            ("client->server", "ws")
+                if record.ws.as_ref().is_some_and(|w| w["opcode"] == "ping") =>
+            {
+                socket.send(Message::Ping(Vec::new().into())).await?;
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(5), socket.next()).await? {
+                        Some(Ok(Message::Pong(_))) => break,
+                        Some(Ok(_)) => {}
+                        other => anyhow::bail!("no pong: {other:?}"),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // The session's log holds the whole conversation once, in wire order.
+    let history = viewer
+        .history(
+            &d.session_id,
+            HistoryQuery {
+                limit: Some(1000),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let stored: Vec<Value> = history
+        .data
+        .into_iter()
+        .map(|mut v| {
+            v.as_object_mut().unwrap().remove("sequence_num");
+            v
+        })
+        .collect();
+    assert_eq!(stored.len(), expected.len());
+    assert_eq!(stored, expected);
+    let status = viewer.get_session(&d.session_id).await?;
+    assert_eq!(
+        status.session_status, "running",
+        "the last thing seen was an answer to end_session"
+    );
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! Integration tests: the real server on an ephemeral port, driven through
+//! `switchboard-client` the way the official client drives it.
+
+// Test helpers are shared across modules of this one binary; visibility lints are for
+// library APIs.
+#![allow(unreachable_pub)]
+
+mod common; // TestServer: start, URLs, clients, extra keys.
+mod environments; // The standalone environment flow: register, poll, ack, stop, deregister.
+mod errors; // JSON error bodies: bad ids, bad JSON, oversized bodies, unknown routes.
+mod fixtures; // Replays of the official CLI's wire captures.
+mod ingress; // The v1 session-ingress WebSocket and POST.
+mod isolation; // Token classes and owners never reach each other's data.
+mod sessions; // The Sessions API: create, get, patch, list, archive, history.

@@ -1,0 +1,292 @@
+//! Durable storage for Switchboard.
+//!
+//! One [`Store`] trait, written in the domain's terms (owners, credentials, environments,
+//! sessions, work items and the per-session event log), with the backends behind it. The
+//! server holds an `Arc<dyn Store>` and never sees a database type. Backends are chosen
+//! by URL scheme with [`open`].
+//!
+//! Invariants every backend keeps:
+//! - Each session's events form one log with strictly increasing sequence numbers,
+//!   starting at 1, assigned at append time inside the committing transaction.
+//! - A message `uuid` appears at most once per session: appending it again returns the
+//!   sequence number it already has and stores nothing.
+//! - When an append returns, the events are committed.
+
+#![forbid(unsafe_code)]
+
+mod model;
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use model::*;
+
+/// What can go wrong in a store call.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row asked for does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The row exists in a state that forbids the change (e.g. already archived).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Anything else: the database failed.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            other => StoreError::Other(other.into()),
+        }
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Other(anyhow::Error::new(e).context("stored JSON is malformed"))
+    }
+}
+
+/// Result of store calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A shared handle to a store.
+pub type ArcStore = Arc<dyn Store>;
+
+/// The storage interface of the server.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- owners and credentials ---
+
+    /// Returns the owner with this name, creating it if needed.
+    async fn ensure_owner(&self, name: &str, now: Millis) -> Result<Owner>;
+    /// Stores a new credential.
+    async fn insert_credential(&self, credential: &Credential) -> Result<()>;
+    /// Looks a credential up by its public id (revoked ones included).
+    async fn credential(&self, id: &str) -> Result<Credential>;
+    /// Revokes every live credential of `kind` whose scope is `scope`; returns how many.
+    async fn revoke_credentials(
+        &self,
+        kind: CredentialKind,
+        scope: &str,
+        now: Millis,
+    ) -> Result<u64>;
+    /// Lists API keys, newest first.
+    async fn api_keys(&self) -> Result<Vec<Credential>>;
+
+    // --- environments ---
+
+    /// Inserts a new environment or, when the id exists, re-registers it: its fields are
+    /// replaced, it is marked live again and its poll time is reset.
+    async fn upsert_environment(&self, env: &Environment) -> Result<()>;
+    /// Looks an environment up.
+    async fn environment(&self, id: &str) -> Result<Environment>;
+    /// Records a poll (the environment's liveness signal).
+    async fn touch_environment(&self, id: &str, now: Millis) -> Result<()>;
+    /// Marks the environment gone and stops its unfinished work items. Its secrets stay
+    /// valid so that its polls learn it is gone (404) rather than being refused (401).
+    async fn deregister_environment(&self, id: &str, now: Millis) -> Result<()>;
+    /// Ids of live environments whose last poll is older than `polled_before`.
+    async fn idle_environments(&self, polled_before: Millis) -> Result<Vec<String>>;
+
+    // --- sessions ---
+
+    /// Stores a new session.
+    async fn create_session(&self, session: &Session) -> Result<()>;
+    /// Looks a session up by its body id.
+    async fn session(&self, id: &str) -> Result<Session>;
+    /// Lists an owner's sessions, newest first, `limit` at most, older than `before`.
+    async fn list_sessions(
+        &self,
+        owner_id: &str,
+        limit: u32,
+        before: Option<&str>,
+    ) -> Result<Vec<Session>>;
+    /// Changes a session's title.
+    async fn set_session_title(&self, id: &str, title: &str, now: Millis) -> Result<()>;
+    /// Changes a session's status and what it waits on (never to or from `archived`;
+    /// see `archive_session`).
+    async fn set_session_status(
+        &self,
+        id: &str,
+        status: SessionStatus,
+        requires_action: Option<&serde_json::Value>,
+        now: Millis,
+    ) -> Result<()>;
+    /// Starts a new worker generation: bumps and returns the session's worker epoch.
+    async fn bump_worker_epoch(&self, id: &str, now: Millis) -> Result<u64>;
+    /// Applies a v2 worker's state report if `epoch` is the current one (`Conflict`
+    /// otherwise) and returns the session as it now is.
+    async fn update_worker(
+        &self,
+        id: &str,
+        epoch: u64,
+        update: &WorkerUpdate,
+        now: Millis,
+    ) -> Result<Session>;
+    /// Archives a session and stops its work. `Conflict` when it already was.
+    async fn archive_session(&self, id: &str, now: Millis) -> Result<()>;
+
+    // --- work items ---
+
+    /// Queues a work item.
+    async fn enqueue_work(&self, work: &WorkItem) -> Result<()>;
+    /// Takes the oldest deliverable work item of an environment: a queued one, or one
+    /// delivered at or before `reclaim_before` and never acknowledged. Marks it delivered.
+    async fn claim_work(
+        &self,
+        environment_id: &str,
+        now: Millis,
+        reclaim_before: Millis,
+    ) -> Result<Option<WorkItem>>;
+    /// Looks a work item up within its environment.
+    async fn work_item(&self, environment_id: &str, id: &str) -> Result<WorkItem>;
+    /// Moves a work item to `state` and stamps the matching time. Stopping a stopped item
+    /// is a no-op; acknowledging or heartbeating a stopped item is a `Conflict`.
+    async fn update_work(
+        &self,
+        environment_id: &str,
+        id: &str,
+        state: WorkState,
+        now: Millis,
+    ) -> Result<WorkItem>;
+    /// Stops every unfinished work item of a session; returns how many.
+    async fn stop_session_work(&self, session_id: &str, now: Millis) -> Result<u64>;
+
+    // --- the event log ---
+
+    /// Appends events to a session's log in order, in one transaction. Events whose
+    /// `uuid` is already in the log are not stored again; their existing sequence number
+    /// is returned with `duplicate: true`.
+    async fn append_events(
+        &self,
+        session_id: &str,
+        events: &[NewEvent],
+        now: Millis,
+    ) -> Result<Vec<Appended>>;
+    /// Reads events of a session.
+    async fn events(&self, session_id: &str, query: &EventQuery) -> Result<Vec<StoredEvent>>;
+    /// Records that inbound events up to `seq` were handed to a worker.
+    async fn advance_worker_cursor(&self, session_id: &str, seq: u64) -> Result<()>;
+    /// Records delivery progress of inbound events; a status never moves backwards and
+    /// unknown references are ignored.
+    async fn set_delivery(
+        &self,
+        session_id: &str,
+        updates: &[(EventRef, DeliveryStatus)],
+    ) -> Result<()>;
+    /// Every event of a session that carries this control `request_id`, in log order.
+    async fn events_by_request(
+        &self,
+        session_id: &str,
+        request_id: &str,
+    ) -> Result<Vec<StoredEvent>>;
+
+    // --- v2 worker transcript ---
+
+    /// Appends internal events; returns their sequence numbers.
+    async fn append_internal_events(
+        &self,
+        session_id: &str,
+        events: &[NewInternalEvent],
+        now: Millis,
+    ) -> Result<Vec<u64>>;
+    /// Reads internal events after `after`, main-agent ones or (with `subagents`) the
+    /// subagents' ones.
+    async fn internal_events(
+        &self,
+        session_id: &str,
+        after: u64,
+        subagents: bool,
+        limit: u32,
+    ) -> Result<Vec<InternalEvent>>;
+
+    // --- signing keys ---
+
+    /// Live signing keys, newest first.
+    async fn signing_keys(&self) -> Result<Vec<SigningKey>>;
+    /// Stores a new signing key.
+    async fn insert_signing_key(&self, key: &SigningKey) -> Result<()>;
+    /// Retires every live key created before `before`.
+    async fn retire_signing_keys(&self, before: Millis, now: Millis) -> Result<u64>;
+}
+
+/// Opens the store a URL names: `sqlite://PATH` (created if missing) is the embedded
+/// default; `postgres://…` (or `postgresql://…`) names a PostgreSQL 13+ database.
+/// Migrations run before it returns.
+pub async fn open(url: &str) -> Result<ArcStore> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(postgres::PgStore::open(url).await?))
+    } else {
+        Err(StoreError::Other(anyhow::anyhow!(
+            "unsupported database URL scheme in {:?}; expected sqlite:// or postgres://",
+            redact_url(url)
+        )))
+    }
+}
+
+/// Hides a password in a database URL for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A stable id for an owner name: hex of its bytes would leak length only, which is fine,
+/// but names may hold any character, so hash them into a safe id. Every backend uses
+/// this one function, so an owner has the same id whichever database holds it.
+pub(crate) fn name_id(name: &str) -> String {
+    // FNV-1a, 64 bits: stable across runs and dependency-free; collisions only matter
+    // between two owner names, and the unique index on `name` would reject one of them.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Reads a stored counter; both databases only have signed 64-bit integers.
+pub(crate) fn to_u64(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// Stores a counter, saturating rather than wrapping past `i64::MAX`.
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            super::redact_url("postgres://me:secret@db:5432/x"),
+            "postgres://me:***@db:5432/x"
+        );
+        assert_eq!(
+            super::redact_url("sqlite:///tmp/a.db"),
+            "sqlite:///tmp/a.db"
+        );
+    }
+}

@@ -1,0 +1,1020 @@
+//! The PostgreSQL backend, for deployments that run more than one server or already
+//! operate a database.
+//!
+//! It behaves exactly like the SQLite backend; only the way writers are kept apart
+//! differs. SQLite funnels every write through one connection, so nothing ever runs
+//! concurrently. Here a pool of connections writes at once, so every read-then-write
+//! takes a row lock first:
+//! - appends lock the session row (`FOR UPDATE`), so appenders to one session take
+//!   turns and sequence numbers stay gap-free;
+//! - polls pick work with `FOR UPDATE SKIP LOCKED`, so two polls never get one item;
+//! - multi-row stops lock their work items in id order, so two of them cannot deadlock.
+//!
+//! Transactions use PostgreSQL's default `READ COMMITTED` isolation: with the locks above
+//! it is enough, and unlike `SERIALIZABLE` it never fails a call for the caller to retry.
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+use tracing::instrument;
+
+use crate::*;
+
+/// How many connections the pool opens at most. Each append holds one for a single short
+/// transaction, so 16 serves many busy sessions while staying far below PostgreSQL's
+/// default `max_connections` of 100, which several server nodes may share.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// The oldest server release accepted, as `server_version_num` spells it. The queries
+/// themselves need 9.5 (`ON CONFLICT`, `SKIP LOCKED`); 13 is the oldest release the
+/// project supports and tests, so older servers are refused up front instead of failing
+/// later in some less clear way.
+const MIN_SERVER_VERSION_NUM: i64 = 130_000;
+
+/// Builds the statement that stops the unfinished work items whose `column` is `$2`,
+/// stamping `$1`. The rows are locked in id order before they are updated: two such
+/// statements over overlapping rows (an archive and a deregistration, say) then take
+/// their locks in the same order and wait for each other instead of deadlocking.
+fn stop_work_sql(column: &str) -> String {
+    format!(
+        "UPDATE work_items SET state = 'stopped', stopped_at = $1 \
+         WHERE id IN (SELECT id FROM work_items WHERE {column} = $2 AND state != 'stopped' \
+         ORDER BY id FOR UPDATE)"
+    )
+}
+
+/// The PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to the database a `postgres://` URL names, checks that the server is
+    /// recent enough and migrates the database.
+    pub async fn open(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect(url)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot connect to PostgreSQL database {:?}: {e}",
+                    redact_url(url)
+                )
+            })?;
+        let row = sqlx::query("SHOW server_version_num")
+            .fetch_one(&pool)
+            .await?;
+        check_server_version(&row.try_get::<String, _>(0)?)?;
+        // The migrator holds an advisory lock while it runs, so several server nodes
+        // starting at once do not apply a migration twice.
+        sqlx::migrate!("migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot migrate PostgreSQL database: {e}"))?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool, waiting for queries in flight.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Refuses a server older than [`MIN_SERVER_VERSION_NUM`], given its
+/// `server_version_num` setting.
+fn check_server_version(setting: &str) -> Result<()> {
+    let num: i64 = setting.trim().parse().map_err(|e| {
+        anyhow::anyhow!("PostgreSQL reported an unreadable server_version_num {setting:?}: {e}")
+    })?;
+    if num < MIN_SERVER_VERSION_NUM {
+        return Err(StoreError::Other(anyhow::anyhow!(
+            "PostgreSQL server version {} is too old: Switchboard needs 13 or newer",
+            server_version_name(num)
+        )));
+    }
+    Ok(())
+}
+
+/// Spells a `server_version_num` the way people write versions: 120022 is "12.22" and,
+/// before release 10, 90624 is "9.6.24".
+fn server_version_name(num: i64) -> String {
+    if num >= 100_000 {
+        format!("{}.{}", num / 10_000, num % 10_000)
+    } else {
+        format!("{}.{}.{}", num / 10_000, num / 100 % 100, num % 100)
+    }
+}
+
+fn credential_from_row(row: &PgRow) -> Result<Credential> {
+    let kind: String = row.try_get("kind")?;
+    Ok(Credential {
+        id: row.try_get("id")?,
+        kind: CredentialKind::parse(&kind)
+            .ok_or_else(|| anyhow::anyhow!("unknown credential kind {kind:?}"))?,
+        owner_id: row.try_get("owner_id")?,
+        scope: row.try_get("scope")?,
+        work_id: row.try_get("work_id")?,
+        name: row.try_get("name")?,
+        secret_hash: row.try_get("secret_hash")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+fn environment_from_row(row: &PgRow) -> Result<Environment> {
+    let metadata: String = row.try_get("metadata")?;
+    let max_sessions: i64 = row.try_get("max_sessions")?;
+    Ok(Environment {
+        id: row.try_get("id")?,
+        owner_id: row.try_get("owner_id")?,
+        machine_name: row.try_get("machine_name")?,
+        directory: row.try_get("directory")?,
+        branch: row.try_get("branch")?,
+        git_repo_url: row.try_get("git_repo_url")?,
+        max_sessions: max_sessions.try_into().unwrap_or(u32::MAX),
+        metadata: serde_json::from_str(&metadata)?,
+        created_at: row.try_get("created_at")?,
+        last_poll_at: row.try_get("last_poll_at")?,
+        deregistered_at: row.try_get("deregistered_at")?,
+    })
+}
+
+fn session_from_row(row: &PgRow) -> Result<Session> {
+    let status: String = row.try_get("status")?;
+    let context: String = row.try_get("session_context")?;
+    Ok(Session {
+        id: row.try_get("id")?,
+        owner_id: row.try_get("owner_id")?,
+        environment_id: row.try_get("environment_id")?,
+        title: row.try_get("title")?,
+        status: SessionStatus::parse(&status)
+            .ok_or_else(|| anyhow::anyhow!("unknown session status {status:?}"))?,
+        session_context: serde_json::from_str(&context)?,
+        source: row.try_get("source")?,
+        permission_mode: row.try_get("permission_mode")?,
+        use_code_sessions: row.try_get("use_code_sessions")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        archived_at: row.try_get("archived_at")?,
+        last_seq: to_u64(row.try_get("last_seq")?),
+        last_activity_at: row.try_get("last_activity_at")?,
+        worker_cursor: to_u64(row.try_get("worker_cursor")?),
+        worker_epoch: to_u64(row.try_get("worker_epoch")?),
+        external_metadata: match row.try_get::<Option<String>, _>("external_metadata")? {
+            Some(text) => serde_json::from_str(&text)?,
+            None => serde_json::Value::Object(Default::default()),
+        },
+        requires_action: row
+            .try_get::<Option<String>, _>("requires_action")?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()?,
+    })
+}
+
+fn work_from_row(row: &PgRow) -> Result<WorkItem> {
+    let state: String = row.try_get("state")?;
+    let deliveries: i64 = row.try_get("deliveries")?;
+    Ok(WorkItem {
+        id: row.try_get("id")?,
+        environment_id: row.try_get("environment_id")?,
+        session_id: row.try_get("session_id")?,
+        state: WorkState::parse(&state)
+            .ok_or_else(|| anyhow::anyhow!("unknown work state {state:?}"))?,
+        created_at: row.try_get("created_at")?,
+        delivered_at: row.try_get("delivered_at")?,
+        acked_at: row.try_get("acked_at")?,
+        heartbeat_at: row.try_get("heartbeat_at")?,
+        stopped_at: row.try_get("stopped_at")?,
+        deliveries: deliveries.try_into().unwrap_or(u32::MAX),
+    })
+}
+
+fn event_from_row(row: &PgRow) -> Result<StoredEvent> {
+    let direction: String = row.try_get("direction")?;
+    Ok(StoredEvent {
+        session_id: row.try_get("session_id")?,
+        seq: to_u64(row.try_get("seq")?),
+        direction: Direction::parse(&direction)
+            .ok_or_else(|| anyhow::anyhow!("unknown event direction {direction:?}"))?,
+        kind: row.try_get("kind")?,
+        uuid: row.try_get("uuid")?,
+        payload: row.try_get("payload")?,
+        created_at: row.try_get("created_at")?,
+        request_id: row.try_get("request_id")?,
+        delivery: row
+            .try_get::<Option<String>, _>("delivery")?
+            .as_deref()
+            .and_then(DeliveryStatus::parse),
+    })
+}
+
+#[async_trait]
+impl Store for PgStore {
+    #[instrument(skip_all)]
+    async fn ensure_owner(&self, name: &str, now: Millis) -> Result<Owner> {
+        let id = format!("own_{}", name_id(name));
+        // `DO NOTHING` rather than a SELECT first: two first logins racing on one name
+        // both succeed, and both then read the row whichever of them inserted it.
+        sqlx::query(
+            "INSERT INTO owners (id, name, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT id, name, created_at FROM owners WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Owner {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+
+    #[instrument(skip_all)]
+    async fn insert_credential(&self, c: &Credential) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO credentials (id, kind, owner_id, scope, work_id, name, secret_hash, \
+             created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&c.id)
+        .bind(c.kind.as_str())
+        .bind(&c.owner_id)
+        .bind(&c.scope)
+        .bind(&c.work_id)
+        .bind(&c.name)
+        .bind(&c.secret_hash)
+        .bind(c.created_at)
+        .bind(c.expires_at)
+        .bind(c.revoked_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn credential(&self, id: &str) -> Result<Credential> {
+        let row = sqlx::query("SELECT * FROM credentials WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        credential_from_row(&row)
+    }
+
+    #[instrument(skip_all)]
+    async fn revoke_credentials(
+        &self,
+        kind: CredentialKind,
+        scope: &str,
+        now: Millis,
+    ) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE credentials SET revoked_at = $1 \
+             WHERE kind = $2 AND scope = $3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(kind.as_str())
+        .bind(scope)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    #[instrument(skip_all)]
+    async fn api_keys(&self) -> Result<Vec<Credential>> {
+        let rows =
+            sqlx::query("SELECT * FROM credentials WHERE kind = $1 ORDER BY created_at DESC")
+                .bind(CredentialKind::ApiKey.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(credential_from_row).collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn upsert_environment(&self, e: &Environment) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO environments (id, owner_id, machine_name, directory, branch, \
+             git_repo_url, max_sessions, metadata, created_at, last_poll_at, deregistered_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL) \
+             ON CONFLICT (id) DO UPDATE SET machine_name = excluded.machine_name, \
+             directory = excluded.directory, branch = excluded.branch, \
+             git_repo_url = excluded.git_repo_url, max_sessions = excluded.max_sessions, \
+             metadata = excluded.metadata, last_poll_at = excluded.last_poll_at, \
+             deregistered_at = NULL",
+        )
+        .bind(&e.id)
+        .bind(&e.owner_id)
+        .bind(&e.machine_name)
+        .bind(&e.directory)
+        .bind(&e.branch)
+        .bind(&e.git_repo_url)
+        .bind(i64::from(e.max_sessions))
+        .bind(serde_json::to_string(&e.metadata)?)
+        .bind(e.created_at)
+        .bind(e.last_poll_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn environment(&self, id: &str) -> Result<Environment> {
+        let row = sqlx::query("SELECT * FROM environments WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        environment_from_row(&row)
+    }
+
+    #[instrument(skip_all)]
+    async fn touch_environment(&self, id: &str, now: Millis) -> Result<()> {
+        sqlx::query("UPDATE environments SET last_poll_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn deregister_environment(&self, id: &str, now: Millis) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE environments SET deregistered_at = COALESCE(deregistered_at, $1) \
+             WHERE id = $2",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query(&stop_work_sql("environment_id"))
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn idle_environments(&self, polled_before: Millis) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT id FROM environments WHERE deregistered_at IS NULL AND last_poll_at < $1",
+        )
+        .bind(polled_before)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?)
+    }
+
+    #[instrument(skip_all)]
+    async fn create_session(&self, s: &Session) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (id, owner_id, environment_id, title, status, session_context, \
+             source, permission_mode, use_code_sessions, created_at, updated_at, archived_at, \
+             last_seq, last_activity_at, worker_cursor, worker_epoch, external_metadata, \
+             requires_action) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+             $17, $18)",
+        )
+        .bind(&s.id)
+        .bind(&s.owner_id)
+        .bind(&s.environment_id)
+        .bind(&s.title)
+        .bind(s.status.as_str())
+        .bind(serde_json::to_string(&s.session_context)?)
+        .bind(&s.source)
+        .bind(&s.permission_mode)
+        .bind(s.use_code_sessions)
+        .bind(s.created_at)
+        .bind(s.updated_at)
+        .bind(s.archived_at)
+        .bind(to_i64(s.last_seq))
+        .bind(s.last_activity_at)
+        .bind(to_i64(s.worker_cursor))
+        .bind(to_i64(s.worker_epoch))
+        .bind(serde_json::to_string(&s.external_metadata)?)
+        .bind(
+            s.requires_action
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()?,
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn session(&self, id: &str) -> Result<Session> {
+        let row = sqlx::query("SELECT * FROM sessions WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        session_from_row(&row)
+    }
+
+    #[instrument(skip_all)]
+    async fn list_sessions(
+        &self,
+        owner_id: &str,
+        limit: u32,
+        before: Option<&str>,
+    ) -> Result<Vec<Session>> {
+        let rows =
+            match before {
+                Some(before) => sqlx::query(
+                    "SELECT s.* FROM sessions s, sessions b WHERE b.id = $1 AND s.owner_id = $2 \
+                     AND (s.created_at < b.created_at \
+                          OR (s.created_at = b.created_at AND s.id < b.id)) \
+                     ORDER BY s.created_at DESC, s.id DESC LIMIT $3",
+                )
+                .bind(before)
+                .bind(owner_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?,
+                None => {
+                    sqlx::query(
+                        "SELECT * FROM sessions WHERE owner_id = $1 \
+                     ORDER BY created_at DESC, id DESC LIMIT $2",
+                    )
+                    .bind(owner_id)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+            };
+        rows.iter().map(session_from_row).collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn set_session_title(&self, id: &str, title: &str, now: Millis) -> Result<()> {
+        let done = sqlx::query("UPDATE sessions SET title = $1, updated_at = $2 WHERE id = $3")
+            .bind(title)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn set_session_status(
+        &self,
+        id: &str,
+        status: SessionStatus,
+        requires_action: Option<&serde_json::Value>,
+        now: Millis,
+    ) -> Result<()> {
+        if status == SessionStatus::Archived {
+            return Err(StoreError::Conflict(
+                "use archive_session to archive".into(),
+            ));
+        }
+        sqlx::query(
+            "UPDATE sessions SET status = $1, requires_action = $2, updated_at = $3 \
+             WHERE id = $4 AND status != 'archived'",
+        )
+        .bind(status.as_str())
+        .bind(requires_action.map(serde_json::to_string).transpose()?)
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn archive_session(&self, id: &str, now: Millis) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE sessions SET status = 'archived', archived_at = $1, updated_at = $1 \
+             WHERE id = $2 AND status != 'archived'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            let exists = sqlx::query("SELECT 1 FROM sessions WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            return Err(match exists {
+                Some(_) => StoreError::Conflict("session is already archived".into()),
+                None => StoreError::NotFound,
+            });
+        }
+        sqlx::query(&stop_work_sql("session_id"))
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn enqueue_work(&self, w: &WorkItem) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO work_items (id, environment_id, session_id, state, created_at, \
+             delivered_at, acked_at, heartbeat_at, stopped_at, deliveries) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&w.id)
+        .bind(&w.environment_id)
+        .bind(&w.session_id)
+        .bind(w.state.as_str())
+        .bind(w.created_at)
+        .bind(w.delivered_at)
+        .bind(w.acked_at)
+        .bind(w.heartbeat_at)
+        .bind(w.stopped_at)
+        .bind(i64::from(w.deliveries))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn claim_work(
+        &self,
+        environment_id: &str,
+        now: Millis,
+        reclaim_before: Millis,
+    ) -> Result<Option<WorkItem>> {
+        // One statement, and the pick locks its row: a concurrent poll skips that row and
+        // takes the next deliverable one instead of delivering the same item twice. A row
+        // another poll has just claimed is re-checked after the lock and no longer matches.
+        let row = sqlx::query(
+            "UPDATE work_items SET state = 'delivered', delivered_at = $1, \
+             deliveries = deliveries + 1 \
+             WHERE id = (SELECT id FROM work_items WHERE environment_id = $2 \
+                 AND (state = 'queued' OR (state = 'delivered' AND delivered_at <= $3)) \
+                 ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING *",
+        )
+        .bind(now)
+        .bind(environment_id)
+        .bind(reclaim_before)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(work_from_row).transpose()
+    }
+
+    #[instrument(skip_all)]
+    async fn work_item(&self, environment_id: &str, id: &str) -> Result<WorkItem> {
+        let row = sqlx::query("SELECT * FROM work_items WHERE environment_id = $1 AND id = $2")
+            .bind(environment_id)
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        work_from_row(&row)
+    }
+
+    #[instrument(skip_all)]
+    async fn update_work(
+        &self,
+        environment_id: &str,
+        id: &str,
+        state: WorkState,
+        now: Millis,
+    ) -> Result<WorkItem> {
+        let sql = match state {
+            WorkState::Acked => {
+                "UPDATE work_items SET state = 'acked', acked_at = COALESCE(acked_at, $1), \
+                 heartbeat_at = $1 WHERE environment_id = $2 AND id = $3 AND state != 'stopped' \
+                 RETURNING *"
+            }
+            WorkState::Stopped => {
+                "UPDATE work_items SET state = 'stopped', stopped_at = COALESCE(stopped_at, $1) \
+                 WHERE environment_id = $2 AND id = $3 RETURNING *"
+            }
+            WorkState::Delivered | WorkState::Queued => {
+                return Err(StoreError::Conflict(format!(
+                    "cannot move a work item to {}",
+                    state.as_str()
+                )))
+            }
+        };
+        let row = sqlx::query(sql)
+            .bind(now)
+            .bind(environment_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => work_from_row(&row),
+            None => {
+                let existing = self.work_item(environment_id, id).await?;
+                Err(StoreError::Conflict(format!(
+                    "work item is {}",
+                    existing.state.as_str()
+                )))
+            }
+        }
+    }
+
+    #[instrument(skip_all)]
+    async fn stop_session_work(&self, session_id: &str, now: Millis) -> Result<u64> {
+        let done = sqlx::query(&stop_work_sql("session_id"))
+            .bind(now)
+            .bind(session_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    #[instrument(skip_all)]
+    async fn append_events(
+        &self,
+        session_id: &str,
+        events: &[NewEvent],
+        now: Millis,
+    ) -> Result<Vec<Appended>> {
+        let mut tx = self.pool.begin().await?;
+        // The row lock makes concurrent appenders to this session take turns until this
+        // transaction ends, so the next sequence number read here is still free at
+        // commit and no uuid can be inserted by someone else between check and insert.
+        let row = sqlx::query("SELECT last_seq FROM sessions WHERE id = $1 FOR UPDATE")
+            .bind(session_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut seq = to_u64(row.try_get("last_seq")?);
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            if let Some(uuid) = &event.uuid {
+                // This also sees rows inserted earlier in this same transaction, so a
+                // uuid repeated within one batch is a duplicate too.
+                let existing =
+                    sqlx::query("SELECT seq FROM events WHERE session_id = $1 AND uuid = $2")
+                        .bind(session_id)
+                        .bind(uuid)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Some(existing) = existing {
+                    out.push(Appended {
+                        seq: to_u64(existing.try_get("seq")?),
+                        duplicate: true,
+                    });
+                    continue;
+                }
+            }
+            seq += 1;
+            sqlx::query(
+                "INSERT INTO events (session_id, seq, direction, kind, uuid, payload, \
+                 created_at, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(session_id)
+            .bind(to_i64(seq))
+            .bind(event.direction.as_str())
+            .bind(&event.kind)
+            .bind(&event.uuid)
+            .bind(&event.payload)
+            .bind(now)
+            .bind(&event.request_id)
+            .execute(&mut *tx)
+            .await?;
+            out.push(Appended {
+                seq,
+                duplicate: false,
+            });
+        }
+        if out.iter().any(|a| !a.duplicate) {
+            sqlx::query("UPDATE sessions SET last_seq = $1, last_activity_at = $2 WHERE id = $3")
+                .bind(to_i64(seq))
+                .bind(now)
+                .bind(session_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    #[instrument(skip_all)]
+    async fn events(&self, session_id: &str, q: &EventQuery) -> Result<Vec<StoredEvent>> {
+        let order = if q.latest { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT * FROM events WHERE session_id = $1 AND seq > $2 AND seq < $3 \
+             AND ($4::TEXT IS NULL OR direction = $4) {processed} ORDER BY seq {order} LIMIT $5",
+            processed = if q.exclude_processed {
+                "AND (delivery IS NULL OR delivery != 'processed')"
+            } else {
+                ""
+            }
+        );
+        let rows = sqlx::query(&sql)
+            .bind(session_id)
+            .bind(to_i64(q.after.unwrap_or(0)))
+            .bind(q.before.map(to_i64).unwrap_or(i64::MAX))
+            .bind(q.direction.map(Direction::as_str))
+            .bind(i64::from(q.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        if q.latest {
+            events.reverse();
+        }
+        Ok(events)
+    }
+
+    #[instrument(skip_all)]
+    async fn advance_worker_cursor(&self, session_id: &str, seq: u64) -> Result<()> {
+        sqlx::query(
+            "UPDATE sessions SET worker_cursor = GREATEST(worker_cursor, $1) WHERE id = $2",
+        )
+        .bind(to_i64(seq))
+        .bind(session_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn bump_worker_epoch(&self, id: &str, now: Millis) -> Result<u64> {
+        let row = sqlx::query(
+            "UPDATE sessions SET worker_epoch = worker_epoch + 1, updated_at = $1 WHERE id = $2 \
+             RETURNING worker_epoch",
+        )
+        .bind(now)
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(to_u64(row.try_get("worker_epoch")?))
+    }
+
+    #[instrument(skip_all)]
+    async fn update_worker(
+        &self,
+        id: &str,
+        epoch: u64,
+        update: &WorkerUpdate,
+        now: Millis,
+    ) -> Result<Session> {
+        let mut tx = self.pool.begin().await?;
+        // The merge happens in Rust, so the row stays locked from this read to the write:
+        // a concurrent report or epoch bump cannot slip in between and be lost.
+        let row = sqlx::query("SELECT * FROM sessions WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut session = session_from_row(&row)?;
+        if session.worker_epoch != epoch {
+            return Err(StoreError::Conflict(format!(
+                "worker epoch {epoch} is not the current one ({})",
+                session.worker_epoch
+            )));
+        }
+        if let Some(patch) = &update.external_metadata {
+            switchboard_proto::merge::merge_patch(&mut session.external_metadata, patch);
+        }
+        if let Some(details) = &update.requires_action {
+            session.requires_action = details.clone();
+        }
+        if let Some(status) = update.status {
+            if session.status != SessionStatus::Archived && status != SessionStatus::Archived {
+                session.status = status;
+            }
+        }
+        session.updated_at = now;
+        sqlx::query(
+            "UPDATE sessions SET status = $1, requires_action = $2, external_metadata = $3, \
+             updated_at = $4 WHERE id = $5",
+        )
+        .bind(session.status.as_str())
+        .bind(
+            session
+                .requires_action
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()?,
+        )
+        .bind(serde_json::to_string(&session.external_metadata)?)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(session)
+    }
+
+    #[instrument(skip_all)]
+    async fn set_delivery(
+        &self,
+        session_id: &str,
+        updates: &[(EventRef, DeliveryStatus)],
+    ) -> Result<()> {
+        // A status only moves forward: received < processing < processed.
+        const FORWARD: &str = "CASE COALESCE(delivery, '') WHEN 'processed' THEN 3 \
+            WHEN 'processing' THEN 2 WHEN 'received' THEN 1 ELSE 0 END < $4";
+        let mut tx = self.pool.begin().await?;
+        for (target, status) in updates {
+            let rank: i32 = match status {
+                DeliveryStatus::Received => 1,
+                DeliveryStatus::Processing => 2,
+                DeliveryStatus::Processed => 3,
+            };
+            let column = match target {
+                EventRef::Uuid(_) => "uuid",
+                EventRef::Seq(_) => "seq",
+            };
+            let sql = format!(
+                "UPDATE events SET delivery = $1 WHERE session_id = $2 AND {column} = $3 \
+                 AND {FORWARD}"
+            );
+            let query = sqlx::query(&sql).bind(status.as_str()).bind(session_id);
+            let query = match target {
+                EventRef::Uuid(uuid) => query.bind(uuid),
+                EventRef::Seq(seq) => query.bind(to_i64(*seq)),
+            };
+            query.bind(rank).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn events_by_request(
+        &self,
+        session_id: &str,
+        request_id: &str,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE session_id = $1 AND request_id = $2 ORDER BY seq",
+        )
+        .bind(session_id)
+        .bind(request_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn append_internal_events(
+        &self,
+        session_id: &str,
+        events: &[NewInternalEvent],
+        now: Millis,
+    ) -> Result<Vec<u64>> {
+        let mut tx = self.pool.begin().await?;
+        // Two appenders reading the same MAX(seq) would both insert the next number and
+        // one would fail on the primary key, so they take turns on the session row. Like
+        // SQLite, which has no foreign key here either, an unknown session is not an
+        // error; its events are then numbered without that lock.
+        sqlx::query("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE")
+            .bind(session_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let row = sqlx::query(
+            "SELECT COALESCE(MAX(seq), 0) AS last FROM internal_events WHERE session_id = $1",
+        )
+        .bind(session_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut seq = to_u64(row.try_get("last")?);
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            seq += 1;
+            sqlx::query(
+                "INSERT INTO internal_events (session_id, seq, event_type, payload, \
+                 is_compaction, agent_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(session_id)
+            .bind(to_i64(seq))
+            .bind(&event.event_type)
+            .bind(&event.payload)
+            .bind(event.is_compaction)
+            .bind(&event.agent_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            out.push(seq);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    #[instrument(skip_all)]
+    async fn internal_events(
+        &self,
+        session_id: &str,
+        after: u64,
+        subagents: bool,
+        limit: u32,
+    ) -> Result<Vec<InternalEvent>> {
+        let rows = sqlx::query(
+            "SELECT * FROM internal_events WHERE session_id = $1 AND seq > $2 \
+             AND (agent_id IS NOT NULL) = $3 ORDER BY seq LIMIT $4",
+        )
+        .bind(session_id)
+        .bind(to_i64(after))
+        .bind(subagents)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(InternalEvent {
+                    seq: to_u64(row.try_get("seq")?),
+                    event_type: row.try_get("event_type")?,
+                    payload: row.try_get("payload")?,
+                    is_compaction: row.try_get("is_compaction")?,
+                    agent_id: row.try_get("agent_id")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn signing_keys(&self) -> Result<Vec<SigningKey>> {
+        let rows = sqlx::query(
+            "SELECT * FROM signing_keys WHERE retired_at IS NULL \
+             ORDER BY created_at DESC, id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SigningKey {
+                    id: row.try_get("id")?,
+                    secret: row.try_get("secret")?,
+                    created_at: row.try_get("created_at")?,
+                    retired_at: row.try_get("retired_at")?,
+                })
+            })
+            .collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn insert_signing_key(&self, key: &SigningKey) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO signing_keys (id, secret, created_at, retired_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&key.id)
+        .bind(&key.secret)
+        .bind(key.created_at)
+        .bind(key.retired_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn retire_signing_keys(&self, before: Millis, now: Millis) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL AND created_at < $2",
+        )
+        .bind(now)
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn servers_older_than_13_are_refused_with_their_version() {
+        let err = super::check_server_version("120022")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("12.22") && err.contains("13 or newer"),
+            "{err}"
+        );
+        assert!(super::check_server_version("130000").is_ok());
+        assert!(super::check_server_version("150020").is_ok());
+        assert!(super::check_server_version("fifteen").is_err());
+    }
+
+    #[test]
+    fn server_versions_are_spelled_as_people_write_them() {
+        assert_eq!(super::server_version_name(120_022), "12.22");
+        assert_eq!(super::server_version_name(130_000), "13.0");
+        assert_eq!(super::server_version_name(90_624), "9.6.24");
+    }
+}
