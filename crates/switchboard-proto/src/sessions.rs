@@ -70,6 +70,10 @@ pub struct SessionResource {
     /// True when the session is served over the CCR v2 plane.
     #[serde(default)]
     pub use_code_sessions: bool,
+    /// While `session_status` is `requires_action`: the worker's pending request (the
+    /// `control_request` with `can_use_tool` or `elicitation`) it waits on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires_action: Option<Value>,
 }
 
 /// Body of `POST /v1/sessions/{id}/events` and of the session-ingress POST.

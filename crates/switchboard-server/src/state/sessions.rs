@@ -136,6 +136,7 @@ impl AppState {
             last_activity_at: s.last_activity_at.map(iso),
             last_sequence_num: s.last_seq,
             use_code_sessions: s.use_code_sessions,
+            requires_action: s.requires_action.clone(),
         }
     }
 
