@@ -256,3 +256,98 @@ async fn a_server_killed_with_sigkill_keeps_every_acknowledged_event_in_order() 
     restarted.child.kill().await?;
     Ok(())
 }
+
+/// Reads SSE `client_event` frames from a response until `count` arrived; returns their
+/// `id:` values.
+async fn read_event_ids(response: &mut reqwest::Response, count: usize) -> anyhow::Result<Vec<u64>> {
+    let mut buffer = String::new();
+    let mut ids = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while ids.len() < count {
+            let chunk = response.chunk().await?.ok_or_else(|| anyhow::anyhow!("stream ended"))?;
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                if let Some(id) = block.lines().find_map(|l| l.strip_prefix("id:")) {
+                    ids.push(id.trim().parse()?);
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await??;
+    Ok(ids)
+}
+
+#[tokio::test]
+async fn the_worker_stream_resumes_after_a_sigkill_with_no_gap_and_no_duplicate() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = create_key(dir.path(), "sse").await?;
+    let mut served = serve(dir.path()).await?;
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{}/v1/code/sessions", served.url))
+        .bearer_auth(&key)
+        .json(&json!({"title":"sse","bridge":{}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = created["session"]["id"].as_str().expect("id").to_string();
+    let prompt = |i: u32| json!({"type":"user","uuid":format!("p-{i}"),"message":{"role":"user","content":format!("p{i}")}});
+    let send = |url: String, i: u32| {
+        let (http, key, id) = (http.clone(), key.clone(), id.clone());
+        async move {
+            http.post(format!("{url}/v1/sessions/{id}/events"))
+                .bearer_auth(&key)
+                .json(&json!({"events":[prompt(i)]}))
+                .send()
+                .await?
+                .error_for_status()?;
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    let credentials = |url: String| {
+        let (http, key, id) = (http.clone(), key.clone(), id.clone());
+        async move {
+            let creds: Value = http
+                .post(format!("{url}/v1/code/sessions/{id}/bridge"))
+                .bearer_auth(&key)
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok::<_, anyhow::Error>(creds["worker_jwt"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    let jwt = credentials(served.url.clone()).await?;
+    for i in 0..3 {
+        send(served.url.clone(), i).await?;
+    }
+    let mut stream = http
+        .get(format!("{}/v1/code/sessions/{id}/worker/events/stream", served.url))
+        .bearer_auth(&jwt)
+        .send()
+        .await?;
+    let seen = read_event_ids(&mut stream, 2).await?;
+    served.child.start_kill()?;
+    served.child.wait().await?;
+
+    let restarted = serve(dir.path()).await?;
+    for i in 3..5 {
+        send(restarted.url.clone(), i).await?;
+    }
+    // The signing key lives in the store, so the worker's token still works.
+    let mut resumed = http
+        .get(format!("{}/v1/code/sessions/{id}/worker/events/stream?from_sequence_num={}", restarted.url, seen[1]))
+        .bearer_auth(&jwt)
+        .header("Last-Event-ID", seen[1].to_string())
+        .send()
+        .await?;
+    assert!(resumed.status().is_success(), "{}", resumed.status());
+    let rest = read_event_ids(&mut resumed, 3).await?;
+    let all: Vec<u64> = seen.iter().chain(&rest).copied().collect();
+    assert_eq!(all, (1..=5).collect::<Vec<u64>>());
+    drop(restarted);
+    Ok(())
+}

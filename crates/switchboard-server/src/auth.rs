@@ -39,6 +39,15 @@ pub enum Principal {
         /// The work item the token came with.
         work_id: Option<String>,
     },
+    /// A worker JWT from `/bridge`: the worker of one session, for one epoch.
+    Worker {
+        /// The owner of the session.
+        owner_id: String,
+        /// The session body id.
+        session_id: String,
+        /// The epoch the token was issued for.
+        epoch: u64,
+    },
 }
 
 impl Principal {
@@ -47,7 +56,8 @@ impl Principal {
         match self {
             Principal::Owner { owner_id }
             | Principal::Environment { owner_id, .. }
-            | Principal::Ingress { owner_id, .. } => owner_id,
+            | Principal::Ingress { owner_id, .. }
+            | Principal::Worker { owner_id, .. } => owner_id,
         }
     }
 }

@@ -65,6 +65,8 @@ pub(crate) struct SessionChannel {
     workers: AtomicUsize,
     /// Cancelled when the session is archived: its connections end.
     pub(crate) closed: CancellationToken,
+    /// When a v2 worker last sent a heartbeat (or any state report).
+    last_heartbeat: Mutex<Option<std::time::Instant>>,
 }
 
 impl SessionChannel {
@@ -77,7 +79,22 @@ impl SessionChannel {
             next_generation: AtomicU64::new(0),
             workers: AtomicUsize::new(0),
             closed: CancellationToken::new(),
+            last_heartbeat: Mutex::new(None),
         }
+    }
+
+    /// Records a sign of life from a v2 worker.
+    pub(crate) fn heartbeat(&self) {
+        *self.last_heartbeat.lock().expect("heartbeat lock poisoned") =
+            Some(std::time::Instant::now());
+    }
+
+    /// How long since the last sign of life, if there was one.
+    pub(crate) fn heartbeat_age(&self) -> Option<std::time::Duration> {
+        self.last_heartbeat
+            .lock()
+            .expect("heartbeat lock poisoned")
+            .map(|t| t.elapsed())
     }
 
     /// Follows the session's new events.

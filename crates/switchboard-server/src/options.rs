@@ -34,6 +34,14 @@ pub struct ServerOptions {
     /// When a viewer names no sequence number, send it only the most recent this many
     /// events (`None`: the whole history).
     pub viewer_backlog: Option<u32>,
+    /// Lifetime of worker JWTs issued by `/bridge` (`expires_in`). The client refreshes
+    /// five minutes before expiry, so keep it well above that.
+    pub worker_jwt_ttl: Duration,
+    /// A v2 worker without a heartbeat for this long is considered gone.
+    pub worker_heartbeat_ttl: Duration,
+    /// How often an idle worker event stream gets a keep-alive comment (the client drops
+    /// a stream silent for 45 s).
+    pub sse_keepalive: Duration,
 }
 
 impl Default for ServerOptions {
@@ -53,6 +61,10 @@ impl Default for ServerOptions {
             ingress_token_ttl: None,
             channel_capacity: 1024,
             viewer_backlog: None,
+            worker_jwt_ttl: Duration::from_secs(4 * 60 * 60),
+            // Upstream's TTL; the client heartbeats every 20 s.
+            worker_heartbeat_ttl: Duration::from_secs(60),
+            sse_keepalive: Duration::from_secs(15),
         }
     }
 }

@@ -6,7 +6,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
-use crate::http::{self, environments, health, ingress, sessions};
+use crate::http::{self, code, environments, health, ingress, sessions};
 use crate::state::AppState;
 use crate::ws;
 
@@ -52,6 +52,34 @@ pub(crate) fn build(state: AppState) -> Router {
         .route(
             "/v1/sessions/{id}/events",
             post(sessions::post_events).get(sessions::history),
+        )
+        // Code sessions and the CCR v2 worker API (§9, §10).
+        .route("/v1/code/sessions", post(code::create))
+        .route("/v1/code/sessions/{id}/bridge", post(code::bridge))
+        .route(
+            "/v1/code/sessions/{id}/worker",
+            get(code::get_worker).put(code::put_worker),
+        )
+        .route(
+            "/v1/code/sessions/{id}/worker/register",
+            post(code::register),
+        )
+        .route(
+            "/v1/code/sessions/{id}/worker/heartbeat",
+            post(code::heartbeat),
+        )
+        .route("/v1/code/sessions/{id}/worker/events", post(code::events))
+        .route(
+            "/v1/code/sessions/{id}/worker/internal-events",
+            post(code::post_internal).get(code::get_internal),
+        )
+        .route(
+            "/v1/code/sessions/{id}/worker/events/delivery",
+            post(code::delivery),
+        )
+        .route(
+            "/v1/code/sessions/{id}/worker/events/stream",
+            get(code::stream),
         )
         // Viewers (§13.1).
         .route("/v1/sessions/ws/{id}/subscribe", get(ws::viewer::upgrade));

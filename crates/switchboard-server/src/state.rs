@@ -3,10 +3,12 @@
 //! Handlers extract and authorize, then call one method here; the methods hold the
 //! protocol's rules and talk to the store and the hub. Nothing else touches either.
 
+mod code;
 mod environments;
 mod events;
 mod sessions;
 
+pub(crate) use code::event_id;
 pub(crate) use sessions::HistoryQuery;
 
 use std::net::SocketAddr;
@@ -38,6 +40,8 @@ struct Inner {
     options: ServerOptions,
     shutdown: Shutdown,
     local_addr: OnceLock<SocketAddr>,
+    /// Live signing keys, newest first; loaded (or first created) on first use.
+    signing_keys: tokio::sync::RwLock<Vec<switchboard_store::SigningKey>>,
 }
 
 impl AppState {
@@ -52,6 +56,7 @@ impl AppState {
                 options,
                 shutdown: Shutdown::default(),
                 local_addr: OnceLock::new(),
+                signing_keys: tokio::sync::RwLock::new(Vec::new()),
             }),
         }
     }
@@ -94,8 +99,25 @@ impl AppState {
         }
     }
 
-    /// Checks a bearer token.
+    /// Checks a bearer token: a worker JWT against the signing keys, anything else
+    /// against the stored credentials.
     pub(crate) async fn authenticate(&self, token: &str) -> Result<Principal, ApiError> {
+        if crate::jwt::looks_like_jwt(token) {
+            let keys = self.signing_keys().await?;
+            let claims =
+                crate::jwt::verify(token, &keys, now_ms() / 1000).map_err(|e| match e {
+                    crate::jwt::JwtError::Invalid => ApiError::Unauthorized(e.to_string()),
+                    // The client compares `exp` itself and treats this as a superseded worker.
+                    crate::jwt::JwtError::Expired => ApiError::Unauthorized(e.to_string()),
+                })?;
+            let session = SessionId::parse(&claims.session_id)
+                .ok_or_else(|| ApiError::Unauthorized("invalid worker token".into()))?;
+            return Ok(Principal::Worker {
+                owner_id: claims.owner,
+                session_id: session.body().to_string(),
+                epoch: claims.epoch,
+            });
+        }
         auth::verify(self.store().as_ref(), token, now_ms()).await
     }
 
@@ -117,7 +139,9 @@ impl AppState {
         };
         match principal {
             Principal::Owner { owner_id } if *owner_id == session.owner_id => Ok(session),
-            Principal::Ingress { session_id, .. } if worker && *session_id == session.id => {
+            Principal::Ingress { session_id, .. } | Principal::Worker { session_id, .. }
+                if worker && *session_id == session.id =>
+            {
                 Ok(session)
             }
             Principal::Owner { .. } => Err(ApiError::Forbidden(

@@ -13,6 +13,11 @@ use crate::hub::LogEvent;
 use crate::metrics::Metrics;
 use crate::time::now_ms;
 
+/// The largest message a viewer may send towards a worker. The worker's SSE reader drops
+/// any frame over 1 MiB (PROTOCOL.md §9.8), and the frame wraps the message in an
+/// envelope, so stay clear of that.
+pub(crate) const MAX_INBOUND_EVENT_BYTES: usize = 1000 * 1024;
+
 impl AppState {
     /// Appends messages a worker wrote (assistant output, tool results, permission
     /// requests…) to the session's log. `keep_alive` is dropped; everything else is
@@ -59,7 +64,14 @@ impl AppState {
             let message =
                 messages::normalize_inbound(message, &mut || uuid::Uuid::new_v4().to_string())
                     .map_err(|e| ApiError::BadRequest(format!("event {i}: {e}")))?;
-            events.push(new_event(Direction::Inbound, message));
+            let event = new_event(Direction::Inbound, message);
+            if event.payload.len() > MAX_INBOUND_EVENT_BYTES {
+                return Err(ApiError::TooLarge(format!(
+                    "event {i} is {} bytes; a message for the worker may be at most {MAX_INBOUND_EVENT_BYTES}",
+                    event.payload.len()
+                )));
+            }
+            events.push(event);
         }
         self.append(session, events, None).await
     }

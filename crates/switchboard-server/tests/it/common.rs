@@ -177,3 +177,84 @@ pub async fn next(rx: &mut tokio::sync::mpsc::Receiver<Value>) -> anyhow::Result
         .map_err(|_| anyhow::anyhow!("timed out waiting for a message"))?
         .ok_or_else(|| anyhow::anyhow!("the stream ended"))
 }
+
+/// A minimal Server-Sent Events reader for tests: yields `(event, id, data)` frames and
+/// skips comments.
+pub struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+    /// Comment lines seen so far (keep-alives).
+    pub comments: Vec<String>,
+}
+
+/// One SSE frame.
+#[derive(Debug, Clone)]
+pub struct SseFrame {
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl SseReader {
+    /// Opens `url` with a bearer token, optionally resuming with `Last-Event-ID`.
+    pub async fn open(url: &str, token: &str, last_event_id: Option<u64>) -> anyhow::Result<Self> {
+        let mut request = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "stream refused: {}",
+            response.status()
+        );
+        Ok(Self {
+            response,
+            buffer: String::new(),
+            comments: Vec::new(),
+        })
+    }
+
+    /// The next frame with data, or an error after `wait`.
+    pub async fn next(&mut self, wait: Duration) -> anyhow::Result<SseFrame> {
+        tokio::time::timeout(wait, async {
+            loop {
+                if let Some(end) = self.buffer.find("\n\n") {
+                    let block: String = self.buffer.drain(..end + 2).collect();
+                    let mut frame = SseFrame {
+                        event: None,
+                        id: None,
+                        data: String::new(),
+                    };
+                    for line in block.lines() {
+                        if let Some(v) = line.strip_prefix("event:") {
+                            frame.event = Some(v.trim().to_string());
+                        } else if let Some(v) = line.strip_prefix("id:") {
+                            frame.id = Some(v.trim().to_string());
+                        } else if let Some(v) = line.strip_prefix(':') {
+                            self.comments.push(v.trim().to_string());
+                        } else if let Some(v) = line.strip_prefix("data:") {
+                            if !frame.data.is_empty() {
+                                frame.data.push('\n');
+                            }
+                            frame.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                        }
+                    }
+                    if !frame.data.is_empty() {
+                        return Ok(frame);
+                    }
+                    continue;
+                }
+                match self.response.chunk().await? {
+                    Some(chunk) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
+                    None => anyhow::bail!("the stream ended"),
+                }
+            }
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("no frame within {wait:?}"))?
+    }
+}

@@ -177,3 +177,175 @@ async fn the_v1_hybrid_capture_replays_against_switchboard() -> anyhow::Result<(
     );
     Ok(())
 }
+
+/// Replays the worker's side of a CCR v2 capture: its requests go to Switchboard with
+/// Switchboard's session, token and epoch; what the fake server streamed is sent by a
+/// viewer and must arrive on the stream unchanged.
+async fn replay_v2(name: &str) -> anyhow::Result<()> {
+    let records = load(name)?;
+    let server = TestServer::start().await?;
+    let bridge = server.bridge();
+    let env = bridge.register_environment(&registration()).await?;
+    let session = server
+        .sessions()
+        .create_session(&switchboard_proto::sessions::CreateSessionRequest {
+            environment_id: Some(env.environment_id.clone()),
+            use_code_sessions: true,
+            ..Default::default()
+        })
+        .await?;
+    let work = bridge
+        .poll_for_work(&env.environment_id, &env.environment_secret, None)
+        .await?
+        .expect("work");
+    let token = secret_of(&work).session_ingress_token;
+    let id = work.data.id.clone();
+    let registered: Value = server
+        .http()
+        .post(format!(
+            "{}/v1/code/sessions/{id}/worker/register",
+            server.url()
+        ))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let epoch = registered["worker_epoch"].clone();
+    let captured_id = records
+        .iter()
+        .find_map(|r| {
+            r.path
+                .strip_prefix("/v1/code/sessions/")
+                .map(|rest| rest.split('/').next().unwrap_or("").to_string())
+        })
+        .expect("a session path");
+
+    let mut stream: Option<SseReader> = None;
+    let mut event_ids = std::collections::HashMap::new();
+    let mut expected: Vec<Value> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut keep = |v: &Value, expected: &mut Vec<Value>| {
+        if v["type"] == "keep_alive" {
+            return;
+        }
+        if let Some(u) = v["uuid"].as_str() {
+            if !seen.insert(u.to_string()) {
+                return;
+            }
+        }
+        expected.push(v.clone());
+    };
+    for record in &records {
+        let path = record.path.replace(&captured_id, &id);
+        match (record.dir.as_str(), record.transport.as_str()) {
+            ("client->server", "http")
+                if path.starts_with("/v1/code/sessions/") && path.ends_with("/events/stream") =>
+            {
+                stream =
+                    Some(SseReader::open(&format!("{}{path}", server.url()), &token, None).await?);
+            }
+            ("client->server", "http") if path.starts_with("/v1/code/sessions/") => {
+                let mut request = server
+                    .http()
+                    .request(record.method.parse()?, format!("{}{path}", server.url()));
+                for (k, v) in replay_headers(record, &token) {
+                    request = request.header(k, v);
+                }
+                if let Some(mut body) = record.body.clone() {
+                    if body.get("worker_epoch").is_some() {
+                        body["worker_epoch"] = epoch.clone();
+                    }
+                    // Delivery updates name events by the ids this server gave them.
+                    if let Some(updates) = body.get_mut("updates").and_then(Value::as_array_mut) {
+                        for update in updates {
+                            if let Some(ours) =
+                                update["event_id"].as_str().and_then(|e| event_ids.get(e))
+                            {
+                                update["event_id"] = Value::String(String::clone(ours));
+                            }
+                        }
+                    }
+                    if path.ends_with("/worker/events") {
+                        for event in body["events"].as_array().expect("events") {
+                            keep(&event["payload"], &mut expected);
+                        }
+                    }
+                    request = request.body(serde_json::to_vec(&body)?);
+                }
+                let response = request.send().await?;
+                assert!(
+                    response.status().is_success(),
+                    "{} {path} -> {}",
+                    record.method,
+                    response.status()
+                );
+                if record.method == "GET" {
+                    let body: Value = response.json().await?;
+                    assert!(body["worker"].is_object(), "{body}");
+                }
+            }
+            ("server->client", "sse") if record.body.is_some() => {
+                let captured = record.body.as_ref().expect("frame body");
+                let payload = captured["payload"].clone();
+                server
+                    .sessions()
+                    .send_events(&session.id, vec![payload.clone()])
+                    .await?;
+                let frame = stream
+                    .as_mut()
+                    .expect("stream opened first")
+                    .next(Duration::from_secs(5))
+                    .await?;
+                assert_eq!(frame.event.as_deref(), Some("client_event"));
+                let data: Value = serde_json::from_str(&frame.data)?;
+                assert_eq!(data["payload"], payload);
+                assert_eq!(data["event_type"], captured["event_type"]);
+                assert_eq!(frame.id, Some(data["sequence_num"].to_string()));
+                event_ids.insert(
+                    captured["event_id"].as_str().expect("event_id").to_string(),
+                    data["event_id"].as_str().expect("event_id").to_string(),
+                );
+                keep(&payload, &mut expected);
+            }
+            _ => {}
+        }
+    }
+    let history = server
+        .sessions()
+        .history(
+            &session.id,
+            HistoryQuery {
+                limit: Some(1000),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let stored: Vec<Value> = history
+        .data
+        .into_iter()
+        .map(|mut v| {
+            v.as_object_mut().expect("object").remove("sequence_num");
+            v
+        })
+        .collect();
+    assert_eq!(stored.len(), expected.len());
+    assert_eq!(stored, expected);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_v2_capture_of_2_1_112_replays_against_switchboard() -> anyhow::Result<()> {
+    replay_v2("v2-ccr-2.1.112.jsonl").await
+}
+
+#[tokio::test]
+async fn the_v2_capture_of_2_1_197_replays_against_switchboard() -> anyhow::Result<()> {
+    replay_v2("v2-ccr-2.1.197.jsonl").await
+}
+
+#[tokio::test]
+async fn the_v2_deny_and_interrupt_capture_replays_against_switchboard() -> anyhow::Result<()> {
+    replay_v2("v2-ccr-deny-interrupt-2.1.112.jsonl").await
+}

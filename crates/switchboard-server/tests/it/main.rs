@@ -12,3 +12,4 @@ mod fixtures; // Replays of the official CLI's wire captures.
 mod ingress; // The v1 session-ingress WebSocket and POST.
 mod isolation; // Token classes and owners never reach each other's data.
 mod sessions; // The Sessions API: create, get, patch, list, archive, history.
+mod v2; // The CCR v2 plane: code sessions, epochs, worker state, SSE, delivery.

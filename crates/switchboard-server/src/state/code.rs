@@ -1,0 +1,366 @@
+//! The CCR v2 plane: code sessions, worker credentials and the `/worker/*` API
+//! (PROTOCOL.md §9–§10).
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rand::RngCore as _;
+use serde_json::{json, Value};
+use switchboard_proto::SessionId;
+use switchboard_store::{
+    DeliveryStatus, EventRef, NewInternalEvent, Session, SessionStatus, SigningKey, StoreError,
+    WorkerUpdate,
+};
+
+use super::AppState;
+use crate::auth::{self, Principal};
+use crate::error::ApiError;
+use crate::jwt::{self, WorkerClaims};
+use crate::time::now_ms;
+
+/// The event id a worker acknowledges a streamed event by: the message's `uuid` (so the
+/// child's `processing`/`processed` updates, keyed by the prompt's uuid, name the same
+/// event), or `seq-<n>` for messages without one.
+pub(crate) fn event_id(uuid: Option<&str>, seq: u64) -> String {
+    match uuid {
+        Some(u) => u.to_string(),
+        None => format!("seq-{seq}"),
+    }
+}
+
+fn event_ref(id: &str) -> EventRef {
+    match id.strip_prefix("seq-").and_then(|n| n.parse().ok()) {
+        Some(seq) => EventRef::Seq(seq),
+        None => EventRef::Uuid(id.to_string()),
+    }
+}
+
+impl AppState {
+    /// The live signing keys, newest first; the first call creates one if there is none.
+    pub(crate) async fn signing_keys(&self) -> Result<Vec<SigningKey>, ApiError> {
+        {
+            let keys = self.inner.signing_keys.read().await;
+            if !keys.is_empty() {
+                return Ok(keys.clone());
+            }
+        }
+        let mut keys = self.inner.signing_keys.write().await;
+        if keys.is_empty() {
+            let mut stored = self.store().signing_keys().await?;
+            if stored.is_empty() {
+                stored.push(self.new_signing_key().await?);
+            }
+            *keys = stored;
+        }
+        Ok(keys.clone())
+    }
+
+    async fn new_signing_key(&self) -> Result<SigningKey, ApiError> {
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let key = SigningKey {
+            id: auth::random_id(12),
+            secret: URL_SAFE_NO_PAD.encode(secret),
+            created_at: now_ms(),
+            retired_at: None,
+        };
+        self.store().insert_signing_key(&key).await?;
+        Ok(key)
+    }
+
+    /// Starts signing worker tokens with a new key. With `retire_previous`, tokens signed
+    /// by older keys stop working at once; otherwise they stay valid until they expire.
+    pub async fn rotate_signing_key(&self, retire_previous: bool) -> Result<String, ApiError> {
+        let key = self.new_signing_key().await?;
+        if retire_previous {
+            self.store()
+                .retire_signing_keys(key.created_at, now_ms())
+                .await?;
+        }
+        let mut keys = self.inner.signing_keys.write().await;
+        *keys = self.store().signing_keys().await?;
+        Ok(key.id)
+    }
+
+    /// `POST /v1/code/sessions`: a session served over v2, without an environment.
+    pub(crate) async fn create_code_session(
+        &self,
+        owner_id: &str,
+        title: Option<String>,
+        tags: Vec<String>,
+    ) -> Result<Session, ApiError> {
+        let req = switchboard_proto::sessions::CreateSessionRequest {
+            title,
+            session_context: json!({ "tags": tags }),
+            source: Some("code-session".into()),
+            use_code_sessions: true,
+            ..Default::default()
+        };
+        self.create_session(owner_id, req).await
+    }
+
+    /// `POST /v1/code/sessions/{id}/bridge`: a worker JWT for a new epoch.
+    pub(crate) async fn bridge_credentials(&self, session: &Session) -> Result<Value, ApiError> {
+        if session.status == SessionStatus::Archived {
+            return Err(ApiError::Conflict("session is archived".into()));
+        }
+        let epoch = self
+            .store()
+            .bump_worker_epoch(&session.id, now_ms())
+            .await?;
+        let ttl = self.options().worker_jwt_ttl.as_secs().max(1);
+        let now = now_ms() / 1000;
+        let keys = self.signing_keys().await?;
+        let claims = WorkerClaims {
+            session_id: SessionId::from_body(session.id.clone())
+                .map_or_else(|| session.id.clone(), |id| id.cse()),
+            owner: session.owner_id.clone(),
+            epoch,
+            role: "worker".into(),
+            iat: now,
+            exp: now + i64::try_from(ttl).unwrap_or(i64::MAX / 2),
+        };
+        let token = jwt::sign(&claims, &keys[0]);
+        Ok(json!({
+            "worker_jwt": token,
+            "expires_in": ttl,
+            "api_base_url": self.public_url(),
+            "worker_epoch": epoch,
+        }))
+    }
+
+    /// `POST …/worker/register`: a new worker claims the session.
+    pub(crate) async fn register_worker(&self, session: &Session) -> Result<u64, ApiError> {
+        if session.status == SessionStatus::Archived {
+            return Err(ApiError::Conflict("session is archived".into()));
+        }
+        Ok(self
+            .store()
+            .bump_worker_epoch(&session.id, now_ms())
+            .await?)
+    }
+
+    /// Refuses writes from a worker whose epoch was superseded (409, so it stops).
+    pub(crate) fn check_epoch(
+        principal: &Principal,
+        session: &Session,
+        epoch: u64,
+    ) -> Result<(), ApiError> {
+        let token_epoch = match principal {
+            Principal::Worker { epoch, .. } => Some(*epoch),
+            _ => None,
+        };
+        if epoch != session.worker_epoch || token_epoch.is_some_and(|t| t != epoch) {
+            return Err(ApiError::Conflict(format!(
+                "worker epoch {epoch} was superseded (current: {})",
+                session.worker_epoch
+            )));
+        }
+        Ok(())
+    }
+
+    /// `PUT …/worker`: status, what the worker waits on, and a metadata patch.
+    pub(crate) async fn put_worker(
+        &self,
+        session: &Session,
+        epoch: u64,
+        body: &serde_json::Map<String, Value>,
+    ) -> Result<(), ApiError> {
+        let status = match body.get("worker_status") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => match s.as_str() {
+                "idle" => Some(SessionStatus::Idle),
+                "running" => Some(SessionStatus::Running),
+                "requires_action" => Some(SessionStatus::RequiresAction),
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "unknown worker_status {other:?}"
+                    )))
+                }
+            },
+            Some(_) => {
+                return Err(ApiError::BadRequest(
+                    "worker_status must be a string".into(),
+                ))
+            }
+        };
+        let requires_action = match body.get("requires_action_details") {
+            Some(Value::Null) => Some(None),
+            Some(details) => Some(Some(details.clone())),
+            // Leaving `requires_action` clears what the worker waited on.
+            None if status.is_some_and(|s| s != SessionStatus::RequiresAction) => Some(None),
+            None => None,
+        };
+        let external_metadata = match body.get("external_metadata") {
+            None => None,
+            Some(patch @ (Value::Object(_) | Value::Null)) => Some(patch.clone()),
+            Some(_) => {
+                return Err(ApiError::BadRequest(
+                    "external_metadata must be an object".into(),
+                ))
+            }
+        };
+        let update = WorkerUpdate {
+            status,
+            requires_action,
+            external_metadata,
+        };
+        match self
+            .store()
+            .update_worker(&session.id, epoch, &update, now_ms())
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::Conflict(m)) => return Err(ApiError::Conflict(m)),
+            Err(e) => return Err(e.into()),
+        }
+        self.hub().channel(&session.id).heartbeat();
+        Ok(())
+    }
+
+    /// `GET …/worker`.
+    pub(crate) fn worker_state(&self, session: &Session) -> Value {
+        json!({
+            "worker": {
+                "external_metadata": session.external_metadata,
+                "worker_status": session.status.as_str(),
+                "worker_epoch": session.worker_epoch,
+                "requires_action_details": session.requires_action,
+            }
+        })
+    }
+
+    /// `POST …/worker/heartbeat`.
+    pub(crate) fn worker_heartbeat(&self, session: &Session) {
+        self.hub().channel(&session.id).heartbeat();
+    }
+
+    /// `POST …/worker/events`: unwraps each `payload` and appends it.
+    pub(crate) async fn worker_events(
+        &self,
+        session: &Session,
+        events: Vec<Value>,
+    ) -> Result<(), ApiError> {
+        let mut payloads = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            match event {
+                Value::Object(mut o) => match o.remove("payload") {
+                    Some(payload @ Value::Object(_)) => payloads.push(payload),
+                    _ => {
+                        return Err(ApiError::BadRequest(format!(
+                            "event {i} needs a \"payload\" object"
+                        )))
+                    }
+                },
+                _ => return Err(ApiError::BadRequest(format!("event {i} is not an object"))),
+            }
+        }
+        self.hub().channel(&session.id).heartbeat();
+        self.append_outbound(session, payloads).await.map(drop)
+    }
+
+    /// `POST …/worker/events/delivery`.
+    pub(crate) async fn worker_delivery(
+        &self,
+        session: &Session,
+        updates: Vec<(String, String)>,
+    ) -> Result<(), ApiError> {
+        let mut parsed = Vec::with_capacity(updates.len());
+        for (id, status) in updates {
+            let status = DeliveryStatus::parse(&status).ok_or_else(|| {
+                ApiError::BadRequest(format!("unknown delivery status {status:?}"))
+            })?;
+            parsed.push((event_ref(&id), status));
+        }
+        Ok(self.store().set_delivery(&session.id, &parsed).await?)
+    }
+
+    /// `POST …/worker/internal-events`.
+    pub(crate) async fn worker_internal_events(
+        &self,
+        session: &Session,
+        events: Vec<Value>,
+    ) -> Result<(), ApiError> {
+        let mut stored = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            let payload = event
+                .get("payload")
+                .filter(|p| p.is_object())
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("event {i} needs a \"payload\" object"))
+                })?;
+            stored.push(NewInternalEvent {
+                event_type: payload
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown")
+                    .into(),
+                payload: payload.to_string(),
+                is_compaction: event
+                    .get("is_compaction")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+                agent_id: event
+                    .get("agent_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            });
+        }
+        self.store()
+            .append_internal_events(&session.id, &stored, now_ms())
+            .await?;
+        Ok(())
+    }
+
+    /// `GET …/worker/internal-events`: from the last compaction boundary on, paged.
+    pub(crate) async fn worker_internal_page(
+        &self,
+        session: &Session,
+        subagents: bool,
+        cursor: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        const PAGE: u32 = 500;
+        let mut after = match cursor {
+            Some(c) => c
+                .parse::<u64>()
+                .map_err(|_| ApiError::BadRequest("cursor must come from next_cursor".into()))?,
+            None => 0,
+        };
+        if cursor.is_none() {
+            // Start at the newest compaction boundary: everything before it is summarized.
+            let mut scan = 0;
+            loop {
+                let page = self
+                    .store()
+                    .internal_events(&session.id, scan, subagents, PAGE)
+                    .await?;
+                if let Some(boundary) = page.iter().rev().find(|e| e.is_compaction) {
+                    after = boundary.seq - 1;
+                }
+                match page.last() {
+                    Some(last) if page.len() == PAGE as usize => scan = last.seq,
+                    _ => break,
+                }
+            }
+        }
+        let events = self
+            .store()
+            .internal_events(&session.id, after, subagents, PAGE)
+            .await?;
+        let next =
+            (events.len() == PAGE as usize).then(|| events.last().map(|e| e.seq.to_string()));
+        let data: Vec<Value> = events
+            .iter()
+            .map(|e| {
+                json!({
+                    "event_id": format!("int-{}", e.seq),
+                    "event_type": e.event_type,
+                    "payload": serde_json::from_str::<Value>(&e.payload).unwrap_or(Value::Null),
+                    "is_compaction": e.is_compaction,
+                    "created_at": crate::time::iso(e.created_at),
+                    "agent_id": e.agent_id,
+                })
+            })
+            .collect();
+        Ok(json!({ "data": data, "next_cursor": next.flatten() }))
+    }
+}
