@@ -32,6 +32,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_POLL_TIMEOUT_MS", default_value_t = 8_000,
           value_parser = clap::value_parser!(u64).range(1..=9_000))]
     poll_timeout_ms: u64,
+    /// When a viewer names no sequence number, send only the most recent this many
+    /// events of the history (default: all of it).
+    #[arg(long, env = "SWITCHBOARD_VIEWER_BACKLOG", value_name = "EVENTS")]
+    viewer_backlog: Option<u32>,
 }
 
 impl ServeArgs {
@@ -41,6 +45,7 @@ impl ServeArgs {
         options.environment_idle_timeout = Duration::from_secs(self.environment_idle_secs);
         options.max_body_bytes = self.max_body_bytes;
         options.poll_timeout = Duration::from_millis(self.poll_timeout_ms);
+        options.viewer_backlog = self.viewer_backlog;
         Ok(options)
     }
 }

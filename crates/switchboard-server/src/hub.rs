@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use switchboard_store::Direction;
+use switchboard_store::{Direction, SessionStatus};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -67,6 +67,9 @@ pub(crate) struct SessionChannel {
     pub(crate) closed: CancellationToken,
     /// When a v2 worker last sent a heartbeat (or any state report).
     last_heartbeat: Mutex<Option<std::time::Instant>>,
+    /// The session's status and pending request as last stored (`None` until read), so
+    /// long-lived connections need not trust the snapshot they started with.
+    pub(crate) status: Mutex<Option<(SessionStatus, Option<serde_json::Value>)>>,
 }
 
 impl SessionChannel {
@@ -80,6 +83,7 @@ impl SessionChannel {
             workers: AtomicUsize::new(0),
             closed: CancellationToken::new(),
             last_heartbeat: Mutex::new(None),
+            status: Mutex::new(None),
         }
     }
 

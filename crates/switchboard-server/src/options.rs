@@ -42,6 +42,9 @@ pub struct ServerOptions {
     /// How often an idle worker event stream gets a keep-alive comment (the client drops
     /// a stream silent for 45 s).
     pub sse_keepalive: Duration,
+    /// A viewer whose socket accepts no data for this long is disconnected (it resumes
+    /// by sequence number when it reconnects).
+    pub viewer_write_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -65,6 +68,7 @@ impl Default for ServerOptions {
             // Upstream's TTL; the client heartbeats every 20 s.
             worker_heartbeat_ttl: Duration::from_secs(60),
             sse_keepalive: Duration::from_secs(15),
+            viewer_write_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -9,6 +9,7 @@ mod events;
 mod sessions;
 
 pub(crate) use code::event_id;
+pub(crate) use events::Accepted;
 pub(crate) use sessions::HistoryQuery;
 
 use std::net::SocketAddr;

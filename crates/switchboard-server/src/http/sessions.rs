@@ -9,7 +9,7 @@ use switchboard_proto::sessions::{
 
 use super::Auth;
 use crate::error::{ApiError, Json, OptionalJson, Path, Query};
-use crate::state::{AppState, HistoryQuery};
+use crate::state::{Accepted, AppState, HistoryQuery};
 
 /// `POST /v1/sessions`.
 pub(crate) async fn create(
@@ -95,7 +95,10 @@ pub(crate) async fn post_events(
     let appended = state.post_session_events(&session, req.events).await?;
     let events: Vec<Value> = appended
         .iter()
-        .map(|a| json!({ "sequence_num": a.seq, "duplicate": a.duplicate }))
+        .map(|a| match a {
+            Accepted::Appended(a) => json!({ "sequence_num": a.seq, "duplicate": a.duplicate }),
+            Accepted::Ignored(reason) => json!({ "ignored": reason }),
+        })
         .collect();
     Ok(axum::Json(json!({ "events": events })))
 }

@@ -48,11 +48,17 @@ impl AppState {
 
     /// Appends messages meant for the worker (prompts, control requests, permission
     /// answers) after checking each one; nothing is stored unless every one is valid.
+    ///
+    /// A permission answer (`control_response`) is stored only while its request is
+    /// pending: an answer to a request that was already answered (by another viewer, or
+    /// at the worker itself) or that was never asked is ignored, so the worker never gets
+    /// two answers. The check runs under the session's append lock, so two viewers
+    /// answering at once cannot both get through.
     pub(crate) async fn append_inbound(
         &self,
         session: &Session,
         messages: Vec<Value>,
-    ) -> Result<Vec<Appended>, ApiError> {
+    ) -> Result<Vec<Accepted>, ApiError> {
         if session.status == SessionStatus::Archived {
             return Err(ApiError::Conflict("session is archived".into()));
         }
@@ -73,7 +79,7 @@ impl AppState {
             }
             events.push(event);
         }
-        self.append(session, events, None).await
+        self.append_checked(session, events, None, true).await
     }
 
     async fn append(
@@ -82,18 +88,77 @@ impl AppState {
         events: Vec<NewEvent>,
         status: Option<(SessionStatus, Option<Value>)>,
     ) -> Result<Vec<Appended>, ApiError> {
+        let accepted = self.append_checked(session, events, status, false).await?;
+        Ok(accepted
+            .into_iter()
+            .filter_map(|a| match a {
+                Accepted::Appended(a) => Some(a),
+                Accepted::Ignored(_) => None,
+            })
+            .collect())
+    }
+
+    async fn append_checked(
+        &self,
+        session: &Session,
+        events: Vec<NewEvent>,
+        status: Option<(SessionStatus, Option<Value>)>,
+        check_answers: bool,
+    ) -> Result<Vec<Accepted>, ApiError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
         let channel = self.hub().channel(&session.id);
-        let appended = {
+        let accepted = {
             let _in_order = channel.append.lock().await;
+            let mut verdicts: Vec<Option<String>> = Vec::with_capacity(events.len());
+            let mut answered = std::collections::HashSet::new();
+            let mut answers_pending = false;
+            for event in &events {
+                let verdict = match (
+                    &event.request_id,
+                    check_answers && event.kind == "control_response",
+                ) {
+                    (Some(request_id), true) => {
+                        let prior = self
+                            .store()
+                            .events_by_request(&session.id, request_id)
+                            .await?;
+                        let asked = prior.iter().any(|e| {
+                            e.direction == Direction::Outbound && e.kind == "control_request"
+                        });
+                        let resolved = !answered.insert(request_id.clone())
+                            || prior.iter().any(|e| {
+                                e.kind == "control_response" || e.kind == "control_cancel_request"
+                            });
+                        if !asked {
+                            Some(format!("no pending request {request_id}"))
+                        } else if resolved {
+                            Some(format!("request {request_id} was already answered"))
+                        } else {
+                            answers_pending = true;
+                            None
+                        }
+                    }
+                    _ => None,
+                };
+                verdicts.push(verdict);
+            }
+            let to_store: Vec<NewEvent> = events
+                .into_iter()
+                .zip(&verdicts)
+                .filter(|(_, v)| v.is_none())
+                .map(|(e, _)| e)
+                .collect();
             let now = now_ms();
-            let appended = self
-                .store()
-                .append_events(&session.id, &events, now)
-                .await?;
-            for (event, outcome) in events.into_iter().zip(&appended) {
+            let appended = if to_store.is_empty() {
+                Vec::new()
+            } else {
+                self.store()
+                    .append_events(&session.id, &to_store, now)
+                    .await?
+            };
+            for (event, outcome) in to_store.into_iter().zip(&appended) {
                 if outcome.duplicate {
                     continue;
                 }
@@ -104,18 +169,70 @@ impl AppState {
                     payload: event.payload,
                 }));
             }
-            appended
+            self.advance_status(&session.id, &channel, status, answers_pending)
+                .await?;
+            let mut appended = appended.into_iter();
+            verdicts
+                .into_iter()
+                .map(|v| match v {
+                    Some(reason) => {
+                        tracing::info!(%reason, "ignoring a permission answer");
+                        Ok(Accepted::Ignored(reason))
+                    }
+                    None => appended.next().map(Accepted::Appended).ok_or_else(|| {
+                        ApiError::Internal(anyhow::anyhow!("store returned too few outcomes"))
+                    }),
+                })
+                .collect::<Result<Vec<_>, _>>()?
         };
-        if let Some((status, pending)) = status {
-            let changed = status != session.status || pending != session.requires_action;
-            if changed && session.status != SessionStatus::Archived {
-                self.store()
-                    .set_session_status(&session.id, status, pending.as_ref(), now_ms())
-                    .await?;
-            }
-        }
-        Ok(appended)
+        Ok(accepted)
     }
+
+    /// Moves a session's status as the messages just stored say, against the status as
+    /// last stored (cached in the channel), and stores it when it changed. Call with the
+    /// append lock held.
+    async fn advance_status(
+        &self,
+        session_id: &str,
+        channel: &crate::hub::SessionChannel,
+        derived: Option<(SessionStatus, Option<Value>)>,
+        answered: bool,
+    ) -> Result<(), ApiError> {
+        if derived.is_none() && !answered {
+            return Ok(());
+        }
+        let cached = channel.status.lock().expect("status lock poisoned").clone();
+        let current = match cached {
+            Some(current) => current,
+            None => {
+                let s = self.store().session(session_id).await?;
+                (s.status, s.requires_action)
+            }
+        };
+        let next = match derived {
+            Some(next) => next,
+            // A viewer answered the request the worker waited on: it runs again.
+            None if current.0 == SessionStatus::RequiresAction => (SessionStatus::Running, None),
+            None => return Ok(()),
+        };
+        if current.0 == SessionStatus::Archived || next == current {
+            return Ok(());
+        }
+        self.store()
+            .set_session_status(session_id, next.0, next.1.as_ref(), now_ms())
+            .await?;
+        *channel.status.lock().expect("status lock poisoned") = Some(next);
+        Ok(())
+    }
+}
+
+/// What became of one message sent towards the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Accepted {
+    /// Stored (or already stored, for a repeated uuid).
+    Appended(Appended),
+    /// Not stored, and why: an answer to a request that is not pending.
+    Ignored(String),
 }
 
 fn new_event(direction: Direction, mut message: Value) -> NewEvent {

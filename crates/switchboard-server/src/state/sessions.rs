@@ -4,7 +4,7 @@
 use serde_json::Value;
 use switchboard_proto::sessions::{CreateSessionRequest, Page, SessionResource};
 use switchboard_proto::SessionId;
-use switchboard_store::{Appended, Direction, EventQuery, Session, SessionStatus, StoreError};
+use switchboard_store::{Direction, EventQuery, Session, SessionStatus, StoreError};
 
 use super::{check_safe_id, status_name, AppState};
 use crate::auth;
@@ -200,7 +200,7 @@ impl AppState {
         &self,
         session: &Session,
         events: Vec<Value>,
-    ) -> Result<Vec<Appended>, ApiError> {
+    ) -> Result<Vec<super::Accepted>, ApiError> {
         self.append_inbound(session, events).await
     }
 

@@ -82,6 +82,7 @@ async fn run(state: AppState, socket: WebSocket, session: Session, from: Option<
         None => state.viewer_backlog_start(&session).await.unwrap_or(0),
     };
 
+    let limit = state.options().viewer_write_timeout;
     let ended: Result<(), Ended> = async {
         last = send_backlog(&state, &session.id, last, &mut sink).await?;
         loop {
@@ -93,7 +94,8 @@ async fn run(state: AppState, socket: WebSocket, session: Session, from: Option<
                         // Forward everything already waiting as one batch, then flush once.
                         while let Some(event) = next.take() {
                             if event.seq > last {
-                                sink.feed(Message::Text(event.with_sequence().into())).await.map_err(gone)?;
+                                let frame = Message::Text(event.with_sequence().into());
+                                bounded(limit, last, sink.feed(frame)).await?;
                                 last = event.seq;
                                 sent += 1;
                             }
@@ -103,7 +105,7 @@ async fn run(state: AppState, socket: WebSocket, session: Session, from: Option<
                                 Err(_) => {}
                             }
                         }
-                        sink.flush().await.map_err(gone)?;
+                        bounded(limit, last, sink.flush()).await?;
                         Metrics::add(&state.metrics().events_delivered, sent);
                     }
                     Err(RecvError::Lagged(_)) => return Err(too_slow(last)),
@@ -112,7 +114,7 @@ async fn run(state: AppState, socket: WebSocket, session: Session, from: Option<
                 message = stream.next() => match message {
                     Some(Ok(Message::Text(text))) => {
                         if let Some(reply) = accept_viewer_text(&state, &session, text.as_str()).await {
-                            sink.send(Message::Text(reply.to_string().into())).await.map_err(gone)?;
+                            bounded(limit, last, sink.send(Message::Text(reply.to_string().into()))).await?;
                         }
                     }
                     Some(Ok(Message::Close(_))) | None => return Ok(()),
@@ -127,12 +129,25 @@ async fn run(state: AppState, socket: WebSocket, session: Session, from: Option<
     .await;
     if let Err(Ended(code, reason)) = ended {
         tracing::info!(code, %reason, "closing viewer connection");
-        close(&mut sink, code, &reason).await;
+        // A viewer that stopped reading may not take the close frame either.
+        let _ = tokio::time::timeout(limit, close(&mut sink, code, &reason)).await;
     }
 }
 
 fn gone<E>(_: E) -> Ended {
     Ended(CLOSE_INTERNAL, String::new())
+}
+
+/// Runs a socket write, giving up when the viewer accepts nothing for `limit`: a reader
+/// that stops reading must not hold the server's memory or its place in the channel.
+async fn bounded<F, E>(limit: std::time::Duration, last: u64, write: F) -> Result<(), Ended>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    match tokio::time::timeout(limit, write).await {
+        Ok(result) => result.map_err(gone),
+        Err(_) => Err(too_slow(last)),
+    }
 }
 
 fn too_slow(last: u64) -> Ended {
@@ -164,15 +179,13 @@ async fn send_backlog(
                 Ended(CLOSE_INTERNAL, "internal error".into())
             })?;
         let count = events.len();
+        let limit = state.options().viewer_write_timeout;
         for event in events {
-            sink.feed(Message::Text(
-                with_sequence(&event.payload, event.seq).into(),
-            ))
-            .await
-            .map_err(gone)?;
+            let frame = Message::Text(with_sequence(&event.payload, event.seq).into());
+            bounded(limit, after, sink.feed(frame)).await?;
             after = event.seq;
         }
-        sink.flush().await.map_err(gone)?;
+        bounded(limit, after, sink.flush()).await?;
         Metrics::add(&state.metrics().events_delivered, count as u64);
         if count < BACKLOG_PAGE as usize {
             return Ok(after);
