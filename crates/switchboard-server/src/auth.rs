@@ -67,8 +67,13 @@ fn prefix(kind: CredentialKind) -> &'static str {
         CredentialKind::ApiKey => "sbk",
         CredentialKind::EnvironmentSecret => "sbe",
         CredentialKind::IngressToken => "sbi",
+        CredentialKind::WebSession => "sbw",
+        CredentialKind::Pairing => "sbp",
     }
 }
+
+/// The name of the cookie that carries a browser's web session.
+pub const SESSION_COOKIE: &str = "sb_session";
 
 /// A random lowercase alphanumeric string: ids that are safe in any path.
 pub fn random_id(len: usize) -> String {
@@ -144,12 +149,14 @@ pub async fn create_api_key(
 }
 
 /// Splits a token into its class, id and secret; `None` if it is not one of ours.
-fn parse_token(token: &str) -> Option<(CredentialKind, &str, &str)> {
+pub(crate) fn parse_token(token: &str) -> Option<(CredentialKind, &str, &str)> {
     let (class, rest) = token.split_once('_')?;
     let kind = match class {
         "sbk" => CredentialKind::ApiKey,
         "sbe" => CredentialKind::EnvironmentSecret,
         "sbi" => CredentialKind::IngressToken,
+        "sbw" => CredentialKind::WebSession,
+        "sbp" => CredentialKind::Pairing,
         _ => return None,
     };
     let (id, secret) = rest.split_once('_')?;
@@ -185,9 +192,9 @@ pub async fn verify(store: &dyn Store, token: &str, now: Millis) -> Result<Princ
             .ok_or_else(|| anyhow::anyhow!("unscoped credential"))
     };
     Ok(match kind {
-        CredentialKind::ApiKey => Principal::Owner {
-            owner_id: credential.owner_id,
-        },
+        CredentialKind::ApiKey | CredentialKind::WebSession | CredentialKind::Pairing => {
+            Principal::Owner { owner_id: credential.owner_id }
+        }
         CredentialKind::EnvironmentSecret => Principal::Environment {
             environment_id: scope()?,
             owner_id: credential.owner_id,
@@ -198,6 +205,58 @@ pub async fn verify(store: &dyn Store, token: &str, now: Millis) -> Result<Princ
             owner_id: credential.owner_id,
         },
     })
+}
+
+/// Checks that `token` is the one `credential` was minted as (constant time).
+pub(crate) fn check_secret(credential: &Credential, token: &str) -> Result<(), ()> {
+    let (_, _, secret) = parse_token(token).ok_or(())?;
+    let matches: bool =
+        hash_secret(secret).as_bytes().ct_eq(credential.secret_hash.as_bytes()).into();
+    if matches {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// Where a request's credential came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `Authorization: Bearer …`.
+    Header,
+    /// The browser's session cookie.
+    Cookie,
+}
+
+/// The request's credential: the bearer token, or else the session cookie.
+pub fn request_token(headers: &axum::http::HeaderMap) -> Result<(&str, Source), ApiError> {
+    match bearer(headers) {
+        Ok(token) => Ok((token, Source::Header)),
+        Err(e) => session_cookie(headers).map(|t| (t, Source::Cookie)).ok_or(e),
+    }
+}
+
+/// The value of the session cookie, if the request carries one.
+pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == SESSION_COOKIE && !value.is_empty()).then_some(value)
+        })
+}
+
+/// For a cookie-authenticated request: true unless an `Origin` header names another
+/// site (browsers always send it on cross-site requests and WebSocket upgrades).
+pub fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers.get(axum::http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    origin.split_once("://").map(|(_, rest)| rest) == Some(host)
 }
 
 /// Reads `Authorization: Bearer <token>`.

@@ -23,6 +23,7 @@ mod shutdown;
 mod sse;
 mod state;
 mod time;
+mod ui;
 mod ws;
 
 use std::net::SocketAddr;

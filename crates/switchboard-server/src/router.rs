@@ -6,7 +6,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
-use crate::http::{self, code, environments, health, ingress, sessions};
+use crate::http::{self, code, environments, health, ingress, sessions, web};
 use crate::state::AppState;
 use crate::ws;
 
@@ -81,6 +81,12 @@ pub(crate) fn build(state: AppState) -> Router {
             "/v1/code/sessions/{id}/worker/events/stream",
             get(code::stream),
         )
+        // Browser sign-in for the web UI.
+        .route("/web/login", post(web::login))
+        .route("/web/pair", post(web::pair))
+        .route("/web/logout", post(web::logout))
+        .route("/web/me", get(web::me))
+        .route("/web/pairings", post(web::create_pairing))
         // Viewers (§13.1).
         .route("/v1/sessions/ws/{id}/subscribe", get(ws::viewer::upgrade));
     // Session ingress v1 (§8), under both version segments the client builds.
@@ -95,8 +101,12 @@ pub(crate) fn build(state: AppState) -> Router {
                 post(ingress::post_events),
             );
     }
+    // Everything else is the web UI (or the API's JSON 404), compressed.
+    let ui = Router::new()
+        .fallback(crate::ui::serve)
+        .layer(tower_http::compression::CompressionLayer::new());
     router
-        .fallback(http::not_found)
+        .fallback_service(ui)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {

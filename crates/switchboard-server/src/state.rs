@@ -7,10 +7,12 @@ mod code;
 mod environments;
 mod events;
 mod sessions;
+mod web;
 
 pub(crate) use code::event_id;
 pub(crate) use events::Accepted;
 pub(crate) use sessions::HistoryQuery;
+pub(crate) use web::WEB_SESSION_TTL;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};

@@ -77,6 +77,9 @@ pub trait Store: Send + Sync + 'static {
         scope: &str,
         now: Millis,
     ) -> Result<u64>;
+    /// Revokes one live credential; true when this call revoked it (so a single-use
+    /// credential is consumed exactly once, even by concurrent callers).
+    async fn consume_credential(&self, id: &str, now: Millis) -> Result<bool>;
     /// Lists API keys, newest first.
     async fn api_keys(&self) -> Result<Vec<Credential>>;
 

@@ -25,6 +25,10 @@ pub enum CredentialKind {
     EnvironmentSecret,
     /// A session-ingress token: the worker credential of one session.
     IngressToken,
+    /// A browser's sign-in, carried in an HttpOnly cookie; acts as its owner.
+    WebSession,
+    /// A single-use pairing link that signs a browser in.
+    Pairing,
 }
 
 impl CredentialKind {
@@ -34,6 +38,8 @@ impl CredentialKind {
             CredentialKind::ApiKey => "api_key",
             CredentialKind::EnvironmentSecret => "environment_secret",
             CredentialKind::IngressToken => "ingress_token",
+            CredentialKind::WebSession => "web_session",
+            CredentialKind::Pairing => "pairing",
         }
     }
 
@@ -43,6 +49,8 @@ impl CredentialKind {
             "api_key" => CredentialKind::ApiKey,
             "environment_secret" => CredentialKind::EnvironmentSecret,
             "ingress_token" => CredentialKind::IngressToken,
+            "web_session" => CredentialKind::WebSession,
+            "pairing" => CredentialKind::Pairing,
             _ => return None,
         })
     }

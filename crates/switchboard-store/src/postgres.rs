@@ -288,6 +288,16 @@ impl Store for PgStore {
     }
 
     #[instrument(skip_all)]
+    async fn consume_credential(&self, id: &str, now: Millis) -> Result<bool> {
+        let done = sqlx::query("UPDATE credentials SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    #[instrument(skip_all)]
     async fn api_keys(&self) -> Result<Vec<Credential>> {
         let rows =
             sqlx::query("SELECT * FROM credentials WHERE kind = $1 ORDER BY created_at DESC")

@@ -241,6 +241,16 @@ impl Store for SqliteStore {
     }
 
     #[instrument(skip_all)]
+    async fn consume_credential(&self, id: &str, now: Millis) -> Result<bool> {
+        let done = sqlx::query("UPDATE credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            .bind(now)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    #[instrument(skip_all)]
     async fn api_keys(&self) -> Result<Vec<Credential>> {
         let rows = sqlx::query("SELECT * FROM credentials WHERE kind = ? ORDER BY created_at DESC")
             .bind(CredentialKind::ApiKey.as_str())

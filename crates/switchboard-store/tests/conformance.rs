@@ -210,6 +210,13 @@ async fn story(store: &dyn Store) -> anyhow::Result<()> {
         1
     );
     assert_eq!(store.credential("c1").await?.revoked_at, Some(now));
+    // A single-use credential is consumed once.
+    let pairing = Credential { id: "p1".into(), kind: CredentialKind::Pairing, scope: None, ..cred.clone() };
+    store.insert_credential(&pairing).await?;
+    assert!(store.consume_credential("p1", now).await?);
+    assert!(!store.consume_credential("p1", now).await?);
+    assert!(!store.consume_credential("nope", now).await?);
+    assert_eq!(store.credential("p1").await?.kind, CredentialKind::Pairing);
     let key = Credential {
         id: "k1".into(),
         kind: CredentialKind::ApiKey,

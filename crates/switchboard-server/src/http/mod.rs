@@ -6,6 +6,7 @@ pub(crate) mod environments;
 pub(crate) mod health;
 pub(crate) mod ingress;
 pub(crate) mod sessions;
+pub(crate) mod web;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -22,7 +23,12 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = auth::bearer(&parts.headers)?;
+        let (token, source) = auth::request_token(&parts.headers)?;
+        // A cookie rides along on any request the browser makes; refuse it on requests
+        // another site started.
+        if source == auth::Source::Cookie && !auth::same_origin(&parts.headers) {
+            return Err(ApiError::Forbidden("cross-site request refused".into()));
+        }
         Ok(Auth(state.authenticate(token).await?))
     }
 }

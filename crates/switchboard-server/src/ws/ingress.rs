@@ -54,7 +54,10 @@ pub(crate) async fn upgrade(
 }
 
 async fn authorize(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Session, ApiError> {
-    let token = auth::bearer(headers)?;
+    let (token, source) = auth::request_token(headers)?;
+    if source == auth::Source::Cookie && !auth::same_origin(headers) {
+        return Err(ApiError::Forbidden("cross-site WebSocket refused".into()));
+    }
     let principal = state.authenticate(token).await?;
     let session = state.authorize_session(&principal, id, true).await?;
     if session.status == SessionStatus::Archived {

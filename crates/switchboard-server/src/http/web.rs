@@ -1,0 +1,83 @@
+//! `/web/*`: browser sign-in with an API key or a pairing link, and sign-out. The
+//! browser gets an HttpOnly, SameSite=Strict session cookie (Secure behind https).
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Auth;
+use crate::auth::{self, SESSION_COOKIE};
+use crate::error::{ApiError, Json};
+use crate::state::{AppState, WEB_SESSION_TTL};
+
+fn with_cookie(state: &AppState, value: &str, max_age: u64, body: serde_json::Value) -> Response {
+    let secure = if state.public_url().starts_with("https://") { "; Secure" } else { "" };
+    let cookie = format!(
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    );
+    let mut response = axum::Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Body of `POST /web/login`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Login {
+    key: String,
+}
+
+/// `POST /web/login`: an API key, pasted once, becomes a session cookie.
+pub(crate) async fn login(
+    State(state): State<AppState>,
+    Json(req): Json<Login>,
+) -> Result<Response, ApiError> {
+    let token = state.web_login(&req.key).await?;
+    Ok(with_cookie(&state, &token, WEB_SESSION_TTL.as_secs(), json!({ "signed_in": true })))
+}
+
+/// Body of `POST /web/pair`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Pair {
+    token: String,
+}
+
+/// `POST /web/pair`: a pairing link's token, redeemed once, becomes a session cookie.
+pub(crate) async fn pair(
+    State(state): State<AppState>,
+    Json(req): Json<Pair>,
+) -> Result<Response, ApiError> {
+    let token = state.redeem_pairing(&req.token).await?;
+    Ok(with_cookie(&state, &token, WEB_SESSION_TTL.as_secs(), json!({ "signed_in": true })))
+}
+
+/// `POST /web/logout`.
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(token) = auth::session_cookie(&headers) {
+        state.web_logout(token).await?;
+    }
+    Ok(with_cookie(&state, "", 0, json!({ "signed_in": false })))
+}
+
+/// `GET /web/me`: who the browser is signed in as (401 when it is not).
+pub(crate) async fn me(Auth(principal): Auth) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let owner_id = AppState::require_owner(&principal)?;
+    Ok(axum::Json(json!({ "owner_id": owner_id })))
+}
+
+/// `POST /web/pairings`: a single-use sign-in link for another browser.
+pub(crate) async fn create_pairing(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let owner_id = AppState::require_owner(&principal)?;
+    let (url, expires_at) = state.create_pairing(owner_id).await?;
+    Ok(axum::Json(json!({ "url": url, "expires_at": crate::time::iso(expires_at) })))
+}
