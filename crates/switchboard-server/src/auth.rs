@@ -169,17 +169,20 @@ pub(crate) fn parse_token(token: &str) -> Option<(CredentialKind, &str, &str)> {
 /// an `expired` type (which the client reports as "session has expired").
 pub async fn verify(store: &dyn Store, token: &str, now: Millis) -> Result<Principal, ApiError> {
     let unknown = || ApiError::Unauthorized("invalid bearer token".into());
-    let (kind, id, secret) = parse_token(token).ok_or_else(unknown)?;
+    let (kind, id, _) = parse_token(token).ok_or_else(unknown)?;
+    // A pairing token only signs a browser in (`/web/pair`); it is never a bearer.
+    if kind == CredentialKind::Pairing {
+        return Err(unknown());
+    }
     let credential = match store.credential(id).await {
         Ok(c) => c,
         Err(StoreError::NotFound) => return Err(unknown()),
         Err(e) => return Err(e.into()),
     };
-    let matches: bool = hash_secret(secret)
-        .as_bytes()
-        .ct_eq(credential.secret_hash.as_bytes())
-        .into();
-    if !matches || credential.kind != kind || credential.revoked_at.is_some() {
+    if check_secret(&credential, token).is_err()
+        || credential.kind != kind
+        || credential.revoked_at.is_some()
+    {
         return Err(unknown());
     }
     if credential.expires_at.is_some_and(|exp| exp <= now) {
@@ -192,9 +195,10 @@ pub async fn verify(store: &dyn Store, token: &str, now: Millis) -> Result<Princ
             .ok_or_else(|| anyhow::anyhow!("unscoped credential"))
     };
     Ok(match kind {
-        CredentialKind::ApiKey | CredentialKind::WebSession | CredentialKind::Pairing => {
-            Principal::Owner { owner_id: credential.owner_id }
-        }
+        CredentialKind::ApiKey | CredentialKind::WebSession => Principal::Owner {
+            owner_id: credential.owner_id,
+        },
+        CredentialKind::Pairing => return Err(unknown()),
         CredentialKind::EnvironmentSecret => Principal::Environment {
             environment_id: scope()?,
             owner_id: credential.owner_id,
@@ -210,8 +214,10 @@ pub async fn verify(store: &dyn Store, token: &str, now: Millis) -> Result<Princ
 /// Checks that `token` is the one `credential` was minted as (constant time).
 pub(crate) fn check_secret(credential: &Credential, token: &str) -> Result<(), ()> {
     let (_, _, secret) = parse_token(token).ok_or(())?;
-    let matches: bool =
-        hash_secret(secret).as_bytes().ct_eq(credential.secret_hash.as_bytes()).into();
+    let matches: bool = hash_secret(secret)
+        .as_bytes()
+        .ct_eq(credential.secret_hash.as_bytes())
+        .into();
     if matches {
         Ok(())
     } else {
@@ -232,7 +238,9 @@ pub enum Source {
 pub fn request_token(headers: &axum::http::HeaderMap) -> Result<(&str, Source), ApiError> {
     match bearer(headers) {
         Ok(token) => Ok((token, Source::Header)),
-        Err(e) => session_cookie(headers).map(|t| (t, Source::Cookie)).ok_or(e),
+        Err(e) => session_cookie(headers)
+            .map(|t| (t, Source::Cookie))
+            .ok_or(e),
     }
 }
 
@@ -252,10 +260,16 @@ pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
 /// For a cookie-authenticated request: true unless an `Origin` header names another
 /// site (browsers always send it on cross-site requests and WebSocket upgrades).
 pub fn same_origin(headers: &axum::http::HeaderMap) -> bool {
-    let Some(origin) = headers.get(axum::http::header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+    let Some(origin) = headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
         return true;
     };
-    let host = headers.get(axum::http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     origin.split_once("://").map(|(_, rest)| rest) == Some(host)
 }
 

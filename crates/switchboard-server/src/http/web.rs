@@ -13,7 +13,11 @@ use crate::error::{ApiError, Json};
 use crate::state::{AppState, WEB_SESSION_TTL};
 
 fn with_cookie(state: &AppState, value: &str, max_age: u64, body: serde_json::Value) -> Response {
-    let secure = if state.public_url().starts_with("https://") { "; Secure" } else { "" };
+    let secure = if state.public_url().starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
     let cookie = format!(
         "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
     );
@@ -21,7 +25,9 @@ fn with_cookie(state: &AppState, value: &str, max_age: u64, body: serde_json::Va
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -37,7 +43,12 @@ pub(crate) async fn login(
     Json(req): Json<Login>,
 ) -> Result<Response, ApiError> {
     let token = state.web_login(&req.key).await?;
-    Ok(with_cookie(&state, &token, WEB_SESSION_TTL.as_secs(), json!({ "signed_in": true })))
+    Ok(with_cookie(
+        &state,
+        &token,
+        WEB_SESSION_TTL.as_secs(),
+        json!({ "signed_in": true }),
+    ))
 }
 
 /// Body of `POST /web/pair`.
@@ -52,7 +63,12 @@ pub(crate) async fn pair(
     Json(req): Json<Pair>,
 ) -> Result<Response, ApiError> {
     let token = state.redeem_pairing(&req.token).await?;
-    Ok(with_cookie(&state, &token, WEB_SESSION_TTL.as_secs(), json!({ "signed_in": true })))
+    Ok(with_cookie(
+        &state,
+        &token,
+        WEB_SESSION_TTL.as_secs(),
+        json!({ "signed_in": true }),
+    ))
 }
 
 /// `POST /web/logout`.
@@ -79,5 +95,7 @@ pub(crate) async fn create_pairing(
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let owner_id = AppState::require_owner(&principal)?;
     let (url, expires_at) = state.create_pairing(owner_id).await?;
-    Ok(axum::Json(json!({ "url": url, "expires_at": crate::time::iso(expires_at) })))
+    Ok(axum::Json(
+        json!({ "url": url, "expires_at": crate::time::iso(expires_at) }),
+    ))
 }

@@ -60,7 +60,10 @@ impl AppState {
             Some(expires_at),
         );
         self.store().insert_credential(&minted.credential).await?;
-        Ok((format!("{}/pair/{}", self.public_url(), minted.token), expires_at))
+        Ok((
+            format!("{}/pair/{}", self.public_url(), minted.token),
+            expires_at,
+        ))
     }
 
     /// Redeems a pairing token (once) for a web session token.

@@ -13,4 +13,5 @@ mod ingress; // The v1 session-ingress WebSocket and POST.
 mod isolation; // Token classes and owners never reach each other's data.
 mod sessions; // The Sessions API: create, get, patch, list, archive, history.
 mod v2; // The CCR v2 plane: code sessions, epochs, worker state, SSE, delivery.
-mod viewers; // The viewer subscribe socket: fan-out, permission answers, slow viewers. // switchboard_client::ViewerSocket against the viewer WebSocket.
+mod viewers;
+mod web; // Browser sign-in, the session cookie, and the embedded UI. // The viewer subscribe socket: fan-out, permission answers, slow viewers. // switchboard_client::ViewerSocket against the viewer WebSocket.
