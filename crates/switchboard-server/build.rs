@@ -32,17 +32,28 @@ fn main() {
 
 /// Files under `dir` that are served (`node_modules`, tests and dotfiles are not).
 fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || name == "node_modules" || name == "tests" || name == "package.json" || name == "package-lock.json" {
+        if name.starts_with('.')
+            || name == "node_modules"
+            || name == "tests"
+            || name == "package.json"
+            || name == "package-lock.json"
+        {
             continue;
         }
         if path.is_dir() {
             collect(root, &path, out);
         } else {
-            let rel = path.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
+            let rel = path
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .replace('\\', "/");
             out.push((format!("/{rel}"), path));
         }
     }

@@ -5,7 +5,11 @@
 
 #![forbid(unsafe_code)]
 
+mod attach;
+mod remote;
+mod render;
 mod serve;
+mod sessions;
 mod token;
 
 use std::path::PathBuf;
@@ -27,6 +31,10 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// List your sessions with their state and last activity.
+    Sessions(sessions::SessionsArgs),
+    /// Watch a session live, send it prompts and answer its permission requests.
+    Attach(attach::AttachArgs),
 }
 
 /// Where the server keeps its data; shared by `serve` and the commands that open the
@@ -65,7 +73,7 @@ impl StoreArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -74,6 +82,18 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the whole cause chain: a person reads it, and a backtrace
+            // (which anyhow adds under RUST_BACKTRACE) says nothing about a refused key.
+            eprintln!("switchboard: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -81,6 +101,8 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Token(cmd) => token::run(cmd).await,
+            Command::Sessions(args) => sessions::run(args).await,
+            Command::Attach(args) => attach::run(args).await,
         }
     })
 }

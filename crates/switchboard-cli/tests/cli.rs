@@ -259,12 +259,18 @@ async fn a_server_killed_with_sigkill_keeps_every_acknowledged_event_in_order() 
 
 /// Reads SSE `client_event` frames from a response until `count` arrived; returns their
 /// `id:` values.
-async fn read_event_ids(response: &mut reqwest::Response, count: usize) -> anyhow::Result<Vec<u64>> {
+async fn read_event_ids(
+    response: &mut reqwest::Response,
+    count: usize,
+) -> anyhow::Result<Vec<u64>> {
     let mut buffer = String::new();
     let mut ids = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), async {
         while ids.len() < count {
-            let chunk = response.chunk().await?.ok_or_else(|| anyhow::anyhow!("stream ended"))?;
+            let chunk = response
+                .chunk()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
             buffer.push_str(&String::from_utf8_lossy(&chunk));
             while let Some(end) = buffer.find("\n\n") {
                 let block: String = buffer.drain(..end + 2).collect();
@@ -280,7 +286,8 @@ async fn read_event_ids(response: &mut reqwest::Response, count: usize) -> anyho
 }
 
 #[tokio::test]
-async fn the_worker_stream_resumes_after_a_sigkill_with_no_gap_and_no_duplicate() -> anyhow::Result<()> {
+async fn the_worker_stream_resumes_after_a_sigkill_with_no_gap_and_no_duplicate(
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let key = create_key(dir.path(), "sse").await?;
     let mut served = serve(dir.path()).await?;
@@ -325,7 +332,10 @@ async fn the_worker_stream_resumes_after_a_sigkill_with_no_gap_and_no_duplicate(
         send(served.url.clone(), i).await?;
     }
     let mut stream = http
-        .get(format!("{}/v1/code/sessions/{id}/worker/events/stream", served.url))
+        .get(format!(
+            "{}/v1/code/sessions/{id}/worker/events/stream",
+            served.url
+        ))
         .bearer_auth(&jwt)
         .send()
         .await?;
@@ -339,7 +349,10 @@ async fn the_worker_stream_resumes_after_a_sigkill_with_no_gap_and_no_duplicate(
     }
     // The signing key lives in the store, so the worker's token still works.
     let mut resumed = http
-        .get(format!("{}/v1/code/sessions/{id}/worker/events/stream?from_sequence_num={}", restarted.url, seen[1]))
+        .get(format!(
+            "{}/v1/code/sessions/{id}/worker/events/stream?from_sequence_num={}",
+            restarted.url, seen[1]
+        ))
         .bearer_auth(&jwt)
         .header("Last-Event-ID", seen[1].to_string())
         .send()

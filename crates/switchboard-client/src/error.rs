@@ -87,6 +87,17 @@ pub enum ApiError {
     /// more writes are accepted.
     #[error("transport is closed")]
     Closed,
+
+    /// A CCR v2 worker call was answered with 409, or its credential is no longer
+    /// accepted (PROTOCOL.md §9): a newer worker epoch owns the session, and this worker
+    /// must stop writing.
+    #[error("the worker epoch was superseded")]
+    Superseded,
+
+    /// `POST /v1/code/sessions` answered with an id that is not `cse_` followed by a safe
+    /// id; the official client treats that as a failed create (PROTOCOL.md §10.1).
+    #[error("expected a cse_ session id, got {0:?}")]
+    NotCodeSessionId(String),
 }
 
 fn kind_suffix(kind: Option<&str>) -> String {

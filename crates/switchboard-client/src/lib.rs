@@ -11,6 +11,15 @@
 //! - [`ingress`]: the session-ingress v1 worker transport, a WebSocket for reading and
 //!   HTTP POSTs for writing, with the official client's reconnect and retry behaviour
 //!   ([`IngressTransport`], §8);
+//! - [`viewer`]: the viewer WebSocket that watches a session live and sends prompts,
+//!   permission answers and interrupts, reconnecting and resuming by sequence number
+//!   ([`ViewerSocket`], §13.1);
+//! - [`code`]: the env-less code-session API that creates a code session and fetches
+//!   worker credentials for it ([`CodeSessionsClient`], §10);
+//! - [`worker`]: the CCR v2 worker transport, an SSE stream for reading and serial HTTP
+//!   uploaders for events, state, delivery and heartbeats ([`WorkerTransport`], §9);
+//! - [`bridge`]: the env-less bridge that ties both together and refreshes its worker
+//!   credentials by rebuilding the transport ([`EnvLessBridge`], §10.3 and §11.4);
 //! - [`auth`]: bearer tokens that can be refreshed or rotated while a client runs
 //!   ([`TokenSource`], §11).
 //!
@@ -23,6 +32,9 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod backoff;
+pub mod bridge;
+pub mod code;
 pub mod environments;
 pub mod error;
 mod http;
@@ -30,9 +42,15 @@ pub mod ingress;
 pub mod sessions;
 #[cfg(test)]
 mod testing;
+pub mod viewer;
+pub mod worker;
 
 pub use auth::{RefreshFn, TokenSource};
+pub use bridge::{BridgeConfig, BridgeEnd, BridgeState, EnvLessBridge};
+pub use code::{CodeSessionsClient, RetryPolicy};
 pub use environments::BridgeApiClient;
 pub use error::{ApiError, Result};
 pub use ingress::{IngressConfig, IngressTransport, IngressVersion, TransportState};
 pub use sessions::{HistoryQuery, SessionsClient};
+pub use viewer::{ViewerConfig, ViewerEvent, ViewerSocket};
+pub use worker::{CloseReason, WorkerConfig, WorkerState, WorkerTimings, WorkerTransport};

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
+pub(crate) mod ccr;
+
 /// One canned answer.
 #[derive(Debug, Clone)]
 pub(crate) struct Reply {

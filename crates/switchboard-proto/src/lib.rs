@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod code;
 pub mod environments;
 pub mod error;
 pub mod ids;

@@ -242,11 +242,13 @@ impl Store for SqliteStore {
 
     #[instrument(skip_all)]
     async fn consume_credential(&self, id: &str, now: Millis) -> Result<bool> {
-        let done = sqlx::query("UPDATE credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-            .bind(now)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -211,7 +211,12 @@ async fn story(store: &dyn Store) -> anyhow::Result<()> {
     );
     assert_eq!(store.credential("c1").await?.revoked_at, Some(now));
     // A single-use credential is consumed once.
-    let pairing = Credential { id: "p1".into(), kind: CredentialKind::Pairing, scope: None, ..cred.clone() };
+    let pairing = Credential {
+        id: "p1".into(),
+        kind: CredentialKind::Pairing,
+        scope: None,
+        ..cred.clone()
+    };
     store.insert_credential(&pairing).await?;
     assert!(store.consume_credential("p1", now).await?);
     assert!(!store.consume_credential("p1", now).await?);

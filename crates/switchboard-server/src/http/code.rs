@@ -13,12 +13,11 @@ use crate::state::AppState;
 
 /// Reads `worker_epoch`: a JSON number, or a decimal string (protojson int64).
 fn epoch(body: &Map<String, Value>) -> Result<u64, ApiError> {
-    let bad = || ApiError::BadRequest("worker_epoch must be a non-negative integer".into());
-    match body.get("worker_epoch") {
-        Some(Value::Number(n)) => n.as_u64().ok_or_else(bad),
-        Some(Value::String(s)) => s.parse().map_err(|_| bad()),
-        _ => Err(bad()),
-    }
+    let value = body
+        .get("worker_epoch")
+        .ok_or_else(|| ApiError::BadRequest("worker_epoch is required".into()))?;
+    switchboard_proto::code::epoch::deserialize(value)
+        .map_err(|e| ApiError::BadRequest(format!("worker_epoch: {e}")))
 }
 
 fn array(body: &mut Map<String, Value>, key: &str) -> Result<Vec<Value>, ApiError> {

@@ -5,6 +5,7 @@
 // library APIs.
 #![allow(unreachable_pub)]
 
+mod bridge; // EnvLessBridge against the real server: refreshes, teardown.
 mod common; // TestServer: start, URLs, clients, extra keys.
 mod environments; // The standalone environment flow: register, poll, ack, stop, deregister.
 mod errors; // JSON error bodies: bad ids, bad JSON, oversized bodies, unknown routes.
@@ -13,5 +14,6 @@ mod ingress; // The v1 session-ingress WebSocket and POST.
 mod isolation; // Token classes and owners never reach each other's data.
 mod sessions; // The Sessions API: create, get, patch, list, archive, history.
 mod v2; // The CCR v2 plane: code sessions, epochs, worker state, SSE, delivery.
+mod viewer_client;
 mod viewers;
 mod web; // Browser sign-in, the session cookie, and the embedded UI. // The viewer subscribe socket: fan-out, permission answers, slow viewers. // switchboard_client::ViewerSocket against the viewer WebSocket.

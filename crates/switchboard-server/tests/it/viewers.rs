@@ -150,7 +150,7 @@ async fn the_most_recent_events_only_when_the_server_is_configured_so() -> anyho
 enum Worker {
     V1(IngressTransport, tokio::sync::mpsc::Receiver<Value>),
     V2 {
-        reader: SseReader,
+        reader: Box<SseReader>,
         token: String,
         id: String,
         epoch: u64,
@@ -199,7 +199,7 @@ impl Worker {
         .await?;
         Ok((
             Worker::V2 {
-                reader,
+                reader: Box::new(reader),
                 token,
                 id: id.clone(),
                 epoch: creds["worker_epoch"].as_u64().unwrap(),
