@@ -15,6 +15,8 @@ pub struct TestServer {
     addr: SocketAddr,
     /// The API key of the owner `alice`.
     pub key: String,
+    /// The PostgreSQL database to drop afterwards: (server URL, database name).
+    pg_database: Option<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -25,10 +27,23 @@ impl TestServer {
     }
 
     /// Starts a server after `configure` adjusted its options.
+    ///
+    /// The store is a fresh SQLite file, or a fresh PostgreSQL database when
+    /// `SWITCHBOARD_TEST_BACKEND=postgres` (with `SWITCHBOARD_TEST_PG_URL` naming the server).
     pub async fn start_with(configure: impl FnOnce(&mut ServerOptions)) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut options =
-            ServerOptions::new(format!("sqlite://{}", dir.path().join("test.db").display()));
+        let (database_url, pg_database) = match std::env::var("SWITCHBOARD_TEST_BACKEND").as_deref()
+        {
+            Ok("postgres") => {
+                let (base, name, url) = fresh_pg_database().await?;
+                (url, Some((base, name)))
+            }
+            _ => (
+                format!("sqlite://{}", dir.path().join("test.db").display()),
+                None,
+            ),
+        };
+        let mut options = ServerOptions::new(database_url);
         options.poll_timeout = Duration::from_secs(2);
         options.ingress_keepalive = Duration::from_secs(5);
         configure(&mut options);
@@ -48,6 +63,7 @@ impl TestServer {
             server,
             addr,
             key,
+            pg_database,
             _dir: dir,
         })
     }
@@ -89,9 +105,44 @@ impl TestServer {
     }
 }
 
+/// Creates an empty database on the test PostgreSQL server: (server URL, name, URL).
+async fn fresh_pg_database() -> anyhow::Result<(String, String, String)> {
+    use sqlx::Connection as _;
+    let base = std::env::var("SWITCHBOARD_TEST_PG_URL").map_err(|_| {
+        anyhow::anyhow!("SWITCHBOARD_TEST_BACKEND=postgres needs SWITCHBOARD_TEST_PG_URL")
+    })?;
+    let name = format!("sb_it_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&base).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("no database in {base}"))?;
+    let url = format!("{prefix}/{name}");
+    Ok((base, name, url))
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.server.shutdown();
+        if let Some((base, name)) = self.pg_database.take() {
+            // Drop runs inside the test's runtime, so the cleanup gets a thread of its own.
+            let cleanup = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async {
+                    use sqlx::Connection as _;
+                    let mut admin = sqlx::PgConnection::connect(&base).await?;
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await?;
+                    Ok::<_, anyhow::Error>(())
+                })
+            });
+            let _ = cleanup.join();
+        }
     }
 }
 
