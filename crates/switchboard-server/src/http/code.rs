@@ -20,6 +20,19 @@ fn epoch(body: &Map<String, Value>) -> Result<u64, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("worker_epoch: {e}")))
 }
 
+/// Loads the session a worker writes to and refuses the write (409) unless its
+/// `worker_epoch` is the current one.
+async fn fenced(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    id: &str,
+    body: &Map<String, Value>,
+) -> Result<switchboard_store::Session, ApiError> {
+    let session = state.authorize_session(principal, id, true).await?;
+    AppState::check_epoch(principal, &session, epoch(body)?)?;
+    Ok(session)
+}
+
 fn array(body: &mut Map<String, Value>, key: &str) -> Result<Vec<Value>, ApiError> {
     match body.remove(key) {
         Some(Value::Array(items)) => Ok(items),
@@ -79,10 +92,10 @@ pub(crate) async fn put_worker(
     Path(id): Path<String>,
     Json(body): Json<Map<String, Value>>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let session = state.authorize_session(&principal, &id, true).await?;
-    let epoch = epoch(&body)?;
-    AppState::check_epoch(&principal, &session, epoch)?;
-    state.put_worker(&session, epoch, &body).await?;
+    let session = fenced(&state, &principal, &id, &body).await?;
+    state
+        .put_worker(&session, session.worker_epoch, &body)
+        .await?;
     Ok(axum::Json(json!({})))
 }
 
@@ -103,8 +116,7 @@ pub(crate) async fn heartbeat(
     Path(id): Path<String>,
     Json(body): Json<Map<String, Value>>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let session = state.authorize_session(&principal, &id, true).await?;
-    AppState::check_epoch(&principal, &session, epoch(&body)?)?;
+    let session = fenced(&state, &principal, &id, &body).await?;
     state.worker_heartbeat(&session);
     Ok(axum::Json(json!({})))
 }
@@ -116,8 +128,7 @@ pub(crate) async fn events(
     Path(id): Path<String>,
     Json(mut body): Json<Map<String, Value>>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let session = state.authorize_session(&principal, &id, true).await?;
-    AppState::check_epoch(&principal, &session, epoch(&body)?)?;
+    let session = fenced(&state, &principal, &id, &body).await?;
     state
         .worker_events(&session, array(&mut body, "events")?)
         .await?;
@@ -131,8 +142,7 @@ pub(crate) async fn post_internal(
     Path(id): Path<String>,
     Json(mut body): Json<Map<String, Value>>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let session = state.authorize_session(&principal, &id, true).await?;
-    AppState::check_epoch(&principal, &session, epoch(&body)?)?;
+    let session = fenced(&state, &principal, &id, &body).await?;
     state
         .worker_internal_events(&session, array(&mut body, "events")?)
         .await?;
@@ -169,8 +179,7 @@ pub(crate) async fn delivery(
     Path(id): Path<String>,
     Json(mut body): Json<Map<String, Value>>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let session = state.authorize_session(&principal, &id, true).await?;
-    AppState::check_epoch(&principal, &session, epoch(&body)?)?;
+    let session = fenced(&state, &principal, &id, &body).await?;
     let mut updates = Vec::new();
     for (i, update) in array(&mut body, "updates")?.into_iter().enumerate() {
         match (update.get("event_id"), update.get("status")) {
