@@ -24,6 +24,16 @@ pub(crate) enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Start signing worker tokens with a new key (running servers pick it up within a
+    /// minute).
+    RotateSigningKey {
+        /// Also stop accepting tokens signed by older keys (their workers must fetch new
+        /// credentials); by default they stay valid until they expire.
+        #[arg(long)]
+        retire_previous: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 pub(crate) async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
@@ -43,6 +53,18 @@ pub(crate) async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             .context("failed to store the new key")?;
             eprintln!("Created API key {name:?} for owner {owner:?}. It is shown only this once:");
             println!("{key}");
+        }
+        TokenCommand::RotateSigningKey { retire_previous, store } => {
+            let store = open(&store).await?;
+            let key = switchboard_server::jwt::rotate(
+                store.as_ref(),
+                retire_previous,
+                crate::serve::now_ms_pub(),
+            )
+            .await
+            .context("failed to store the new signing key")?;
+            let retired = if retire_previous { "; older keys are retired" } else { "" };
+            println!("New signing key {}{retired}", key.id);
         }
         TokenCommand::List { store } => {
             let store = open(&store).await?;

@@ -8,9 +8,10 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use switchboard_store::SigningKey;
+use switchboard_store::{Millis, SigningKey, Store, StoreError};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -47,6 +48,32 @@ pub enum JwtError {
     /// Past its `exp`.
     #[error("worker token has expired")]
     Expired,
+    /// Signed with a key this server does not hold (yet): reload the keys and retry.
+    #[error("worker token signed with an unknown key")]
+    UnknownKey,
+}
+
+/// Makes a new signing key, stores it, and (with `retire_previous`) retires every older
+/// one, which cuts off the tokens they signed. Servers pick it up on their next key
+/// reload (at most a minute, or at once when they meet a token it signed).
+pub async fn rotate(
+    store: &dyn Store,
+    retire_previous: bool,
+    now: Millis,
+) -> Result<SigningKey, StoreError> {
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let key = SigningKey {
+        id: crate::auth::random_id(12),
+        secret: URL_SAFE_NO_PAD.encode(secret),
+        created_at: now,
+        retired_at: None,
+    };
+    store.insert_signing_key(&key).await?;
+    if retire_previous {
+        store.retire_signing_keys(now, now).await?;
+    }
+    Ok(key)
 }
 
 /// Signs claims with a key.
@@ -154,7 +181,7 @@ mod tests {
     #[test]
     fn tampered_expired_and_unknown_key_tokens_are_refused() {
         let token = sign(&claims(100), &key("a"));
-        assert_eq!(verify(&token, &[key("b")], 50), Err(JwtError::Invalid));
+        assert_eq!(verify(&token, &[key("b")], 50), Err(JwtError::UnknownKey));
         assert_eq!(verify(&token, &[key("a")], 100), Err(JwtError::Expired));
         let forged = {
             let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();

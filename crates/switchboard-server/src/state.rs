@@ -106,13 +106,14 @@ impl AppState {
     /// against the stored credentials.
     pub(crate) async fn authenticate(&self, token: &str) -> Result<Principal, ApiError> {
         if crate::jwt::looks_like_jwt(token) {
-            let keys = self.signing_keys().await?;
-            let claims =
-                crate::jwt::verify(token, &keys, now_ms() / 1000).map_err(|e| match e {
-                    crate::jwt::JwtError::Invalid => ApiError::Unauthorized(e.to_string()),
-                    // The client compares `exp` itself and treats this as a superseded worker.
-                    crate::jwt::JwtError::Expired => ApiError::Unauthorized(e.to_string()),
-                })?;
+            let now = now_ms() / 1000;
+            let mut verified = crate::jwt::verify(token, &self.signing_keys().await?, now);
+            if verified == Err(crate::jwt::JwtError::UnknownKey) {
+                verified = crate::jwt::verify(token, &self.reload_signing_keys().await?, now);
+            }
+            // An expired token is a 401 too: the client compares `exp` itself and treats
+            // it as a superseded worker.
+            let claims = verified.map_err(|e| ApiError::Unauthorized(e.to_string()))?;
             let session = SessionId::parse(&claims.session_id)
                 .ok_or_else(|| ApiError::Unauthorized("invalid worker token".into()))?;
             return Ok(Principal::Worker {
@@ -180,6 +181,9 @@ impl AppState {
                     tracing::warn!(error = ?e, "collecting idle environments failed");
                 }
                 state.hub().sweep();
+                if let Err(e) = state.reload_signing_keys().await {
+                    tracing::warn!(error = ?e, "reloading signing keys failed");
+                }
                 state.inner.dispatcher.sweep();
             }
         })

@@ -1,9 +1,6 @@
 //! The CCR v2 plane: code sessions, worker credentials and the `/worker/*` API
 //! (PROTOCOL.md §9–§10).
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use rand::RngCore as _;
 use serde_json::{json, Value};
 use switchboard_proto::SessionId;
 use switchboard_store::{
@@ -12,7 +9,7 @@ use switchboard_store::{
 };
 
 use super::AppState;
-use crate::auth::{self, Principal};
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::jwt::{self, WorkerClaims};
 use crate::time::now_ms;
@@ -43,42 +40,19 @@ impl AppState {
                 return Ok(keys.clone());
             }
         }
+        self.reload_signing_keys().await
+    }
+
+    /// Reads the live keys from the store again (another node or `switchboard token
+    /// rotate-signing-key` may have changed them), creating one if there is none.
+    pub async fn reload_signing_keys(&self) -> Result<Vec<SigningKey>, ApiError> {
         let mut keys = self.inner.signing_keys.write().await;
-        if keys.is_empty() {
-            let mut stored = self.store().signing_keys().await?;
-            if stored.is_empty() {
-                stored.push(self.new_signing_key().await?);
-            }
-            *keys = stored;
+        let mut stored = self.store().signing_keys().await?;
+        if stored.is_empty() {
+            stored.push(jwt::rotate(self.store().as_ref(), false, now_ms()).await?);
         }
+        *keys = stored;
         Ok(keys.clone())
-    }
-
-    async fn new_signing_key(&self) -> Result<SigningKey, ApiError> {
-        let mut secret = [0u8; 32];
-        rand::rng().fill_bytes(&mut secret);
-        let key = SigningKey {
-            id: auth::random_id(12),
-            secret: URL_SAFE_NO_PAD.encode(secret),
-            created_at: now_ms(),
-            retired_at: None,
-        };
-        self.store().insert_signing_key(&key).await?;
-        Ok(key)
-    }
-
-    /// Starts signing worker tokens with a new key. With `retire_previous`, tokens signed
-    /// by older keys stop working at once; otherwise they stay valid until they expire.
-    pub async fn rotate_signing_key(&self, retire_previous: bool) -> Result<String, ApiError> {
-        let key = self.new_signing_key().await?;
-        if retire_previous {
-            self.store()
-                .retire_signing_keys(key.created_at, now_ms())
-                .await?;
-        }
-        let mut keys = self.inner.signing_keys.write().await;
-        *keys = self.store().signing_keys().await?;
-        Ok(key.id)
     }
 
     /// `POST /v1/code/sessions`: a session served over v2, without an environment.

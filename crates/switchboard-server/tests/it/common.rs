@@ -68,6 +68,11 @@ impl TestServer {
         })
     }
 
+    /// The running server's state (its store, for tests that change it behind the API).
+    pub fn state(&self) -> &switchboard_server::AppState {
+        self.server.state()
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

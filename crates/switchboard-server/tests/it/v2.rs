@@ -555,3 +555,53 @@ async fn a_worker_silent_past_its_heartbeat_ttl_is_marked_gone() -> anyhow::Resu
     assert!(!server.sessions().get_session(&w.id).await?.worker_connected);
     Ok(())
 }
+
+#[tokio::test]
+async fn signing_keys_rotate_with_or_without_cutting_off_older_tokens() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let w = code_session(&server).await?;
+    let store = server.state().store().clone();
+    let state_path = worker_path(&w.id, "");
+    let kid = |token: &str| -> anyhow::Result<Value> {
+        let head = token.split('.').next().unwrap_or_default();
+        let header: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(head)?,
+        )?;
+        Ok(header["kid"].clone())
+    };
+    let credentials = || async {
+        let (_, creds) = post(
+            &server,
+            &format!("/v1/code/sessions/{}/bridge", w.id),
+            &server.key,
+            json!({}),
+        )
+        .await?;
+        Ok::<_, anyhow::Error>(creds["worker_jwt"].as_str().unwrap_or_default().to_string())
+    };
+
+    // A new key: tokens signed by the older one keep working; new credentials use it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let second = switchboard_server::jwt::rotate(store.as_ref(), false, now + 1_000).await?;
+    server.state().reload_signing_keys().await?;
+    assert_eq!(get(&server, &state_path, &w.jwt).await?.0, 200);
+    let signed_by_second = credentials().await?;
+    assert_eq!(kid(&signed_by_second)?, json!(second.id));
+
+    // Retiring the older keys cuts their tokens off.
+    let third = switchboard_server::jwt::rotate(store.as_ref(), true, now + 2_000).await?;
+    server.state().reload_signing_keys().await?;
+    for old in [&w.jwt, &signed_by_second] {
+        assert_eq!(
+            get(&server, &state_path, old).await?.0,
+            401,
+            "a token of a retired key"
+        );
+    }
+    let signed_by_third = credentials().await?;
+    assert_eq!(kid(&signed_by_third)?, json!(third.id));
+    assert_eq!(get(&server, &state_path, &signed_by_third).await?.0, 200);
+    Ok(())
+}
