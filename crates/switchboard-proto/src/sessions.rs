@@ -70,6 +70,12 @@ pub struct SessionResource {
     /// True when the session is served over the CCR v2 plane.
     #[serde(default)]
     pub use_code_sessions: bool,
+    /// The host name of the machine whose bridge runs the session, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_name: Option<String>,
+    /// The working directory the session's bridge runs in, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
     /// While `session_status` is `requires_action`: the worker's pending request (the
     /// `control_request` with `can_use_tool` or `elicitation`) it waits on.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -19,7 +19,7 @@ pub(crate) async fn create(
 ) -> Result<axum::Json<SessionResource>, ApiError> {
     let owner_id = AppState::require_owner(&principal)?;
     let session = state.create_session(owner_id, req).await?;
-    Ok(axum::Json(state.session_resource(&session)))
+    Ok(axum::Json(state.describe(&session).await?))
 }
 
 /// Query of the session list.
@@ -50,7 +50,7 @@ pub(crate) async fn get(
     Path(id): Path<String>,
 ) -> Result<axum::Json<SessionResource>, ApiError> {
     let session = state.authorize_session(&principal, &id, false).await?;
-    Ok(axum::Json(state.session_resource(&session)))
+    Ok(axum::Json(state.describe(&session).await?))
 }
 
 /// `PATCH /v1/sessions/{id}`: sets the title.

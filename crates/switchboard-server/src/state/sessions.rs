@@ -120,7 +120,23 @@ impl AppState {
         Ok(self.store().session(&session.id).await?)
     }
 
-    /// The wire form of a session.
+    /// The wire form of a session, with its environment's machine and directory.
+    pub(crate) async fn describe(&self, s: &Session) -> Result<SessionResource, ApiError> {
+        let mut resource = self.session_resource(s);
+        if let Some(env_id) = &s.environment_id {
+            match self.store().environment(env_id).await {
+                Ok(env) => {
+                    resource.machine_name = Some(env.machine_name).filter(|m| !m.is_empty());
+                    resource.directory = Some(env.directory).filter(|d| !d.is_empty());
+                }
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(resource)
+    }
+
+    /// The wire form of a session, without its environment's details.
     pub(crate) fn session_resource(&self, s: &Session) -> SessionResource {
         let id = SessionId::from_body(s.id.clone()).map_or_else(|| s.id.clone(), |id| id.compat());
         SessionResource {
@@ -137,6 +153,8 @@ impl AppState {
             last_sequence_num: s.last_seq,
             use_code_sessions: s.use_code_sessions,
             requires_action: s.requires_action.clone(),
+            machine_name: None,
+            directory: None,
         }
     }
 

@@ -24,6 +24,8 @@ async fn the_standalone_flow_runs_from_register_to_deregister() -> anyhow::Resul
         })
         .await?;
     assert!(session.id.starts_with("session_"));
+    assert_eq!(session.machine_name.as_deref(), Some("test-host"));
+    assert_eq!(session.directory.as_deref(), Some("/work/project"));
     let work = bridge
         .poll_for_work(&env.environment_id, &env.environment_secret, Some(5_000))
         .await?
