@@ -54,7 +54,10 @@ pub(crate) async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             eprintln!("Created API key {name:?} for owner {owner:?}. It is shown only this once:");
             println!("{key}");
         }
-        TokenCommand::RotateSigningKey { retire_previous, store } => {
+        TokenCommand::RotateSigningKey {
+            retire_previous,
+            store,
+        } => {
             let store = open(&store).await?;
             let key = switchboard_server::jwt::rotate(
                 store.as_ref(),
@@ -63,7 +66,11 @@ pub(crate) async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             )
             .await
             .context("failed to store the new signing key")?;
-            let retired = if retire_previous { "; older keys are retired" } else { "" };
+            let retired = if retire_previous {
+                "; older keys are retired"
+            } else {
+                ""
+            };
             println!("New signing key {}{retired}", key.id);
         }
         TokenCommand::List { store } => {
