@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod attach;
+mod bridge;
 mod remote;
 mod render;
 mod serve;
@@ -35,6 +36,8 @@ enum Command {
     Sessions(sessions::SessionsArgs),
     /// Watch a session live, send it prompts and answer its permission requests.
     Attach(attach::AttachArgs),
+    /// Put an agent on this machine under remote control (like `claude remote-control`).
+    Bridge(Box<bridge::BridgeArgs>),
 }
 
 /// Where the server keeps its data; shared by `serve` and the commands that open the
@@ -75,10 +78,16 @@ impl StoreArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The bridge talks to a person through its own lines; the client library's routine
+    // notices would only get in the way of its status line.
+    let default_filter = match cli.command {
+        Command::Bridge(_) => "warn",
+        _ => "info,sqlx=warn,tower_http=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -103,6 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Token(cmd) => token::run(cmd).await,
             Command::Sessions(args) => sessions::run(args).await,
             Command::Attach(args) => attach::run(args).await,
+            Command::Bridge(args) => bridge::run(*args).await,
         }
     })
 }

@@ -567,9 +567,13 @@ impl Task {
                     tracing::debug!("viewer websocket open");
                     ever_opened = true;
                     self.attempts = 0;
+                    // The write half is in place before anyone hears "connected", so a
+                    // send right after that event cannot find the socket missing.
+                    let (sink, stream) = ws.split();
+                    *self.sink.lock().await = Some(sink);
                     self.connected.store(true, Ordering::SeqCst);
                     self.emit(ViewerEvent::Connected).await;
-                    let ended = self.serve(ws).await;
+                    let ended = self.serve(stream).await;
                     self.connected.store(false, Ordering::SeqCst);
                     ended
                 }
@@ -661,9 +665,7 @@ impl Task {
     }
 
     /// Reads one open socket until it ends.
-    async fn serve(&mut self, ws: WsStream) -> Ended {
-        let (sink, mut stream) = ws.split();
-        *self.sink.lock().await = Some(sink);
+    async fn serve(&mut self, mut stream: futures_util::stream::SplitStream<WsStream>) -> Ended {
         let start = Instant::now() + self.ping_interval;
         let mut ping = tokio::time::interval_at(start, self.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);

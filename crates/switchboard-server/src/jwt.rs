@@ -121,7 +121,7 @@ pub fn verify(token: &str, keys: &[SigningKey], now_secs: i64) -> Result<WorkerC
     let key = keys
         .iter()
         .find(|k| k.id == header.kid)
-        .ok_or(JwtError::Invalid)?;
+        .ok_or(JwtError::UnknownKey)?;
     let signature = URL_SAFE_NO_PAD
         .decode(signature)
         .map_err(|_| JwtError::Invalid)?;

@@ -1,0 +1,489 @@
+//! `switchboard bridge`: puts an agent running on this machine under remote control, the
+//! Rust counterpart of `claude remote-control` (PROTOCOL.md §4.9, §7 and §16.1).
+//!
+//! It registers an environment for the current directory, creates a session (empty, or
+//! started with `--new PROMPT`), prints its link and a QR code of it, and then long-polls
+//! for work. For each work item it acknowledges the item and starts an agent for that
+//! session, heartbeats it while it runs, and when the agent ends stops the work and
+//! archives the session. On Ctrl-C or SIGTERM it stops every agent (SIGTERM, then SIGKILL
+//! after a grace period), stops their work, archives the sessions and deregisters.
+//!
+//! The pieces:
+//!
+//! - this file: flags, checks at the edge, registration, the first session, shutdown;
+//! - [`supervisor`]: the poll loop, capacity, token updates, heartbeats, session ends;
+//! - [`session`]: one session's life: workspace, worker registration, the agent process;
+//! - [`agent`]: how an agent is started, natively (`claude --sdk-url`) or as a
+//!   stream-json command;
+//! - [`relay`]: carries a stream-json agent's stdio over the session's transport;
+//! - [`workspace`]: git facts and per-session worktrees;
+//! - [`display`]: the status line on a terminal, plain lines otherwise, and the QR code.
+
+mod agent;
+mod display;
+mod relay;
+mod session;
+mod supervisor;
+mod workspace;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use switchboard_client::{ApiError, BridgeApiClient, SessionsClient};
+use switchboard_proto::environments::RegisterEnvironmentRequest;
+use switchboard_proto::sessions::CreateSessionRequest;
+use switchboard_proto::SessionId;
+use tokio_util::sync::CancellationToken;
+
+use crate::remote::RemoteArgs;
+use agent::AgentSpec;
+use display::Display;
+use supervisor::Supervisor;
+
+/// The `metadata.worker_type` the environment is registered with: the official bridge's
+/// value, since the agent is Claude Code or speaks like it.
+const WORKER_TYPE: &str = "claude_code";
+
+/// The `source` of sessions the bridge creates, as the official bridge sends it.
+const SESSION_SOURCE: &str = "remote-control";
+
+/// The longest title derived from a `--new` prompt.
+const MAX_TITLE_CHARS: usize = 80;
+
+/// How the bridge runs sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SpawnMode {
+    /// One session; the bridge exits when it ends.
+    SingleSession,
+    /// Several sessions at once, all in the current directory.
+    SameDir,
+    /// Several sessions at once, each in its own git worktree.
+    Worktree,
+}
+
+/// How the agent is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AgentMode {
+    /// Claude Code itself: `claude --print --sdk-url …`, which connects to the session on
+    /// its own.
+    Claude,
+    /// Any command that speaks stream-json on stdin and stdout; the bridge carries its
+    /// messages to and from the session.
+    StreamJson,
+}
+
+/// Which data plane the sessions the bridge creates use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Plane {
+    /// Session ingress v1: WebSocket read, HTTP POST write.
+    V1,
+    /// CCR v2: the `/v1/code/sessions/{id}/worker` API with an SSE stream.
+    V2,
+}
+
+/// Flags of `switchboard bridge`.
+#[derive(Debug, Args)]
+pub(crate) struct BridgeArgs {
+    /// Start a session with this prompt right away, to continue it from the link.
+    #[arg(long, value_name = "PROMPT")]
+    new: Option<String>,
+    /// Do not create a session at start; only run the sessions created elsewhere (e.g.
+    /// from the web UI).
+    #[arg(long, conflicts_with = "new")]
+    no_session: bool,
+    /// Title of the session the bridge creates (default: from the prompt, if any).
+    #[arg(long, value_name = "TITLE")]
+    name: Option<String>,
+    /// Data plane of the sessions the bridge creates.
+    #[arg(long, env = "SWITCHBOARD_BRIDGE_PLANE", value_enum, default_value_t = Plane::V1)]
+    plane: Plane,
+    /// How sessions share the directory.
+    #[arg(long, env = "SWITCHBOARD_BRIDGE_SPAWN", value_enum, default_value_t = SpawnMode::SameDir)]
+    spawn: SpawnMode,
+    /// How many sessions may run at once (always 1 with --spawn single-session).
+    #[arg(long, env = "SWITCHBOARD_BRIDGE_MAX_SESSIONS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    max_sessions: u32,
+    /// Stop a session that runs longer than this many seconds.
+    #[arg(long, env = "SWITCHBOARD_BRIDGE_SESSION_TIMEOUT", value_name = "SECS",
+          default_value_t = 24 * 60 * 60, value_parser = clap::value_parser!(u64).range(1..))]
+    session_timeout: u64,
+    /// How the agent runs: Claude Code natively, or a stream-json command given after `--`.
+    #[arg(long, value_enum)]
+    agent: Option<AgentMode>,
+    /// The Claude Code program (native mode).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CLAUDE",
+        value_name = "PROGRAM",
+        default_value = "claude"
+    )]
+    claude: String,
+    /// An extra argument for Claude Code (native mode); repeat for several.
+    #[arg(long = "claude-arg", value_name = "ARG", allow_hyphen_values = true)]
+    claude_args: Vec<String>,
+    /// The permission mode sessions start in (passed to Claude Code and to the server).
+    #[arg(long, value_name = "MODE")]
+    permission_mode: Option<String>,
+    /// The stream-json agent command and its arguments (stream-json mode), e.g.
+    /// `-- claude -p --input-format stream-json --output-format stream-json --verbose
+    /// --permission-prompt-tool stdio`.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+    /// How long stopping agents may take before they are killed, in seconds.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BRIDGE_SHUTDOWN_GRACE",
+        value_name = "SECS",
+        default_value_t = 30
+    )]
+    shutdown_grace: u64,
+    /// How often to heartbeat each running work item, in seconds (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    heartbeat: u64,
+    /// The shortest pause between two polls that found no work, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2_000, hide = true)]
+    poll_interval_ms: u64,
+    /// How often to poll while every session slot is taken, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60, hide = true)]
+    at_capacity_poll: u64,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+/// The flags, checked: what the rest of the bridge runs on.
+#[derive(Debug, Clone)]
+pub(crate) struct BridgeOptions {
+    /// The server's base URL, without trailing slash.
+    pub(crate) base_url: String,
+    /// The user's API key.
+    pub(crate) api_key: String,
+    /// The directory the bridge serves (absolute).
+    pub(crate) directory: PathBuf,
+    /// How sessions share it.
+    pub(crate) spawn: SpawnMode,
+    /// How many sessions may run at once.
+    pub(crate) max_sessions: u32,
+    /// How long one session may run.
+    pub(crate) session_timeout: Duration,
+    /// How to start an agent.
+    pub(crate) agent: AgentSpec,
+    /// How long agents get to stop before SIGKILL.
+    pub(crate) shutdown_grace: Duration,
+    /// The work heartbeat period, if any.
+    pub(crate) heartbeat: Option<Duration>,
+    /// The shortest pause between empty polls.
+    pub(crate) poll_interval: Duration,
+    /// The poll period at capacity.
+    pub(crate) at_capacity_poll: Duration,
+}
+
+/// The session the bridge creates at start, if any.
+#[derive(Debug, Clone, PartialEq)]
+enum FirstSession {
+    None,
+    Empty,
+    Prompt(String),
+}
+
+impl BridgeArgs {
+    fn api_key(&self) -> anyhow::Result<String> {
+        match self.remote.token() {
+            Ok(token) => Ok(token.to_owned()),
+            // `switchboard serve` prints the key as CLAUDE_BRIDGE_OAUTH_TOKEN for Claude
+            // Code; the bridge accepts the same variable.
+            Err(e) => std::env::var("CLAUDE_BRIDGE_OAUTH_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| t.trim().to_owned())
+                .ok_or(e),
+        }
+    }
+
+    fn base_url(&self) -> String {
+        match std::env::var("CLAUDE_BRIDGE_BASE_URL") {
+            Ok(url) if std::env::var_os("SWITCHBOARD_URL").is_none() && !url.trim().is_empty() => {
+                url.trim().trim_end_matches('/').to_owned()
+            }
+            _ => self.remote.base_url().to_owned(),
+        }
+    }
+
+    fn first_session(&self) -> anyhow::Result<FirstSession> {
+        Ok(match (&self.new, self.no_session) {
+            (Some(prompt), _) if prompt.trim().is_empty() => {
+                anyhow::bail!("--new needs a prompt, e.g. --new \"fix the failing test\"")
+            }
+            (Some(prompt), _) => FirstSession::Prompt(prompt.clone()),
+            (None, true) => FirstSession::None,
+            (None, false) => FirstSession::Empty,
+        })
+    }
+
+    /// Checks the flags and the agent program, and builds the options.
+    fn options(&self) -> anyhow::Result<BridgeOptions> {
+        let directory = std::env::current_dir()
+            .context("cannot read the current directory")?
+            .canonicalize()
+            .context("cannot resolve the current directory")?;
+        let mode = match (self.agent, self.command.is_empty()) {
+            (Some(AgentMode::Claude), false) => anyhow::bail!(
+                "a command after -- runs in stream-json mode; drop --agent claude or pass \
+                 --agent stream-json"
+            ),
+            (Some(mode), _) => mode,
+            (None, true) => AgentMode::Claude,
+            (None, false) => AgentMode::StreamJson,
+        };
+        let agent = match mode {
+            AgentMode::Claude => {
+                let mut extra = self.claude_args.clone();
+                if let Some(mode) = &self.permission_mode {
+                    extra.extend(["--permission-mode".to_owned(), mode.clone()]);
+                }
+                AgentSpec::native(&self.claude, extra)?
+            }
+            AgentMode::StreamJson => {
+                let command = if self.command.is_empty() {
+                    agent::default_stream_json_command(&self.claude)
+                } else {
+                    self.command.clone()
+                };
+                AgentSpec::stream_json(command)?
+            }
+        };
+        let max_sessions = match self.spawn {
+            SpawnMode::SingleSession => 1,
+            _ => self.max_sessions,
+        };
+        if self.spawn == SpawnMode::Worktree {
+            workspace::git_toplevel(&directory).with_context(|| {
+                format!(
+                    "--spawn worktree needs a git repository, and {} is not in one",
+                    directory.display()
+                )
+            })?;
+        }
+        if self.spawn == SpawnMode::SingleSession && self.no_session {
+            anyhow::bail!(
+                "--spawn single-session runs the session the bridge creates; drop --no-session"
+            );
+        }
+        Ok(BridgeOptions {
+            base_url: self.base_url(),
+            api_key: self.api_key()?,
+            directory,
+            spawn: self.spawn,
+            max_sessions,
+            session_timeout: Duration::from_secs(self.session_timeout),
+            agent,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            heartbeat: (self.heartbeat > 0).then(|| Duration::from_secs(self.heartbeat)),
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            at_capacity_poll: Duration::from_secs(self.at_capacity_poll.max(1)),
+        })
+    }
+}
+
+/// The link to a session's page in the web UI.
+pub(crate) fn session_link(base_url: &str, session_id: &str) -> String {
+    let compat = SessionId::parse(session_id)
+        .map(|id| id.compat())
+        .unwrap_or_else(|| session_id.to_owned());
+    format!("{}/s/{compat}", base_url.trim_end_matches('/'))
+}
+
+/// A title from the first line of a prompt.
+fn title_from_prompt(prompt: &str) -> String {
+    let line = prompt.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let line = line.trim();
+    if line.chars().count() <= MAX_TITLE_CHARS {
+        return line.to_owned();
+    }
+    let cut: String = line.chars().take(MAX_TITLE_CHARS - 1).collect();
+    format!("{}…", cut.trim_end())
+}
+
+/// Turns a failed call into one line that says what happened and what to do.
+pub(crate) fn explain(error: &ApiError, base_url: &str) -> String {
+    match error {
+        ApiError::Fatal {
+            status: 401 | 403,
+            message,
+            ..
+        } => format!(
+            "the server at {base_url} refused the API key ({message}); create one with \
+             `switchboard token create` and pass it with --token or SWITCHBOARD_TOKEN"
+        ),
+        ApiError::Transport(e) => format!(
+            "cannot reach the server at {base_url} ({}); is `switchboard serve` running there? \
+             Pass its address with --url or SWITCHBOARD_URL",
+            root_cause(e)
+        ),
+        ApiError::Fatal {
+            status: 404,
+            message,
+            ..
+        } => format!("the server at {base_url} answered 404 ({message})"),
+        _ => format!("the server at {base_url} failed: {error}"),
+    }
+}
+
+/// The innermost cause of an error ("Connection refused" rather than "error sending
+/// request").
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<()> {
+    let options = args.options()?;
+    let first = args.first_session()?;
+    let display = Display::new();
+    let api = BridgeApiClient::new(&options.base_url, options.api_key.clone())
+        .with_runner_version(concat!("switchboard/", env!("CARGO_PKG_VERSION")));
+    let sessions = SessionsClient::new(&options.base_url, options.api_key.clone());
+
+    let git = workspace::GitInfo::read(&options.directory).await;
+    let machine = gethostname::gethostname().to_string_lossy().into_owned();
+    let request = RegisterEnvironmentRequest {
+        machine_name: machine.clone(),
+        directory: options.directory.display().to_string(),
+        branch: git.branch.clone().unwrap_or_default(),
+        git_repo_url: git.remote_url.clone(),
+        max_sessions: options.max_sessions,
+        metadata: json!({ "worker_type": WORKER_TYPE }),
+        environment_id: None,
+    };
+    let environment = api
+        .register_environment(&request)
+        .await
+        .map_err(|e| anyhow::anyhow!(explain(&e, &options.base_url)))?;
+    let shutdown = CancellationToken::new();
+    let force = CancellationToken::new();
+    supervisor::watch_signals(shutdown.clone(), force.clone())?;
+
+    display.banner(&options, &machine, &git, &environment.environment_id);
+    let mut known_sessions = Vec::new();
+    let created = create_first_session(
+        &sessions,
+        &first,
+        &args,
+        &environment.environment_id,
+        &options,
+    )
+    .await;
+    match created {
+        Ok(Some(id)) => {
+            display.session_link(&session_link(&options.base_url, &id));
+            known_sessions.push(id);
+        }
+        Ok(None) => display.line("Waiting for sessions; create one from the web UI."),
+        Err(e) => {
+            // Without its session the bridge would wait for nothing; undo the registration.
+            let _ = api
+                .deregister_environment(&environment.environment_id)
+                .await;
+            return Err(e);
+        }
+    }
+
+    let supervisor = Supervisor::new(
+        Arc::new(options),
+        api,
+        sessions,
+        environment,
+        display,
+        shutdown,
+        force,
+        known_sessions,
+    );
+    supervisor.run().await
+}
+
+async fn create_first_session(
+    sessions: &SessionsClient,
+    first: &FirstSession,
+    args: &BridgeArgs,
+    environment_id: &str,
+    options: &BridgeOptions,
+) -> anyhow::Result<Option<String>> {
+    let prompt = match first {
+        FirstSession::None => return Ok(None),
+        FirstSession::Empty => None,
+        FirstSession::Prompt(prompt) => Some(prompt),
+    };
+    let title = args
+        .name
+        .clone()
+        .or_else(|| prompt.map(|p| title_from_prompt(p)));
+    let request = CreateSessionRequest {
+        title,
+        environment_id: Some(environment_id.to_owned()),
+        source: Some(SESSION_SOURCE.to_owned()),
+        permission_mode: args.permission_mode.clone(),
+        use_code_sessions: args.plane == Plane::V2,
+        session_context: json!({ "cwd": options.directory.display().to_string() }),
+        ..CreateSessionRequest::default()
+    };
+    let session = sessions.create_session(&request).await.map_err(|e| {
+        anyhow::anyhow!(
+            "could not create a session: {}",
+            explain(&e, &options.base_url)
+        )
+    })?;
+    if let Some(prompt) = prompt {
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let message = switchboard_client::viewer::user_message(&uuid, prompt.as_str());
+        sessions
+            .send_events(&session.id, vec![message])
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "could not send the prompt: {}",
+                    explain(&e, &options.base_url)
+                )
+            })?;
+    }
+    Ok(Some(session.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_use_the_compat_session_id() {
+        assert_eq!(
+            session_link("http://h:1/", "cse_abcd1234"),
+            "http://h:1/s/session_abcd1234"
+        );
+        assert_eq!(
+            session_link("http://h:1", "session_abcd1234"),
+            "http://h:1/s/session_abcd1234"
+        );
+    }
+
+    #[test]
+    fn titles_come_from_the_first_line_and_are_cut() {
+        assert_eq!(title_from_prompt("\n  fix it \nmore"), "fix it");
+        let long = "x".repeat(200);
+        let title = title_from_prompt(&long);
+        assert_eq!(title.chars().count(), MAX_TITLE_CHARS);
+        assert!(title.ends_with('…'));
+    }
+
+    #[test]
+    fn refused_keys_and_unreachable_servers_say_what_to_do() {
+        let refused = explain(&ApiError::from_status(401, b"", None), "http://h");
+        assert!(refused.contains("refused the API key"), "{refused}");
+        assert!(refused.contains("switchboard token create"), "{refused}");
+    }
+}

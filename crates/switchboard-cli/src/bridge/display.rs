@@ -1,0 +1,176 @@
+//! What the bridge prints: a banner, the session link (with a QR code of it on a
+//! terminal), one line per thing that happened, and, on a terminal, a status line at the
+//! bottom that says how many sessions run, what each is doing, and whether the bridge is
+//! reconnecting. When stdout is not a terminal there is no status line and no QR code,
+//! and every line starts with the time, so that the output reads as a log.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use qrcode::render::unicode;
+use qrcode::QrCode;
+use time::OffsetDateTime;
+
+use super::workspace::GitInfo;
+use super::BridgeOptions;
+
+/// Erases the current terminal line and returns to its start.
+const CLEAR_LINE: &str = "\r\x1b[2K";
+
+/// The bridge's output. Cheap to clone; clones share the status line.
+#[derive(Debug, Clone)]
+pub(crate) struct Display {
+    inner: Arc<Mutex<State>>,
+}
+
+#[derive(Debug)]
+struct State {
+    terminal: bool,
+    /// The status line as last drawn (terminal only).
+    status: String,
+}
+
+impl Display {
+    /// Output to stdout, with a status line when stdout is a terminal.
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(State {
+                terminal: std::io::stdout().is_terminal(),
+                status: String::new(),
+            })),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether stdout is a terminal (and so has a status line).
+    pub(crate) fn is_terminal(&self) -> bool {
+        self.state().terminal
+    }
+
+    /// Prints lines as they are, above the status line.
+    fn print_block(&self, block: &str) {
+        let state = self.state();
+        let mut out = std::io::stdout().lock();
+        if state.terminal {
+            let _ = write!(out, "{CLEAR_LINE}{block}\n{}", state.status);
+        } else {
+            let _ = writeln!(out, "{block}");
+        }
+        let _ = out.flush();
+    }
+
+    /// Prints one line about something that happened.
+    pub(crate) fn line(&self, text: &str) {
+        let terminal = self.state().terminal;
+        if terminal {
+            self.print_block(text);
+        } else {
+            let now = OffsetDateTime::now_utc();
+            let stamp = format!("{:02}:{:02}:{:02}", now.hour(), now.minute(), now.second());
+            self.print_block(&format!("{stamp} {text}"));
+        }
+    }
+
+    /// Replaces the status line (terminal only).
+    pub(crate) fn status(&self, text: &str) {
+        let mut state = self.state();
+        if !state.terminal || state.status == text {
+            return;
+        }
+        state.status = text.to_owned();
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "{CLEAR_LINE}{text}");
+        let _ = out.flush();
+    }
+
+    /// Removes the status line, before the bridge exits.
+    pub(crate) fn finish(&self) {
+        let mut state = self.state();
+        if state.terminal && !state.status.is_empty() {
+            state.status.clear();
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "{CLEAR_LINE}");
+            let _ = out.flush();
+        }
+    }
+
+    /// What the bridge serves and how.
+    pub(crate) fn banner(
+        &self,
+        options: &BridgeOptions,
+        machine: &str,
+        git: &GitInfo,
+        environment_id: &str,
+    ) {
+        let branch = git
+            .branch
+            .as_deref()
+            .map(|b| format!(" (branch {b})"))
+            .unwrap_or_default();
+        let spawn = match options.spawn {
+            super::SpawnMode::SingleSession => "one session".to_owned(),
+            super::SpawnMode::SameDir => {
+                format!("up to {} sessions in this directory", options.max_sessions)
+            }
+            super::SpawnMode::Worktree => {
+                format!(
+                    "up to {} sessions, one git worktree each",
+                    options.max_sessions
+                )
+            }
+        };
+        self.line(&format!(
+            "Switchboard bridge for {}{branch} on {machine}\n  server {} · environment {environment_id}\n  agent {} · {spawn}",
+            options.directory.display(),
+            options.base_url,
+            options.agent.describe(),
+        ));
+    }
+
+    /// The link to a session, and a QR code of it on a terminal.
+    pub(crate) fn session_link(&self, link: &str) {
+        let terminal = self.state().terminal;
+        if terminal {
+            if let Some(code) = qr(link) {
+                self.print_block(&code);
+            }
+            self.print_block(&format!(
+                "Session: {link}\nOpen the link (or scan the code) to watch and steer the session. Ctrl-C stops the bridge."
+            ));
+        } else {
+            self.line(&format!("session link: {link}"));
+        }
+    }
+}
+
+/// A QR code of `text` in Unicode half blocks, light modules drawn, for dark and light
+/// terminals alike (with the quiet zone around it).
+pub(crate) fn qr(text: &str) -> Option<String> {
+    let code = QrCode::new(text.as_bytes()).ok()?;
+    Some(
+        code.render::<unicode::Dense1x2>()
+            .dark_color(unicode::Dense1x2::Light)
+            .light_color(unicode::Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_becomes_a_block_of_half_blocks() {
+        let code = qr("http://127.0.0.1:8787/s/session_abcd").unwrap_or_default();
+        let lines: Vec<&str> = code.lines().collect();
+        assert!(lines.len() > 10, "{code}");
+        assert!(lines
+            .iter()
+            .all(|l| l.chars().count() == lines[0].chars().count()));
+        assert!(code.contains('█') || code.contains('▀') || code.contains('▄'));
+    }
+}
