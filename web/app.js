@@ -127,7 +127,10 @@ async function pairView(token) {
   screen(h("div", { class: "card narrow" }, h("p", null, "Signing in…")));
   try {
     await api("/web/pair", { body: { token } });
-    navigate("/", true); // drops the one-time link from the history
+    // Open the page the link was made for (a session), dropping the one-time link from
+    // the history; only paths of this app are followed.
+    const next = new URLSearchParams(location.search).get("next");
+    navigate(next && /^\/s\/[A-Za-z0-9_-]+$/.test(next) ? next : "/", true);
   } catch (e) {
     history.replaceState(null, "", "/");
     screen(

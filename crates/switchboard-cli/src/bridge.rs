@@ -20,7 +20,7 @@
 //! - [`display`]: the status line on a terminal, plain lines otherwise, and the QR code.
 
 mod agent;
-mod display;
+pub(crate) mod display;
 mod relay;
 mod session;
 mod supervisor;
@@ -382,7 +382,12 @@ pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<()> {
     .await;
     match created {
         Ok(Some(id)) => {
-            display.session_link(&session_link(&options.base_url, &id));
+            let link = session_link(&options.base_url, &id);
+            // A phone that scans the code signs in with a single-use link and lands on
+            // the session; the plain link is for browsers that are signed in already.
+            let path = link.strip_prefix(options.base_url.trim_end_matches('/'));
+            let pairing = sessions.create_pairing(path).await.ok();
+            display.session_link(&link, pairing.as_deref());
             known_sessions.push(id);
         }
         Ok(None) => display.line("Waiting for sessions; create one from the web UI."),

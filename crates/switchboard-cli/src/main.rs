@@ -7,6 +7,7 @@
 
 mod attach;
 mod bridge;
+mod pair;
 mod remote;
 mod render;
 mod serve;
@@ -38,6 +39,8 @@ enum Command {
     Attach(attach::AttachArgs),
     /// Put an agent on this machine under remote control (like `claude remote-control`).
     Bridge(Box<bridge::BridgeArgs>),
+    /// Print a single-use link (and QR code) that signs a browser in to the web UI.
+    Pair(pair::PairArgs),
 }
 
 /// Where the server keeps its data; shared by `serve` and the commands that open the
@@ -113,6 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Sessions(args) => sessions::run(args).await,
             Command::Attach(args) => attach::run(args).await,
             Command::Bridge(args) => bridge::run(*args).await,
+            Command::Pair(args) => pair::run(args).await,
         }
     })
 }

@@ -364,3 +364,62 @@ async fn the_worker_stream_resumes_after_a_sigkill_with_no_gap_and_no_duplicate(
     drop(restarted);
     Ok(())
 }
+
+#[tokio::test]
+async fn pair_prints_a_single_use_sign_in_link() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = create_key(dir.path(), "pairing").await?;
+    let mut served = serve(dir.path()).await?;
+    let out = switchboard()
+        .args([
+            "pair",
+            "--url",
+            &served.url,
+            "--token",
+            &key,
+            "--session",
+            "cse_abcd1234",
+        ])
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = String::from_utf8(out.stdout)?.trim().to_string();
+    assert!(
+        link.starts_with(&format!("{}/pair/sbp_", served.url)),
+        "{link}"
+    );
+    assert!(link.ends_with("?next=/s/session_abcd1234"), "{link}");
+    let token = link.split("/pair/").nth(1).unwrap().split('?').next().unwrap();
+    let http = reqwest::Client::new();
+    let paired = http
+        .post(format!("{}/web/pair", served.url))
+        .json(&json!({ "token": token }))
+        .send()
+        .await?;
+    assert_eq!(paired.status(), 200);
+    let again = http
+        .post(format!("{}/web/pair", served.url))
+        .json(&json!({ "token": token }))
+        .send()
+        .await?;
+    assert_eq!(again.status(), 401);
+    // A refused key is one clear line.
+    let refused = switchboard()
+        .args(["pair", "--url", &served.url, "--token", "sbk_bad_key"])
+        .output()
+        .await?;
+    assert!(!refused.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr)
+            .trim()
+            .lines()
+            .count(),
+        1
+    );
+    served.child.kill().await?;
+    Ok(())
+}

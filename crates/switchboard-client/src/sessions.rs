@@ -228,6 +228,21 @@ impl SessionsClient {
         Ok(answer.json_opt("SendEvents")?.unwrap_or(Value::Null))
     }
 
+    /// `POST /web/pairings` (a Switchboard extension): a single-use link that signs a
+    /// browser in as this key's owner for a few minutes, then opens `next` (an app path
+    /// such as `/s/session_…`). Returns the link.
+    pub async fn create_pairing(&self, next: Option<&str>) -> Result<String> {
+        let call = Call::new("CreatePairing", Method::POST, "/web/pairings".to_owned())
+            .json(&serde_json::json!({ "next": next }))?
+            .timeout(CALL_TIMEOUT)
+            .accept(OK);
+        let answer: Value = self.rest.call(call).await?.json("CreatePairing")?;
+        answer["url"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| crate::ApiError::Decode("CreatePairing: no url in the answer".into()))
+    }
+
     /// `GET /v1/sessions/{id}/events` (§6.5): one page of the session's history, oldest
     /// event first.
     pub async fn history(&self, session_id: &str, query: HistoryQuery) -> Result<Page<Value>> {

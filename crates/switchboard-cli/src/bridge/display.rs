@@ -130,18 +130,25 @@ impl Display {
         ));
     }
 
-    /// The link to a session, and a QR code of it on a terminal.
-    pub(crate) fn session_link(&self, link: &str) {
+    /// The link to a session, and on a terminal a QR code of the pairing link (which
+    /// signs a phone in and opens the session) or, without one, of the session link.
+    pub(crate) fn session_link(&self, link: &str, pairing: Option<&str>) {
         let terminal = self.state().terminal;
         if terminal {
-            if let Some(code) = qr(link) {
+            if let Some(code) = qr(pairing.unwrap_or(link)) {
                 self.print_block(&code);
             }
+            let sign_in = pairing
+                .map(|p| format!("\nSign in a phone (the code; works once, for 10 minutes): {p}"))
+                .unwrap_or_default();
             self.print_block(&format!(
-                "Session: {link}\nOpen the link (or scan the code) to watch and steer the session. Ctrl-C stops the bridge."
+                "Session: {link}{sign_in}\nOpen the link (or scan the code) to watch and steer the session. Ctrl-C stops the bridge."
             ));
         } else {
             self.line(&format!("session link: {link}"));
+            if let Some(p) = pairing {
+                self.line(&format!("sign-in link (works once, for 10 minutes): {p}"));
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::Auth;
 use crate::auth::{self, SESSION_COOKIE};
-use crate::error::{ApiError, Json};
+use crate::error::{ApiError, Json, OptionalJson};
 use crate::state::{AppState, WEB_SESSION_TTL};
 
 fn with_cookie(state: &AppState, value: &str, max_age: u64, body: serde_json::Value) -> Response {
@@ -88,13 +88,35 @@ pub(crate) async fn me(Auth(principal): Auth) -> Result<axum::Json<serde_json::V
     Ok(axum::Json(json!({ "owner_id": owner_id })))
 }
 
+/// Body of `POST /web/pairings`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct NewPairing {
+    /// The app page to open once signed in, e.g. `/s/session_…`.
+    next: Option<String>,
+}
+
 /// `POST /web/pairings`: a single-use sign-in link for another browser.
 pub(crate) async fn create_pairing(
     State(state): State<AppState>,
     Auth(principal): Auth,
+    OptionalJson(req): OptionalJson<NewPairing>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let owner_id = AppState::require_owner(&principal)?;
-    let (url, expires_at) = state.create_pairing(owner_id).await?;
+    let (mut url, expires_at) = state.create_pairing(owner_id).await?;
+    if let Some(next) = req.next {
+        // Only a page of this app: a path of safe characters, never another site.
+        let safe = next.starts_with('/')
+            && !next.starts_with("//")
+            && next
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b));
+        if !safe {
+            return Err(ApiError::BadRequest(
+                "next must be a path of this app, like /s/session_…".into(),
+            ));
+        }
+        url = format!("{url}?next={next}");
+    }
     Ok(axum::Json(
         json!({ "url": url, "expires_at": crate::time::iso(expires_at) }),
     ))
