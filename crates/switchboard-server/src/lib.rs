@@ -93,6 +93,11 @@ impl Server {
             router::build(self.state.clone()),
         );
         let shutdown = self.state.shutdown().clone();
+        // Small frames must leave at once: with Nagle's algorithm a second small write
+        // waits for the peer's delayed ACK (40 ms on Linux).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let result = axum::serve(
             listener,
             axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
