@@ -37,11 +37,15 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // An embedded file cannot drop a connection the way a network server can, so the
+        // ping sqlx sends before lending a connection is a wasted round trip to the
+        // connection's thread on every statement batch.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot open SQLite database {url:?}: {e}"))?;
@@ -53,6 +57,7 @@ impl SqliteStore {
             .max_connections(READ_CONNECTIONS)
             .idle_timeout(None)
             .max_lifetime(None)
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| anyhow::anyhow!("cannot open SQLite database {url:?}: {e}"))?;

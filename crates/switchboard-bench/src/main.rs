@@ -1,0 +1,567 @@
+//! `switchboard-bench`: measures a Switchboard server's latency, throughput and capacity
+//! over real loopback sockets, next to a bare WebSocket relay measured the same way.
+//!
+//! Scenarios (see `scenario/`): hop latency one message at a time, fan-out from one
+//! worker to K viewers, S concurrent sessions at one event per second, and dispatch from
+//! session creation to the waiting long-poll's answer. Simulated workers speak v1
+//! (session-ingress WebSocket + POST) and v2 (SSE + POST); viewers use the subscribe
+//! WebSocket.
+//!
+//! By default every scenario gets a fresh server in a child process: the bench runs its
+//! own binary again with a hidden subcommand that serves the real
+//! `switchboard_server::Server` on a new SQLite file (the default storage, on disk), so
+//! the server's resident memory and CPU time can be read from `/proc/<pid>`. `--url`
+//! drives a server that is already running instead. The bare relay always runs as a
+//! child. Numbers are meaningful from release builds only:
+//!
+//! ```sh
+//! cargo run --release -p switchboard-bench -- --json bench.json
+//! ```
+
+mod baseline;
+mod child;
+mod client;
+mod message;
+mod report;
+mod scenario;
+mod serve;
+mod stats;
+mod system;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::child::{raise_nofile, ChildServer, Role};
+use crate::message::Payloads;
+use crate::report::{ratio, FanoutRow, HopReport, Machine, Report, SessionsRow};
+use crate::scenario::fanout::FanoutConfig;
+use crate::scenario::sessions::SessionsConfig;
+use crate::scenario::Scenario;
+use crate::system::{System, Transport};
+
+/// Benchmark of a Switchboard server: hop latency, fan-out, many sessions and dispatch,
+/// each also run through a bare WebSocket relay for comparison.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    internal: Option<Internal>,
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+/// The child processes the bench starts (not for people).
+#[derive(Debug, Subcommand)]
+enum Internal {
+    /// Serve Switchboard on a fresh SQLite file in DIR; print where on stdout.
+    #[command(hide = true)]
+    ServeSwitchboard {
+        /// Directory for the database.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Serve the bare relay; print where on stdout.
+    #[command(hide = true)]
+    ServeBaseline,
+}
+
+/// What to run, and how big.
+#[derive(Debug, Clone, Args, Serialize)]
+struct BenchArgs {
+    /// Scenarios to run, comma-separated.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BENCH_SCENARIOS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "hop,fanout,sessions,dispatch"
+    )]
+    scenarios: Vec<Scenario>,
+    /// Drive the Switchboard server at this URL instead of starting one (loopback only).
+    #[arg(long, env = "SWITCHBOARD_BENCH_URL", requires = "token")]
+    url: Option<String>,
+    /// API key for the server at --url.
+    #[arg(long, env = "SWITCHBOARD_BENCH_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
+    token: Option<String>,
+    /// With --url: the server's process id, so its memory and CPU can be read from /proc.
+    #[arg(long, env = "SWITCHBOARD_BENCH_SERVER_PID")]
+    server_pid: Option<u32>,
+    /// Also write the results as JSON to this file.
+    #[arg(long, env = "SWITCHBOARD_BENCH_JSON", value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Where started servers keep their SQLite files [default: the system's temp dir].
+    #[arg(long, env = "SWITCHBOARD_BENCH_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Skip the bare relay (no ratios).
+    #[arg(long, env = "SWITCHBOARD_BENCH_NO_BASELINE")]
+    no_baseline: bool,
+    /// Most worker POSTs in flight at once, across all simulated workers (each needs a
+    /// connection, and 10,000 sessions leave few descriptors to spare).
+    #[arg(long, env = "SWITCHBOARD_BENCH_POST_CONNECTIONS", default_value_t = 64)]
+    post_connections: usize,
+    /// Bytes of text in every message.
+    #[arg(long, env = "SWITCHBOARD_BENCH_PAYLOAD_BYTES", default_value_t = 1024)]
+    payload_bytes: usize,
+    /// Hop: timed round trips per system.
+    #[arg(long, env = "SWITCHBOARD_BENCH_HOP_SAMPLES", default_value_t = 10_000)]
+    hop_samples: usize,
+    /// Hop: at most this many seconds per system.
+    #[arg(long, env = "SWITCHBOARD_BENCH_HOP_MAX_SECS", default_value_t = 60.0)]
+    hop_max_secs: f64,
+    /// Fan-out: the viewer counts K, comma-separated.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BENCH_FANOUT_VIEWERS",
+        value_delimiter = ',',
+        default_value = "1,10,100"
+    )]
+    fanout_viewers: Vec<usize>,
+    /// Fan-out: seconds of timed writing per K and system.
+    #[arg(long, env = "SWITCHBOARD_BENCH_FANOUT_SECS", default_value_t = 5.0)]
+    fanout_secs: f64,
+    /// Fan-out: most events the writer may be ahead of the slowest viewer (the server
+    /// cuts off a viewer 1024 events behind).
+    #[arg(long, env = "SWITCHBOARD_BENCH_FANOUT_WINDOW", default_value_t = 512)]
+    fanout_window: u64,
+    /// Fan-out: POSTs in flight at once. Claude Code's uploaders keep one in flight.
+    #[arg(long, env = "SWITCHBOARD_BENCH_FANOUT_INFLIGHT", default_value_t = 1)]
+    fanout_inflight: usize,
+    /// Fan-out: most events per POST. A worker batches what queued while its previous
+    /// POST was in flight: at most 500 events (v1) or 100 (v2) per request.
+    #[arg(long, env = "SWITCHBOARD_BENCH_FANOUT_BATCH", default_value_t = 100)]
+    fanout_batch: usize,
+    /// Sessions: the session counts S, comma-separated.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BENCH_SESSIONS",
+        value_delimiter = ',',
+        default_value = "100,1000,10000"
+    )]
+    sessions: Vec<usize>,
+    /// Sessions: seconds of timed exchange per S and system.
+    #[arg(long, env = "SWITCHBOARD_BENCH_SESSIONS_SECS", default_value_t = 20.0)]
+    sessions_secs: f64,
+    /// Sessions: events per session per second.
+    #[arg(long, env = "SWITCHBOARD_BENCH_SESSIONS_RATE", default_value_t = 1.0)]
+    sessions_rate: f64,
+    /// Sessions: sessions set up at once while ramping up.
+    #[arg(long, env = "SWITCHBOARD_BENCH_SESSIONS_RAMP", default_value_t = 32)]
+    sessions_ramp: usize,
+    /// Sessions: the workers' transport.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BENCH_SESSIONS_TRANSPORT",
+        value_enum,
+        default_value = "v1"
+    )]
+    sessions_transport: Transport,
+    /// Dispatch: timed samples.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BENCH_DISPATCH_SAMPLES",
+        default_value_t = 1000
+    )]
+    dispatch_samples: usize,
+}
+
+/// Descriptors each process keeps beyond two sockets per session and the worker POST
+/// connections: the listener, the database files, setup requests, stdio.
+const NOFILE_RESERVE: u64 = 128;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.internal {
+        Some(Internal::ServeSwitchboard { dir }) => serve::switchboard(&dir),
+        Some(Internal::ServeBaseline) => serve::baseline(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("failed to start the runtime")
+            .and_then(|rt| rt.block_on(run(cli.bench))),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A server under test, started for one scenario or already running.
+struct Running {
+    post_connections: usize,
+    url: String,
+    token: Option<String>,
+    pid: Option<u32>,
+    nofile: Option<u64>,
+    child: Option<ChildServer>,
+}
+
+impl Running {
+    async fn start(
+        role: Role,
+        args: &BenchArgs,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        if let (Role::Switchboard, Some(url)) = (role, &args.url) {
+            return Ok(Self {
+                post_connections: args.post_connections,
+                url: url.clone(),
+                token: args.token.clone(),
+                pid: args.server_pid,
+                nofile: None,
+                child: None,
+            });
+        }
+        let child = ChildServer::spawn(role, data_dir).await?;
+        Ok(Self {
+            post_connections: args.post_connections,
+            url: child.ready.url.clone(),
+            token: child.ready.token.clone(),
+            pid: Some(child.pid),
+            nofile: Some(child.ready.nofile),
+            child: Some(child),
+        })
+    }
+
+    fn system(&self, client: &reqwest::Client, transport: Transport) -> anyhow::Result<System> {
+        Ok(match &self.token {
+            Some(token) => System::switchboard(
+                &self.url,
+                token,
+                client.clone(),
+                transport,
+                self.post_connections,
+            ),
+            None => System::baseline(&self.url),
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        match self.child {
+            Some(child) => child.stop().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Starts a server, runs `scenario` against it, and stops it again.
+async fn with_server<T, F, Fut>(
+    role: Role,
+    args: &BenchArgs,
+    data_dir: &std::path::Path,
+    scenario: F,
+) -> anyhow::Result<T>
+where
+    F: FnOnce(Running) -> Fut,
+    Fut: std::future::Future<Output = (Running, anyhow::Result<T>)>,
+{
+    let running = Running::start(role, args, data_dir).await?;
+    let (running, result) = scenario(running).await;
+    let stopped = running.stop().await;
+    let value = result?;
+    stopped?;
+    Ok(value)
+}
+
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.url {
+        client::check_loopback(url)?;
+    }
+    let own_nofile = raise_nofile();
+    let data_dir = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let client = client::http_client()?;
+    let payloads = Payloads::new(args.payload_bytes);
+    let mut report = Report {
+        command: command_line(),
+        started_at_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        machine: Machine::detect(own_nofile, &data_dir),
+        settings: serde_json::to_value(&args)?,
+        ..Default::default()
+    };
+    let baseline = !args.no_baseline;
+
+    if args.scenarios.contains(&Scenario::Hop) {
+        let samples = args.hop_samples;
+        let max = Duration::from_secs_f64(args.hop_max_secs);
+        let mut hop = HopReport::default();
+        for transport in [Transport::V1, Transport::V2] {
+            progress(&format!("hop latency, switchboard {transport:?}"));
+            let result = with_server(Role::Switchboard, &args, &data_dir, |r| async {
+                let result = match r.system(&client, transport) {
+                    Ok(system) => scenario::hop::run(&system, &payloads, samples, max).await,
+                    Err(e) => Err(e),
+                };
+                (r, result)
+            })
+            .await;
+            match (transport, result) {
+                (Transport::V1, Ok(r)) => hop.switchboard_v1 = Some(r),
+                (Transport::V2, Ok(r)) => hop.switchboard_v2 = Some(r),
+                (_, Err(e)) => failed(&mut report, &format!("hop {transport:?}"), e),
+            }
+        }
+        if baseline {
+            progress("hop latency, baseline");
+            match with_server(Role::Baseline, &args, &data_dir, |r| async {
+                let result = match r.system(&client, Transport::V1) {
+                    Ok(system) => scenario::hop::run(&system, &payloads, samples, max).await,
+                    Err(e) => Err(e),
+                };
+                (r, result)
+            })
+            .await
+            {
+                Ok(r) => hop.baseline = Some(r),
+                Err(e) => failed(&mut report, "hop baseline", e),
+            }
+        }
+        report.hop = Some(hop);
+    }
+
+    if args.scenarios.contains(&Scenario::Fanout) {
+        let config = FanoutConfig {
+            duration: Duration::from_secs_f64(args.fanout_secs),
+            warmup: Duration::from_secs_f64((args.fanout_secs / 4.0).min(1.0)),
+            window: args.fanout_window,
+            inflight: args.fanout_inflight,
+            batch: args.fanout_batch,
+        };
+        for &viewers in &args.fanout_viewers {
+            let mut results = [None, None];
+            for (i, role) in [Role::Switchboard, Role::Baseline].into_iter().enumerate() {
+                if role == Role::Baseline && !baseline {
+                    continue;
+                }
+                progress(&format!(
+                    "fan-out to {viewers} viewers, {}",
+                    role_name(role)
+                ));
+                let result = with_server(role, &args, &data_dir, |r| async {
+                    let result = match r.system(&client, Transport::V1) {
+                        Ok(system) => {
+                            scenario::fanout::run(&system, &payloads, viewers, config, r.pid).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    (r, result)
+                })
+                .await;
+                match result {
+                    Ok(r) => results[i] = Some(r),
+                    Err(e) => failed(
+                        &mut report,
+                        &format!("fan-out K={viewers} {}", role_name(role)),
+                        e,
+                    ),
+                }
+            }
+            let [switchboard, base] = results;
+            report.fanout.push(FanoutRow {
+                viewers,
+                ratio_deliveries_per_s: ratio(
+                    switchboard.as_ref().map(|s| s.deliveries_per_s),
+                    base.as_ref().map(|b| b.deliveries_per_s),
+                ),
+                ratio_p99: ratio(
+                    switchboard.as_ref().map(|s| s.latency.p99_us),
+                    base.as_ref().map(|b| b.latency.p99_us),
+                ),
+                switchboard,
+                baseline: base,
+            });
+        }
+    }
+
+    if args.scenarios.contains(&Scenario::Sessions) {
+        let period = 1.0 / args.sessions_rate.max(0.001);
+        let config = SessionsConfig {
+            duration: Duration::from_secs_f64(args.sessions_secs),
+            warmup: Duration::from_secs_f64((2.0 * period).min(5.0)),
+            rate: args.sessions_rate,
+            ramp_concurrency: args.sessions_ramp,
+        };
+        for &requested in &args.sessions {
+            let mut results = [None, None];
+            let mut fitted = requested;
+            let mut limited_by = None;
+            for (i, role) in [Role::Switchboard, Role::Baseline].into_iter().enumerate() {
+                if role == Role::Baseline && !baseline {
+                    continue;
+                }
+                progress(&format!("{requested} sessions, {}", role_name(role)));
+                let transport = args.sessions_transport;
+                let result = with_server(role, &args, &data_dir, |r| async {
+                    // Two sockets per session in each process must fit the open-file
+                    // limits; the same S runs on both systems.
+                    let limit = r.nofile.unwrap_or(own_nofile).min(own_nofile);
+                    let spare = NOFILE_RESERVE + args.post_connections as u64;
+                    let fits =
+                        usize::try_from(limit.saturating_sub(spare) / 2).unwrap_or(usize::MAX);
+                    if fits < fitted {
+                        limited_by = Some(format!(
+                            "open-file limit {limit} (RLIMIT_NOFILE, hard): two sockets per \
+                             session in each process fit {fits} sessions"
+                        ));
+                        fitted = fits;
+                    }
+                    let result = match r.system(&client, transport) {
+                        Ok(system) => {
+                            scenario::sessions::run(&system, &payloads, fitted, config, r.pid).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    (r, result)
+                })
+                .await;
+                match result {
+                    Ok(mut r) => {
+                        r.requested = requested;
+                        results[i] = Some(r);
+                    }
+                    Err(e) => failed(
+                        &mut report,
+                        &format!("sessions S={requested} {}", role_name(role)),
+                        e,
+                    ),
+                }
+            }
+            let [switchboard, base] = results;
+            let s = switchboard.as_ref();
+            let b = base.as_ref();
+            report.sessions.push(SessionsRow {
+                requested,
+                run: fitted,
+                limited_by,
+                ratio_p99: ratio(s.map(|s| s.latency.p99_us), b.map(|b| b.latency.p99_us)),
+                ratio_memory_per_session: ratio(
+                    s.and_then(|s| s.memory_per_session_kib),
+                    b.and_then(|b| b.memory_per_session_kib),
+                ),
+                ratio_cpu: ratio(
+                    s.and_then(|s| s.server_cpu_cores),
+                    b.and_then(|b| b.server_cpu_cores),
+                ),
+                switchboard,
+                baseline: base,
+            });
+        }
+    }
+
+    if args.scenarios.contains(&Scenario::Dispatch) {
+        progress("dispatch");
+        let samples = args.dispatch_samples;
+        let result = with_server(Role::Switchboard, &args, &data_dir, |r| async {
+            let result = match r.system(&client, Transport::V1) {
+                Ok(system) => match system.as_switchboard() {
+                    Some(sb) => {
+                        scenario::dispatch::run(sb, samples, Duration::from_secs(120)).await
+                    }
+                    None => Err(anyhow::anyhow!("dispatch needs a Switchboard server")),
+                },
+                Err(e) => Err(e),
+            };
+            (r, result)
+        })
+        .await;
+        match result {
+            Ok(d) => report.dispatch = Some(d),
+            Err(e) => failed(&mut report, "dispatch", e),
+        }
+    }
+
+    report.check_targets();
+    println!(
+        "\nSwitchboard benchmark: {} × {}, {} MiB, Linux {}, load average {}; \
+         SQLite in {}; {} B messages\n",
+        report.machine.nproc,
+        report.machine.cpu_model,
+        report.machine.mem_total_kib / 1024,
+        report.machine.kernel,
+        report.machine.loadavg_at_start,
+        report.machine.data_dir,
+        args.payload_bytes
+    );
+    println!("{}", report.table());
+    for row in &report.sessions {
+        if let Some(why) = &row.limited_by {
+            println!("S={} ran {} sessions: {why}", row.requested, row.run);
+        }
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        println!("results written to {}", path.display());
+    }
+    anyhow::ensure!(
+        report.errors.is_empty(),
+        "{} scenario(s) failed: {}",
+        report.errors.len(),
+        report.errors.join("; ")
+    );
+    Ok(())
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Switchboard => "switchboard",
+        Role::Baseline => "baseline",
+    }
+}
+
+fn progress(what: &str) {
+    eprintln!("switchboard-bench: {what}");
+}
+
+fn failed(report: &mut Report, what: &str, e: anyhow::Error) {
+    eprintln!("switchboard-bench: {what} failed: {e:#}");
+    report.errors.push(format!("{what}: {e:#}"));
+}
+
+/// The command line as run, with the token's value replaced.
+fn command_line() -> String {
+    let mut out = Vec::new();
+    let mut hide_next = false;
+    for arg in std::env::args() {
+        if hide_next {
+            out.push("…".to_string());
+            hide_next = false;
+        } else if arg == "--token" {
+            out.push(arg);
+            hide_next = true;
+        } else if arg.starts_with("--token=") {
+            out.push("--token=…".to_string());
+        } else {
+            out.push(arg);
+        }
+    }
+    out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_run_every_scenario() {
+        let cli = Cli::try_parse_from(["switchboard-bench"]).unwrap();
+        assert_eq!(cli.bench.scenarios.len(), 4);
+        assert_eq!(cli.bench.fanout_viewers, vec![1, 10, 100]);
+        assert!(cli.internal.is_none());
+    }
+}

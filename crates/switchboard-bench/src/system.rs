@@ -1,0 +1,569 @@
+//! The systems under test as the simulated clients see them: Switchboard, with its v1
+//! (WebSocket read, POST write) or v2 (SSE read, POST write) worker transport, and the
+//! bare relay (one WebSocket each way), behind one set of operations so every scenario
+//! drives them with the same code.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{json, Value};
+use switchboard_proto::environments::{
+    RegisterEnvironmentRequest, RegisterEnvironmentResponse, WorkResponse, WorkSecret,
+};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{connect_ws, next_text, SseStream, WsSink, WsStream, IO_TIMEOUT};
+
+/// How a simulated Switchboard worker talks to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Transport {
+    /// Session-ingress WebSocket to read, POST to write (the environments flow).
+    V1,
+    /// Server-Sent Events to read, POST to write (code sessions).
+    V2,
+}
+
+/// A server the bench drives.
+#[derive(Clone)]
+pub(crate) enum System {
+    /// Switchboard, with the worker transport the scenario uses.
+    Switchboard(Switchboard),
+    /// The bare WebSocket relay.
+    Baseline {
+        /// `ws://127.0.0.1:PORT`.
+        ws: String,
+    },
+}
+
+/// Where a Switchboard server is and how to reach it.
+#[derive(Clone)]
+pub(crate) struct Switchboard {
+    http: String,
+    ws: String,
+    token: String,
+    client: reqwest::Client,
+    transport: Transport,
+    /// Bounds the workers' POSTs in flight, and so the connections they hold.
+    posts: Arc<Semaphore>,
+}
+
+/// A registered environment (v1 sessions are dispatched through one).
+pub(crate) struct Environment {
+    id: String,
+    secret: String,
+}
+
+/// A session ready for a worker and viewers.
+pub(crate) struct Session {
+    /// The id the worker and viewers name it by.
+    pub(crate) id: String,
+    credentials: Credentials,
+}
+
+enum Credentials {
+    Ingress(String),
+    Code { jwt: String, epoch: u64 },
+    None,
+}
+
+/// A simulated worker.
+pub(crate) struct Worker {
+    /// What the server sends the worker.
+    pub(crate) reader: WorkerReader,
+    /// How the worker writes.
+    pub(crate) writer: WorkerWriter,
+    /// The write half of a v1 worker's socket: unused, but the socket lives as long as
+    /// this does.
+    pub(crate) keep_open: Option<WsSink>,
+}
+
+/// The read side of a worker.
+pub(crate) enum WorkerReader {
+    /// A WebSocket (Switchboard v1, baseline).
+    Ws(WsStream),
+    /// An event stream (Switchboard v2).
+    Sse(SseStream),
+}
+
+/// The write side of a worker.
+pub(crate) enum WorkerWriter {
+    /// POST (Switchboard v1 and v2).
+    Http(HttpWriter),
+    /// Frames on the worker's WebSocket (baseline).
+    Ws(WsSink),
+}
+
+/// A worker's POST write path; cheap to clone, so several writes can be in flight.
+#[derive(Clone)]
+pub(crate) struct HttpWriter {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    /// `Some` for v2, whose writes carry the worker epoch and wrap each message.
+    epoch: Option<u64>,
+    posts: Arc<Semaphore>,
+}
+
+/// A simulated viewer: one WebSocket.
+pub(crate) struct Viewer {
+    sink: WsSink,
+    stream: WsStream,
+}
+
+impl System {
+    /// Switchboard at `http_url` with an API key. The simulated workers share at most
+    /// `connections` POSTs in flight: in production each worker is a process with a
+    /// keep-alive connection of its own, but a third socket per session does not fit
+    /// this machine's open-file limit at 10,000 sessions, so the workers share a pool.
+    pub(crate) fn switchboard(
+        http_url: &str,
+        token: &str,
+        client: reqwest::Client,
+        transport: Transport,
+        connections: usize,
+    ) -> Self {
+        let http = http_url.trim_end_matches('/').to_string();
+        System::Switchboard(Switchboard {
+            ws: http.replacen("http", "ws", 1),
+            http,
+            token: token.to_string(),
+            client,
+            transport,
+            posts: Arc::new(Semaphore::new(connections.max(1))),
+        })
+    }
+
+    /// The bare relay at `http_url`.
+    pub(crate) fn baseline(http_url: &str) -> Self {
+        System::Baseline {
+            ws: http_url.trim_end_matches('/').replacen("http", "ws", 1),
+        }
+    }
+
+    /// Switchboard's viewers get every event of the log, their own prompts included;
+    /// the relay sends a viewer only the worker's output.
+    pub(crate) fn echoes_prompts(&self) -> bool {
+        matches!(self, System::Switchboard(_))
+    }
+
+    /// Registers an environment to create v1 sessions on; `None` where none is needed.
+    pub(crate) async fn environment(&self) -> anyhow::Result<Option<Environment>> {
+        let System::Switchboard(sb) = self else {
+            return Ok(None);
+        };
+        if sb.transport != Transport::V1 {
+            return Ok(None);
+        }
+        sb.register_environment().await.map(Some)
+    }
+
+    /// Creates a session (on `env` for v1) with its worker's credentials.
+    pub(crate) async fn open_session(&self, env: Option<&Environment>) -> anyhow::Result<Session> {
+        match self {
+            System::Baseline { .. } => Ok(Session {
+                id: format!("ch{}", uuid::Uuid::new_v4().simple()),
+                credentials: Credentials::None,
+            }),
+            System::Switchboard(sb) => match sb.transport {
+                Transport::V1 => {
+                    let env = env.context("a v1 session needs an environment")?;
+                    sb.dispatch_session(env).await
+                }
+                Transport::V2 => sb.code_session().await,
+            },
+        }
+    }
+
+    /// Connects a worker to a session.
+    pub(crate) async fn connect_worker(&self, session: &Session) -> anyhow::Result<Worker> {
+        match (self, &session.credentials) {
+            (System::Baseline { ws }, _) => {
+                let socket = connect_ws(&format!("{ws}/ch/{}/worker", session.id), None).await?;
+                let (sink, stream) = socket.split();
+                Ok(Worker {
+                    reader: WorkerReader::Ws(stream),
+                    writer: WorkerWriter::Ws(sink),
+                    keep_open: None,
+                })
+            }
+            (System::Switchboard(sb), Credentials::Ingress(token)) => {
+                let socket = connect_ws(
+                    &format!("{}/v1/session_ingress/ws/{}", sb.ws, session.id),
+                    Some(token),
+                )
+                .await?;
+                let (sink, stream) = socket.split();
+                Ok(Worker {
+                    reader: WorkerReader::Ws(stream),
+                    writer: WorkerWriter::Http(HttpWriter {
+                        client: sb.client.clone(),
+                        url: format!(
+                            "{}/v1/session_ingress/session/{}/events",
+                            sb.http, session.id
+                        ),
+                        token: token.clone(),
+                        epoch: None,
+                        posts: sb.posts.clone(),
+                    }),
+                    keep_open: Some(sink),
+                })
+            }
+            (System::Switchboard(sb), Credentials::Code { jwt, epoch }) => {
+                let base = format!("{}/v1/code/sessions/{}/worker", sb.http, session.id);
+                let stream =
+                    SseStream::open(&sb.client, &format!("{base}/events/stream"), jwt).await?;
+                Ok(Worker {
+                    reader: WorkerReader::Sse(stream),
+                    writer: WorkerWriter::Http(HttpWriter {
+                        client: sb.client.clone(),
+                        url: format!("{base}/events"),
+                        token: jwt.clone(),
+                        epoch: Some(*epoch),
+                        posts: sb.posts.clone(),
+                    }),
+                    keep_open: None,
+                })
+            }
+            (System::Switchboard(_), Credentials::None) => {
+                anyhow::bail!("a Switchboard session needs worker credentials")
+            }
+        }
+    }
+
+    /// Connects a viewer to a session.
+    pub(crate) async fn connect_viewer(&self, session: &Session) -> anyhow::Result<Viewer> {
+        let socket = match self {
+            System::Baseline { ws } => {
+                connect_ws(&format!("{ws}/ch/{}/viewer", session.id), None).await?
+            }
+            System::Switchboard(sb) => {
+                connect_ws(
+                    &format!("{}/v1/sessions/ws/{}/subscribe", sb.ws, session.id),
+                    Some(&sb.token),
+                )
+                .await?
+            }
+        };
+        let (sink, stream) = socket.split();
+        Ok(Viewer { sink, stream })
+    }
+
+    /// The Switchboard server, if this is one.
+    pub(crate) fn as_switchboard(&self) -> Option<&Switchboard> {
+        match self {
+            System::Switchboard(sb) => Some(sb),
+            System::Baseline { .. } => None,
+        }
+    }
+}
+
+impl Switchboard {
+    /// `POST /v1/environments/bridge`.
+    pub(crate) async fn register_environment(&self) -> anyhow::Result<Environment> {
+        let request = RegisterEnvironmentRequest {
+            machine_name: "bench".into(),
+            directory: "/bench".into(),
+            branch: "main".into(),
+            git_repo_url: None,
+            max_sessions: 1,
+            metadata: json!({"worker_type": "claude_code"}),
+            environment_id: None,
+        };
+        let response: RegisterEnvironmentResponse = self
+            .post_json(
+                &format!("{}/v1/environments/bridge", self.http),
+                &self.token,
+                &request,
+            )
+            .await
+            .context("failed to register an environment")?;
+        Ok(Environment {
+            id: response.environment_id,
+            secret: response.environment_secret,
+        })
+    }
+
+    /// `POST /v1/sessions` on an environment.
+    pub(crate) async fn create_session(&self, env: &Environment) -> anyhow::Result<()> {
+        let _: Value = self
+            .post_json(
+                &format!("{}/v1/sessions", self.http),
+                &self.token,
+                &json!({"environment_id": env.id, "title": "bench"}),
+            )
+            .await
+            .context("failed to create a session")?;
+        Ok(())
+    }
+
+    /// One long-poll for work; `None` when it timed out empty (204).
+    pub(crate) async fn poll(&self, env: &Environment) -> anyhow::Result<Option<WorkResponse>> {
+        let response = self
+            .client
+            .get(format!(
+                "{}/v1/environments/{}/work/poll",
+                self.http, env.id
+            ))
+            .bearer_auth(&env.secret)
+            .send()
+            .await
+            .context("work poll failed")?;
+        match response.status() {
+            reqwest::StatusCode::NO_CONTENT => Ok(None),
+            s if s.is_success() => Ok(Some(response.json().await.context("unreadable work item")?)),
+            s => anyhow::bail!("work poll refused: {s}: {}", response.text().await?),
+        }
+    }
+
+    /// Acknowledges a polled work item (so it is not handed out again) and returns the
+    /// session it dispatched with its ingress token.
+    pub(crate) async fn ack(
+        &self,
+        env: &Environment,
+        work: &WorkResponse,
+    ) -> anyhow::Result<Session> {
+        let secret = WorkSecret::decode(&work.secret)
+            .map_err(|e| anyhow::anyhow!("undecodable work secret: {}", e.0))?;
+        let token = secret.session_ingress_token;
+        let _: Value = self
+            .post_json(
+                &format!(
+                    "{}/v1/environments/{}/work/{}/ack",
+                    self.http, env.id, work.id
+                ),
+                &token,
+                &json!({}),
+            )
+            .await
+            .context("failed to acknowledge work")?;
+        Ok(Session {
+            id: work.data.id.clone(),
+            credentials: Credentials::Ingress(token),
+        })
+    }
+
+    /// Creates a session on `env` and takes its work from a poll, as a bridge does.
+    async fn dispatch_session(&self, env: &Environment) -> anyhow::Result<Session> {
+        self.create_session(env).await?;
+        // The environment has only this session's work queued, so the first answer is it.
+        for _ in 0..3 {
+            if let Some(work) = self.poll(env).await? {
+                return self.ack(env, &work).await;
+            }
+        }
+        anyhow::bail!("no work arrived for a new session")
+    }
+
+    /// `POST /v1/code/sessions`, then `/bridge` for a worker JWT.
+    async fn code_session(&self) -> anyhow::Result<Session> {
+        let created: Value = self
+            .post_json(
+                &format!("{}/v1/code/sessions", self.http),
+                &self.token,
+                &json!({"title": "bench"}),
+            )
+            .await
+            .context("failed to create a code session")?;
+        let id = created["session"]["id"]
+            .as_str()
+            .context("code session without an id")?
+            .to_string();
+        let bridge: Value = self
+            .post_json(
+                &format!("{}/v1/code/sessions/{id}/bridge", self.http),
+                &self.token,
+                &json!({}),
+            )
+            .await
+            .context("failed to get worker credentials")?;
+        Ok(Session {
+            id,
+            credentials: Credentials::Code {
+                jwt: bridge["worker_jwt"]
+                    .as_str()
+                    .context("no worker_jwt")?
+                    .to_string(),
+                epoch: bridge["worker_epoch"].as_u64().context("no worker_epoch")?,
+            },
+        })
+    }
+
+    /// The value of a gauge or counter on `/metrics`.
+    pub(crate) async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.http))
+            .send()
+            .await
+            .context("failed to read /metrics")?
+            .text()
+            .await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .with_context(|| format!("no {name} on /metrics"))
+    }
+
+    async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        token: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<T> {
+        let response = self
+            .client
+            .post(url)
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {url} failed"))?;
+        let status = response.status();
+        anyhow::ensure!(
+            status.is_success(),
+            "POST {url}: {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
+        response
+            .json()
+            .await
+            .with_context(|| format!("POST {url}: unreadable answer"))
+    }
+}
+
+impl WorkerReader {
+    /// The next frame the server sent the worker; `None` once the stream ended.
+    pub(crate) async fn next_frame(&mut self) -> anyhow::Result<Option<String>> {
+        match self {
+            WorkerReader::Ws(stream) => next_text(stream).await,
+            WorkerReader::Sse(stream) => stream.next_frame().await,
+        }
+    }
+}
+
+impl WorkerWriter {
+    /// Writes messages as one batch; returns once the server accepted them (POST) or they
+    /// were flushed to the socket (relay).
+    pub(crate) async fn send(&mut self, messages: &[String]) -> anyhow::Result<()> {
+        match self {
+            WorkerWriter::Http(http) => http.send(messages).await,
+            WorkerWriter::Ws(sink) => {
+                for message in messages {
+                    sink.feed(Message::Text(message.as_str().into()))
+                        .await
+                        .context("worker socket failed")?;
+                }
+                sink.flush().await.context("worker socket failed")
+            }
+        }
+    }
+}
+
+impl HttpWriter {
+    /// POSTs messages as one request; returns once the server committed them.
+    pub(crate) async fn send(&self, messages: &[String]) -> anyhow::Result<()> {
+        let mut body =
+            String::with_capacity(messages.iter().map(|m| m.len() + 16).sum::<usize>() + 48);
+        match self.epoch {
+            None => {
+                body.push_str("{\"events\":[");
+                for (i, message) in messages.iter().enumerate() {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(message);
+                }
+            }
+            Some(epoch) => {
+                body.push_str(&format!("{{\"worker_epoch\":{epoch},\"events\":["));
+                for (i, message) in messages.iter().enumerate() {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    body.push_str("{\"payload\":");
+                    body.push_str(message);
+                    body.push('}');
+                }
+            }
+        }
+        body.push_str("]}");
+        let _permit = self.posts.acquire().await.context("the POST pool closed")?;
+        let response = self
+            .client
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .context("worker write failed")?;
+        let status = response.status();
+        anyhow::ensure!(
+            status.is_success(),
+            "worker write refused: {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
+        // Read the (tiny) answer so the connection goes back to the pool.
+        let _ = response.bytes().await;
+        Ok(())
+    }
+}
+
+impl Viewer {
+    /// Sends one message (a prompt) to the session's worker.
+    pub(crate) async fn send(&mut self, message: String) -> anyhow::Result<()> {
+        self.sink
+            .send(Message::Text(message.into()))
+            .await
+            .context("viewer socket failed")
+    }
+
+    /// The next frame the server sent the viewer; `None` once it closed.
+    pub(crate) async fn next_frame(&mut self) -> anyhow::Result<Option<String>> {
+        next_text(&mut self.stream).await
+    }
+
+    /// Splits the viewer into its write and read halves.
+    pub(crate) fn split(self) -> (WsSink, WsStream) {
+        (self.sink, self.stream)
+    }
+}
+
+/// Anything the server sends frames on.
+pub(crate) trait FrameSource {
+    /// The next frame; `None` once the stream ended.
+    async fn next_frame(&mut self) -> anyhow::Result<Option<String>>;
+}
+
+impl FrameSource for WorkerReader {
+    async fn next_frame(&mut self) -> anyhow::Result<Option<String>> {
+        WorkerReader::next_frame(self).await
+    }
+}
+
+impl FrameSource for Viewer {
+    async fn next_frame(&mut self) -> anyhow::Result<Option<String>> {
+        Viewer::next_frame(self).await
+    }
+}
+
+/// Waits for the next frame carrying `mark` stamped at or after `not_before`, skipping
+/// everything else; returns the moment it arrived. Fails after `IO_TIMEOUT`.
+pub(crate) async fn next_stamped(
+    source: &mut impl FrameSource,
+    mark: &str,
+    not_before: u64,
+) -> anyhow::Result<u64> {
+    tokio::time::timeout(IO_TIMEOUT, async {
+        loop {
+            let frame = source.next_frame().await?.context("the stream ended")?;
+            if crate::message::stamp(&frame, mark).is_some_and(|s| s >= not_before) {
+                return Ok(crate::message::now_ns());
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("no {mark} frame within {IO_TIMEOUT:?}"))?
+}

@@ -1,0 +1,196 @@
+//! A few seconds of every scenario, so the benchmark cannot rot: the binary runs with
+//! tiny sizes against servers it starts itself, and its JSON must hold every section
+//! with sane numbers. Nothing here checks a figure against a target; debug builds and
+//! shared CI machines say nothing about performance.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+/// Kills the run if it hangs; a healthy smoke run takes well under a minute.
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+#[test]
+fn a_short_run_reports_every_section() -> anyhow::Result<()> {
+    // Arrange
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("bench.json");
+
+    // Act
+    run_bench(
+        dir.path(),
+        &[
+            "--hop-samples",
+            "200",
+            "--hop-max-secs",
+            "2",
+            "--fanout-viewers",
+            "1,10",
+            "--fanout-secs",
+            "1",
+            "--sessions",
+            "50",
+            "--sessions-secs",
+            "2",
+            "--sessions-rate",
+            "2",
+            "--dispatch-samples",
+            "20",
+            "--data-dir",
+            &dir.path().display().to_string(),
+            "--json",
+            &json.display().to_string(),
+        ],
+    )?;
+
+    // Assert
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    assert_eq!(report["errors"], Value::Array(vec![]), "{report:#}");
+    assert!(report["machine"]["nproc"].as_u64() >= Some(1));
+
+    for system in ["switchboard_v1", "switchboard_v2", "baseline"] {
+        for way in ["viewer_to_worker", "worker_to_viewer"] {
+            let summary = &report["hop"][system][way];
+            assert_latencies(summary, &format!("hop {system} {way}"));
+        }
+    }
+
+    let fanout = report["fanout"].as_array().context("no fan-out rows")?;
+    assert_eq!(fanout.len(), 2);
+    for (row, viewers) in fanout.iter().zip([1u64, 10]) {
+        assert_eq!(row["viewers"].as_u64(), Some(viewers));
+        for system in ["switchboard", "baseline"] {
+            let result = &row[system];
+            let what = format!("fan-out K={viewers} {system}");
+            assert!(number(&result["events"]) > 0.0, "{what}: {result:#}");
+            assert!(number(&result["events_per_s"]) > 0.0, "{what}: {result:#}");
+            assert!(
+                number(&result["deliveries_per_s"]) > 0.0,
+                "{what}: {result:#}"
+            );
+            // Every viewer gets every timed event.
+            assert_eq!(
+                number(&result["deliveries"]),
+                number(&result["events"]) * viewers as f64,
+                "{what}: {result:#}"
+            );
+            assert_eq!(result["viewers_lost"].as_u64(), Some(0), "{what}");
+            assert_eq!(result["undelivered"].as_u64(), Some(0), "{what}");
+            assert_latencies(&result["latency"], &what);
+            assert!(
+                number(&result["server_cpu_cores"]) > 0.0,
+                "{what}: {result:#}"
+            );
+        }
+        assert!(number(&row["ratio_deliveries_per_s"]) > 0.0);
+    }
+
+    let sessions = report["sessions"].as_array().context("no sessions rows")?;
+    assert_eq!(sessions.len(), 1);
+    let row = &sessions[0];
+    assert_eq!(row["run"].as_u64(), Some(50));
+    for system in ["switchboard", "baseline"] {
+        let result = &row[system];
+        let what = format!("sessions {system}");
+        assert_eq!(result["sessions"].as_u64(), Some(50), "{what}: {result:#}");
+        assert_eq!(result["failed_setups"].as_u64(), Some(0), "{what}");
+        assert_eq!(result["connections_lost"].as_u64(), Some(0), "{what}");
+        assert!(number(&result["events_sent"]) > 0.0, "{what}: {result:#}");
+        assert_latencies(&result["latency"], &what);
+        assert_latencies(&result["viewer_to_worker"], &what);
+        assert_latencies(&result["worker_to_viewer"], &what);
+        assert!(
+            number(&result["server_rss_kib"]) > 0.0,
+            "{what}: {result:#}"
+        );
+        assert!(result["memory_per_session_kib"].is_number(), "{what}");
+        assert!(result["server_cpu_cores"].is_number(), "{what}");
+    }
+
+    let dispatch = &report["dispatch"];
+    assert_latencies(&dispatch["latency"], "dispatch");
+    assert_eq!(dispatch["latency"]["count"].as_u64(), Some(20));
+    assert_latencies(&dispatch["create"], "dispatch create");
+
+    let targets = report["targets"].as_array().context("no targets")?;
+    assert!(!targets.is_empty());
+    for target in targets {
+        let verdict = target["verdict"].as_str().unwrap_or_default();
+        assert!(["pass", "miss", "not_run"].contains(&verdict), "{target:#}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_remote_target_must_be_on_loopback() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+        .args(["--url", "http://192.0.2.1:8787", "--token", "sbk_x_y"])
+        .current_dir(dir.path())
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
+    Ok(())
+}
+
+/// Runs the bench to completion within [`RUN_LIMIT`], failing with its output otherwise.
+fn run_bench(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let stdout = dir.join("stdout.txt");
+    let stderr = dir.join("stderr.txt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout)?)
+        .stderr(std::fs::File::create(&stderr)?)
+        .spawn()
+        .context("failed to start switchboard-bench")?;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "switchboard-bench ran past {RUN_LIMIT:?}\nstderr:\n{}",
+                std::fs::read_to_string(&stderr)?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    anyhow::ensure!(
+        status.success(),
+        "switchboard-bench failed ({status})\nstdout:\n{}\nstderr:\n{}",
+        std::fs::read_to_string(&stdout)?,
+        std::fs::read_to_string(&stderr)?
+    );
+    Ok(())
+}
+
+fn number(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// A latency summary with samples, positive and ordered percentiles.
+fn assert_latencies(summary: &Value, what: &str) {
+    let count = summary["count"].as_u64().unwrap_or(0);
+    let (p50, p99, p999, max) = (
+        number(&summary["p50_us"]),
+        number(&summary["p99_us"]),
+        number(&summary["p999_us"]),
+        number(&summary["max_us"]),
+    );
+    assert!(count > 0, "{what}: no samples: {summary:#}");
+    assert!(p50 > 0.0, "{what}: {summary:#}");
+    assert!(
+        p50 <= p99 && p99 <= p999 && p999 <= max,
+        "{what}: {summary:#}"
+    );
+    // Loopback hops take microseconds to milliseconds; a minute means the clock is wrong.
+    assert!(max < 60_000_000.0, "{what}: {summary:#}");
+}
