@@ -393,7 +393,13 @@ async fn pair_prints_a_single_use_sign_in_link() -> anyhow::Result<()> {
         "{link}"
     );
     assert!(link.ends_with("?next=/s/session_abcd1234"), "{link}");
-    let token = link.split("/pair/").nth(1).unwrap().split('?').next().unwrap();
+    let token = link
+        .split("/pair/")
+        .nth(1)
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
     let http = reqwest::Client::new();
     let paired = http
         .post(format!("{}/web/pair", served.url))
