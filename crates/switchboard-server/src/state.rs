@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use switchboard_proto::SessionId;
-use switchboard_store::{ArcStore, Session, SessionStatus, StoreError};
+use switchboard_store::{ArcStore, Session, StoreError};
 
 use crate::auth::{self, Principal};
 use crate::dispatch::Dispatcher;
@@ -211,9 +211,4 @@ pub(crate) fn check_safe_id(what: &str, raw: &str) -> Result<(), ApiError> {
             "invalid {what}: must match ^[a-zA-Z0-9_-]+$"
         )))
     }
-}
-
-/// Status as the wire names it, accounting for archive.
-pub(crate) fn status_name(status: SessionStatus) -> &'static str {
-    status.as_str()
 }

@@ -92,7 +92,7 @@ pub(crate) async fn post_events(
     Json(req): Json<EventsRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let session = state.authorize_session(&principal, &id, true).await?;
-    let appended = state.post_session_events(&session, req.events).await?;
+    let appended = state.append_inbound(&session, req.events).await?;
     let events: Vec<Value> = appended
         .iter()
         .map(|a| match a {

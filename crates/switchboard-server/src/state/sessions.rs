@@ -6,7 +6,7 @@ use switchboard_proto::sessions::{CreateSessionRequest, Page, SessionResource};
 use switchboard_proto::SessionId;
 use switchboard_store::{Direction, EventQuery, Session, SessionStatus, StoreError};
 
-use super::{check_safe_id, status_name, AppState};
+use super::{check_safe_id, AppState};
 use crate::auth;
 use crate::error::ApiError;
 use crate::hub::with_sequence;
@@ -143,7 +143,7 @@ impl AppState {
             kind: "session".into(),
             id,
             title: s.title.clone(),
-            session_status: status_name(s.status).into(),
+            session_status: s.status.as_str().into(),
             environment_id: s.environment_id.clone(),
             created_at: iso(s.created_at),
             updated_at: iso(s.updated_at),
@@ -211,15 +211,6 @@ impl AppState {
         self.hub().close(&session.id);
         tracing::info!(session = %session.id, "session archived");
         Ok(())
-    }
-
-    /// Appends viewer events for the worker (prompts, control messages).
-    pub(crate) async fn post_session_events(
-        &self,
-        session: &Session,
-        events: Vec<Value>,
-    ) -> Result<Vec<super::Accepted>, ApiError> {
-        self.append_inbound(session, events).await
     }
 
     /// A page of a session's history, oldest first, each event with its sequence number.
