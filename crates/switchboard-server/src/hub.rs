@@ -22,6 +22,12 @@ pub(crate) struct LogEvent {
     pub(crate) seq: u64,
     /// Which way it travels.
     pub(crate) direction: Direction,
+    /// The message `type`.
+    pub(crate) kind: String,
+    /// The message `uuid`, if it has one.
+    pub(crate) uuid: Option<String>,
+    /// When it was appended.
+    pub(crate) created_at: switchboard_store::Millis,
     /// The message, serialized JSON object, verbatim.
     pub(crate) payload: String,
 }

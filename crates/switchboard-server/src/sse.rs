@@ -6,11 +6,12 @@ use std::convert::Infallible;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use switchboard_store::{Direction, EventQuery, Session};
+use switchboard_store::{Direction, EventQuery, Millis, Session};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
+use crate::hub::LogEvent;
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::state::{event_id, AppState};
 use crate::time::iso;
@@ -55,8 +56,10 @@ async fn run(state: AppState, session: Session, from: Option<u64>, tx: mpsc::Sen
     let reason = loop {
         let caught_up = tokio::select! {
             event = live.recv() => match event {
+                // Following the channel without a gap: what it brings is exactly what is
+                // new, and goes out without a database read.
                 Ok(event) if event.direction == Direction::Inbound && event.seq > last => {
-                    send_pending(&state, &session.id, &mut last, false, &tx).await
+                    send_live(&state, &session.id, &event, &mut last, &tx).await
                 }
                 Ok(_) => Ok(()),
                 // Fell behind the channel: the log has everything.
@@ -112,18 +115,13 @@ async fn send_pending(
             if fresh && event.delivery.is_some() && event.kind != "user" {
                 continue;
             }
-            let data = format!(
-                "{{\"event_id\":{},\"sequence_num\":{},\"event_type\":{},\"source\":\"client\",\"payload\":{},\"created_at\":{}}}",
-                json_string(&event_id(event.uuid.as_deref(), event.seq)),
+            let frame = client_event(
                 event.seq,
-                json_string(&event.kind),
-                event.payload,
-                json_string(&iso(event.created_at)),
+                event.uuid.as_deref(),
+                &event.kind,
+                &event.payload,
+                event.created_at,
             );
-            let frame = Event::default()
-                .event("client_event")
-                .id(event.seq.to_string())
-                .data(data);
             tx.send(frame).await.map_err(drop)?;
             Metrics::add(&state.metrics().events_delivered, 1);
         }
@@ -136,6 +134,57 @@ async fn send_pending(
             return Ok(());
         }
     }
+}
+
+/// Sends one event just taken off the session's channel and records the worker's
+/// progress in the background.
+async fn send_live(
+    state: &AppState,
+    session_id: &str,
+    event: &LogEvent,
+    last: &mut u64,
+    tx: &mpsc::Sender<Event>,
+) -> Result<(), ()> {
+    let frame = client_event(
+        event.seq,
+        event.uuid.as_deref(),
+        &event.kind,
+        &event.payload,
+        event.created_at,
+    );
+    tx.send(frame).await.map_err(drop)?;
+    *last = event.seq;
+    Metrics::add(&state.metrics().events_delivered, 1);
+    let store = state.store().clone();
+    let (session_id, cursor) = (session_id.to_string(), *last);
+    tokio::spawn(async move {
+        if let Err(e) = store.advance_worker_cursor(&session_id, cursor).await {
+            tracing::warn!(error = ?e, "cannot advance the worker cursor");
+        }
+    });
+    Ok(())
+}
+
+/// The `client_event` frame of one inbound event (PROTOCOL.md §9.8).
+fn client_event(
+    seq: u64,
+    uuid: Option<&str>,
+    kind: &str,
+    payload: &str,
+    created_at: Millis,
+) -> Event {
+    let data = format!(
+        "{{\"event_id\":{},\"sequence_num\":{},\"event_type\":{},\"source\":\"client\",\"payload\":{},\"created_at\":{}}}",
+        json_string(&event_id(uuid, seq)),
+        seq,
+        json_string(kind),
+        payload,
+        json_string(&iso(created_at)),
+    );
+    Event::default()
+        .event("client_event")
+        .id(seq.to_string())
+        .data(data)
 }
 
 fn json_string(s: &str) -> String {

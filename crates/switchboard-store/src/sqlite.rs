@@ -1,30 +1,80 @@
 //! The embedded SQLite backend: one database file in WAL mode.
 //!
-//! Writes go through a pool of exactly one connection, so writers queue in the process
-//! instead of fighting over SQLite's lock (no `SQLITE_BUSY` under load); reads use a
-//! separate pool and proceed concurrently thanks to WAL. `synchronous = NORMAL` makes a
-//! committed transaction survive the death of the process (`kill -9`); only a power loss
-//! can drop the last transactions.
+//! Every write goes to one thread that owns the only writing connection and commits what
+//! is waiting in one transaction (group commit, `sqlite/writer.rs`): writers queue in the
+//! process instead of fighting over SQLite's lock, and under load a commit serves many
+//! sessions at once. Reads use their own connections, concurrent with the writer thanks
+//! to WAL: a point lookup (a credential, a session) runs right on the calling task, as
+//! it takes microseconds; a scan (a page of events, a list) runs on the blocking pool.
+//! `synchronous = NORMAL` makes a committed transaction survive the death of the process
+//! (`kill -9`); only a power loss can drop the last transactions.
 
+mod writer;
+
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteSynchronous;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
-use sqlx::{Row, SqlitePool};
+use rusqlite::{params, Connection, OpenFlags, Row};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::ConnectOptions as _;
 use tracing::instrument;
 
+use self::writer::Writer;
 use crate::*;
 
-/// How many connections serve reads. Two cores make more pointless.
-const READ_CONNECTIONS: u32 = 4;
+/// Idle read connections kept open; more are opened when more reads run at once.
+const IDLE_READERS: usize = 8;
+/// How long a connection waits for SQLite's file lock (only a checkpoint or another
+/// process can hold it).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 64;
 
 /// The SQLite store.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    writer: Writer,
+    readers: Arc<Readers>,
+}
+
+/// Read-only connections, reused.
+#[derive(Debug)]
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    fn open(&self) -> Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot open SQLite database {:?}: {e}", self.path))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(conn)
+    }
+
+    /// Runs `f` on an idle read connection (or a new one).
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let idle = self.idle.lock().expect("reader pool poisoned").pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.open()?,
+        };
+        let out = f(&conn);
+        let mut idle = self.idle.lock().expect("reader pool poisoned");
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        out
+    }
 }
 
 impl SqliteStore {
@@ -36,195 +86,302 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        // An embedded file cannot drop a connection the way a network server can, so the
-        // ping sqlx sends before lending a connection is a wasted round trip to the
-        // connection's thread on every statement batch.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .test_before_acquire(false)
-            .connect_with(options.clone())
+            .busy_timeout(BUSY_TIMEOUT);
+        let path = options.get_filename().to_path_buf();
+        // The schema is migrated through sqlx, whose migration table earlier versions
+        // of this store created; the connection is closed again right after.
+        let mut migrator = options
+            .connect()
             .await
             .map_err(|e| anyhow::anyhow!("cannot open SQLite database {url:?}: {e}"))?;
         sqlx::migrate!("migrations/sqlite")
-            .run(&writer)
+            .run(&mut migrator)
             .await
             .map_err(|e| anyhow::anyhow!("cannot migrate SQLite database: {e}"))?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(READ_CONNECTIONS)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .test_before_acquire(false)
-            .connect_with(options.read_only(true))
+        sqlx::Connection::close(migrator)
             .await
+            .map_err(|e| anyhow::anyhow!("cannot close SQLite database {url:?}: {e}"))?;
+
+        let open_writable = || -> Result<Connection> {
+            let conn = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )
             .map_err(|e| anyhow::anyhow!("cannot open SQLite database {url:?}: {e}"))?;
-        Ok(Self { writer, reader })
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            // The checkpointer thread folds the WAL in, so commits never do.
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                 PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
+            )?;
+            Ok(conn)
+        };
+        let writer = Writer::start(open_writable()?, open_writable()?)
+            .map_err(|e| anyhow::anyhow!("cannot start the SQLite writer thread: {e}"))?;
+        let readers = Arc::new(Readers {
+            path,
+            idle: Mutex::new(Vec::new()),
+        });
+        // Fail now, not on the first request, if the file cannot be read.
+        readers.with(|_| Ok(()))?;
+        Ok(Self { writer, readers })
     }
 
-    /// Closes both pools, waiting for queries in flight.
-    pub async fn close(&self) {
-        self.reader.close().await;
-        self.writer.close().await;
+    /// Runs a write in the writer's next transaction.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.writer.call(f).await
+    }
+
+    /// Runs a point read on the calling task: it takes microseconds.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.readers.with(f)
+    }
+
+    /// Runs a read that may touch many rows on the blocking pool.
+    async fn scan<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(f))
+            .await
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("a database read failed: {e}")))?
     }
 }
 
-fn credential_from_row(row: &SqliteRow) -> Result<Credential> {
-    let kind: String = row.try_get("kind")?;
+fn credential_from_row(row: &Row<'_>) -> Result<Credential> {
+    let kind: String = row.get("kind")?;
     Ok(Credential {
-        id: row.try_get("id")?,
+        id: row.get("id")?,
         kind: CredentialKind::parse(&kind)
             .ok_or_else(|| anyhow::anyhow!("unknown credential kind {kind:?}"))?,
-        owner_id: row.try_get("owner_id")?,
-        scope: row.try_get("scope")?,
-        work_id: row.try_get("work_id")?,
-        name: row.try_get("name")?,
-        secret_hash: row.try_get("secret_hash")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        revoked_at: row.try_get("revoked_at")?,
+        owner_id: row.get("owner_id")?,
+        scope: row.get("scope")?,
+        work_id: row.get("work_id")?,
+        name: row.get("name")?,
+        secret_hash: row.get("secret_hash")?,
+        created_at: row.get("created_at")?,
+        expires_at: row.get("expires_at")?,
+        revoked_at: row.get("revoked_at")?,
     })
 }
 
-fn environment_from_row(row: &SqliteRow) -> Result<Environment> {
-    let metadata: String = row.try_get("metadata")?;
-    let max_sessions: i64 = row.try_get("max_sessions")?;
+fn environment_from_row(row: &Row<'_>) -> Result<Environment> {
+    let metadata: String = row.get("metadata")?;
+    let max_sessions: i64 = row.get("max_sessions")?;
     Ok(Environment {
-        id: row.try_get("id")?,
-        owner_id: row.try_get("owner_id")?,
-        machine_name: row.try_get("machine_name")?,
-        directory: row.try_get("directory")?,
-        branch: row.try_get("branch")?,
-        git_repo_url: row.try_get("git_repo_url")?,
+        id: row.get("id")?,
+        owner_id: row.get("owner_id")?,
+        machine_name: row.get("machine_name")?,
+        directory: row.get("directory")?,
+        branch: row.get("branch")?,
+        git_repo_url: row.get("git_repo_url")?,
         max_sessions: max_sessions.try_into().unwrap_or(u32::MAX),
         metadata: serde_json::from_str(&metadata)?,
-        created_at: row.try_get("created_at")?,
-        last_poll_at: row.try_get("last_poll_at")?,
-        deregistered_at: row.try_get("deregistered_at")?,
+        created_at: row.get("created_at")?,
+        last_poll_at: row.get("last_poll_at")?,
+        deregistered_at: row.get("deregistered_at")?,
     })
 }
 
-fn session_from_row(row: &SqliteRow) -> Result<Session> {
-    let status: String = row.try_get("status")?;
-    let context: String = row.try_get("session_context")?;
+fn session_from_row(row: &Row<'_>) -> Result<Session> {
+    let status: String = row.get("status")?;
+    let context: String = row.get("session_context")?;
     Ok(Session {
-        id: row.try_get("id")?,
-        owner_id: row.try_get("owner_id")?,
-        environment_id: row.try_get("environment_id")?,
-        title: row.try_get("title")?,
+        id: row.get("id")?,
+        owner_id: row.get("owner_id")?,
+        environment_id: row.get("environment_id")?,
+        title: row.get("title")?,
         status: SessionStatus::parse(&status)
             .ok_or_else(|| anyhow::anyhow!("unknown session status {status:?}"))?,
         session_context: serde_json::from_str(&context)?,
-        source: row.try_get("source")?,
-        permission_mode: row.try_get("permission_mode")?,
-        use_code_sessions: row.try_get("use_code_sessions")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        archived_at: row.try_get("archived_at")?,
-        last_seq: to_u64(row.try_get("last_seq")?),
-        last_activity_at: row.try_get("last_activity_at")?,
-        worker_cursor: to_u64(row.try_get("worker_cursor")?),
-        worker_epoch: to_u64(row.try_get("worker_epoch")?),
-        external_metadata: match row.try_get::<Option<String>, _>("external_metadata")? {
+        source: row.get("source")?,
+        permission_mode: row.get("permission_mode")?,
+        use_code_sessions: row.get("use_code_sessions")?,
+        created_at: row.get("created_at")?,
+        updated_at: row.get("updated_at")?,
+        archived_at: row.get("archived_at")?,
+        last_seq: to_u64(row.get("last_seq")?),
+        last_activity_at: row.get("last_activity_at")?,
+        worker_cursor: to_u64(row.get("worker_cursor")?),
+        worker_epoch: to_u64(row.get("worker_epoch")?),
+        external_metadata: match row.get::<_, Option<String>>("external_metadata")? {
             Some(text) => serde_json::from_str(&text)?,
             None => serde_json::Value::Object(Default::default()),
         },
         requires_action: row
-            .try_get::<Option<String>, _>("requires_action")?
+            .get::<_, Option<String>>("requires_action")?
             .map(|text| serde_json::from_str(&text))
             .transpose()?,
     })
 }
 
-fn work_from_row(row: &SqliteRow) -> Result<WorkItem> {
-    let state: String = row.try_get("state")?;
-    let deliveries: i64 = row.try_get("deliveries")?;
+fn work_from_row(row: &Row<'_>) -> Result<WorkItem> {
+    let state: String = row.get("state")?;
+    let deliveries: i64 = row.get("deliveries")?;
     Ok(WorkItem {
-        id: row.try_get("id")?,
-        environment_id: row.try_get("environment_id")?,
-        session_id: row.try_get("session_id")?,
+        id: row.get("id")?,
+        environment_id: row.get("environment_id")?,
+        session_id: row.get("session_id")?,
         state: WorkState::parse(&state)
             .ok_or_else(|| anyhow::anyhow!("unknown work state {state:?}"))?,
-        created_at: row.try_get("created_at")?,
-        delivered_at: row.try_get("delivered_at")?,
-        acked_at: row.try_get("acked_at")?,
-        heartbeat_at: row.try_get("heartbeat_at")?,
-        stopped_at: row.try_get("stopped_at")?,
+        created_at: row.get("created_at")?,
+        delivered_at: row.get("delivered_at")?,
+        acked_at: row.get("acked_at")?,
+        heartbeat_at: row.get("heartbeat_at")?,
+        stopped_at: row.get("stopped_at")?,
         deliveries: deliveries.try_into().unwrap_or(u32::MAX),
     })
 }
 
-fn event_from_row(row: &SqliteRow) -> Result<StoredEvent> {
-    let direction: String = row.try_get("direction")?;
+fn event_from_row(row: &Row<'_>) -> Result<StoredEvent> {
+    let direction: String = row.get("direction")?;
     Ok(StoredEvent {
-        session_id: row.try_get("session_id")?,
-        seq: to_u64(row.try_get("seq")?),
+        session_id: row.get("session_id")?,
+        seq: to_u64(row.get("seq")?),
         direction: Direction::parse(&direction)
             .ok_or_else(|| anyhow::anyhow!("unknown event direction {direction:?}"))?,
-        kind: row.try_get("kind")?,
-        uuid: row.try_get("uuid")?,
-        payload: row.try_get("payload")?,
-        created_at: row.try_get("created_at")?,
-        request_id: row.try_get("request_id")?,
+        kind: row.get("kind")?,
+        uuid: row.get("uuid")?,
+        payload: row.get("payload")?,
+        created_at: row.get("created_at")?,
+        request_id: row.get("request_id")?,
         delivery: row
-            .try_get::<Option<String>, _>("delivery")?
+            .get::<_, Option<String>>("delivery")?
             .as_deref()
             .and_then(DeliveryStatus::parse),
     })
+}
+
+fn signing_key_from_row(row: &Row<'_>) -> Result<SigningKey> {
+    Ok(SigningKey {
+        id: row.get("id")?,
+        secret: row.get("secret")?,
+        created_at: row.get("created_at")?,
+        retired_at: row.get("retired_at")?,
+    })
+}
+
+fn internal_event_from_row(row: &Row<'_>) -> Result<InternalEvent> {
+    Ok(InternalEvent {
+        seq: to_u64(row.get("seq")?),
+        event_type: row.get("event_type")?,
+        payload: row.get("payload")?,
+        is_compaction: row.get("is_compaction")?,
+        agent_id: row.get("agent_id")?,
+        created_at: row.get("created_at")?,
+    })
+}
+
+/// Runs a query and maps every row.
+fn query_all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: fn(&Row<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(map(row)?);
+    }
+    Ok(out)
+}
+
+/// Runs a query for at most one row and maps it.
+fn query_one<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: fn(&Row<'_>) -> Result<T>,
+) -> Result<Option<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    rows.next()?.map(map).transpose()
+}
+
+/// Runs a statement; returns how many rows it changed.
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
+    Ok(conn.prepare_cached(sql)?.execute(params)?)
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     #[instrument(skip_all)]
     async fn ensure_owner(&self, name: &str, now: Millis) -> Result<Owner> {
-        let id = format!("own_{}", name_id(name));
-        sqlx::query("INSERT INTO owners (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
-            .bind(&id)
-            .bind(name)
-            .bind(now)
-            .execute(&self.writer)
-            .await?;
-        let row = sqlx::query("SELECT id, name, created_at FROM owners WHERE name = ?")
-            .bind(name)
-            .fetch_one(&self.writer)
-            .await?;
-        Ok(Owner {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            created_at: row.try_get("created_at")?,
+        let name = name.to_owned();
+        self.write(move |c| {
+            let id = format!("own_{}", name_id(&name));
+            exec(
+                c,
+                "INSERT INTO owners (id, name, created_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO NOTHING",
+                params![id, name, now],
+            )?;
+            query_one(
+                c,
+                "SELECT id, name, created_at FROM owners WHERE name = ?1",
+                [&name],
+                |row| {
+                    Ok(Owner {
+                        id: row.get("id")?,
+                        name: row.get("name")?,
+                        created_at: row.get("created_at")?,
+                    })
+                },
+            )?
+            .ok_or(StoreError::NotFound)
         })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn insert_credential(&self, c: &Credential) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO credentials (id, kind, owner_id, scope, work_id, name, secret_hash, \
-             created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&c.id)
-        .bind(c.kind.as_str())
-        .bind(&c.owner_id)
-        .bind(&c.scope)
-        .bind(&c.work_id)
-        .bind(&c.name)
-        .bind(&c.secret_hash)
-        .bind(c.created_at)
-        .bind(c.expires_at)
-        .bind(c.revoked_at)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let cred = c.clone();
+        self.write(move |c| {
+            exec(
+                c,
+                "INSERT INTO credentials (id, kind, owner_id, scope, work_id, name, secret_hash, \
+                 created_at, expires_at, revoked_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    cred.id,
+                    cred.kind.as_str(),
+                    cred.owner_id,
+                    cred.scope,
+                    cred.work_id,
+                    cred.name,
+                    cred.secret_hash,
+                    cred.created_at,
+                    cred.expires_at,
+                    cred.revoked_at,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn credential(&self, id: &str) -> Result<Credential> {
-        let row = sqlx::query("SELECT * FROM credentials WHERE id = ?")
-            .bind(id)
-            .fetch_one(&self.reader)
-            .await?;
-        credential_from_row(&row)
+        self.read(|c| {
+            query_one(
+                c,
+                "SELECT * FROM credentials WHERE id = ?1",
+                [id],
+                credential_from_row,
+            )?
+            .ok_or(StoreError::NotFound)
+        })
     }
 
     #[instrument(skip_all)]
@@ -234,167 +391,199 @@ impl Store for SqliteStore {
         scope: &str,
         now: Millis,
     ) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE credentials SET revoked_at = ? WHERE kind = ? AND scope = ? AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(kind.as_str())
-        .bind(scope)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected())
+        let scope = scope.to_owned();
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "UPDATE credentials SET revoked_at = ?1 \
+                 WHERE kind = ?2 AND scope = ?3 AND revoked_at IS NULL",
+                params![now, kind.as_str(), scope],
+            )?;
+            Ok(n as u64)
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn consume_credential(&self, id: &str, now: Millis) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let id = id.to_owned();
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "UPDATE credentials SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+                params![now, id],
+            )?;
+            Ok(n == 1)
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn api_keys(&self) -> Result<Vec<Credential>> {
-        let rows = sqlx::query("SELECT * FROM credentials WHERE kind = ? ORDER BY created_at DESC")
-            .bind(CredentialKind::ApiKey.as_str())
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter().map(credential_from_row).collect()
+        self.scan(|c| {
+            query_all(
+                c,
+                "SELECT * FROM credentials WHERE kind = ?1 ORDER BY created_at DESC",
+                [CredentialKind::ApiKey.as_str()],
+                credential_from_row,
+            )
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn upsert_environment(&self, e: &Environment) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO environments (id, owner_id, machine_name, directory, branch, git_repo_url, \
-             max_sessions, metadata, created_at, last_poll_at, deregistered_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) \
-             ON CONFLICT (id) DO UPDATE SET machine_name = excluded.machine_name, \
-             directory = excluded.directory, branch = excluded.branch, \
-             git_repo_url = excluded.git_repo_url, max_sessions = excluded.max_sessions, \
-             metadata = excluded.metadata, last_poll_at = excluded.last_poll_at, \
-             deregistered_at = NULL",
-        )
-        .bind(&e.id)
-        .bind(&e.owner_id)
-        .bind(&e.machine_name)
-        .bind(&e.directory)
-        .bind(&e.branch)
-        .bind(&e.git_repo_url)
-        .bind(i64::from(e.max_sessions))
-        .bind(serde_json::to_string(&e.metadata)?)
-        .bind(e.created_at)
-        .bind(e.last_poll_at)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let e = e.clone();
+        let metadata = serde_json::to_string(&e.metadata)?;
+        self.write(move |c| {
+            exec(
+                c,
+                "INSERT INTO environments (id, owner_id, machine_name, directory, branch, \
+                 git_repo_url, max_sessions, metadata, created_at, last_poll_at, deregistered_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL) \
+                 ON CONFLICT (id) DO UPDATE SET machine_name = excluded.machine_name, \
+                 directory = excluded.directory, branch = excluded.branch, \
+                 git_repo_url = excluded.git_repo_url, max_sessions = excluded.max_sessions, \
+                 metadata = excluded.metadata, last_poll_at = excluded.last_poll_at, \
+                 deregistered_at = NULL",
+                params![
+                    e.id,
+                    e.owner_id,
+                    e.machine_name,
+                    e.directory,
+                    e.branch,
+                    e.git_repo_url,
+                    i64::from(e.max_sessions),
+                    metadata,
+                    e.created_at,
+                    e.last_poll_at,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn environment(&self, id: &str) -> Result<Environment> {
-        let row = sqlx::query("SELECT * FROM environments WHERE id = ?")
-            .bind(id)
-            .fetch_one(&self.reader)
-            .await?;
-        environment_from_row(&row)
+        self.read(|c| {
+            query_one(
+                c,
+                "SELECT * FROM environments WHERE id = ?1",
+                [id],
+                environment_from_row,
+            )?
+            .ok_or(StoreError::NotFound)
+        })
     }
 
     #[instrument(skip_all)]
     async fn touch_environment(&self, id: &str, now: Millis) -> Result<()> {
-        sqlx::query("UPDATE environments SET last_poll_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        let id = id.to_owned();
+        self.write(move |c| {
+            exec(
+                c,
+                "UPDATE environments SET last_poll_at = ?1 WHERE id = ?2",
+                params![now, id],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn deregister_environment(&self, id: &str, now: Millis) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
-        let done = sqlx::query(
-            "UPDATE environments SET deregistered_at = COALESCE(deregistered_at, ?) WHERE id = ?",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        sqlx::query(
-            "UPDATE work_items SET state = 'stopped', stopped_at = ? \
-             WHERE environment_id = ? AND state != 'stopped'",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let id = id.to_owned();
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "UPDATE environments SET deregistered_at = COALESCE(deregistered_at, ?1) \
+                 WHERE id = ?2",
+                params![now, id],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            exec(
+                c,
+                "UPDATE work_items SET state = 'stopped', stopped_at = ?1 \
+                 WHERE environment_id = ?2 AND state != 'stopped'",
+                params![now, id],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn idle_environments(&self, polled_before: Millis) -> Result<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT id FROM environments WHERE deregistered_at IS NULL AND last_poll_at < ?",
-        )
-        .bind(polled_before)
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| r.try_get("id"))
-            .collect::<Result<_, _>>()?)
+        self.scan(move |c| {
+            query_all(
+                c,
+                "SELECT id FROM environments WHERE deregistered_at IS NULL AND last_poll_at < ?1",
+                [polled_before],
+                |row| Ok(row.get("id")?),
+            )
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn create_session(&self, s: &Session) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO sessions (id, owner_id, environment_id, title, status, session_context, \
-             source, permission_mode, use_code_sessions, created_at, updated_at, archived_at, \
-             last_seq, last_activity_at, worker_cursor, worker_epoch, external_metadata, \
-             requires_action) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&s.id)
-        .bind(&s.owner_id)
-        .bind(&s.environment_id)
-        .bind(&s.title)
-        .bind(s.status.as_str())
-        .bind(serde_json::to_string(&s.session_context)?)
-        .bind(&s.source)
-        .bind(&s.permission_mode)
-        .bind(s.use_code_sessions)
-        .bind(s.created_at)
-        .bind(s.updated_at)
-        .bind(s.archived_at)
-        .bind(to_i64(s.last_seq))
-        .bind(s.last_activity_at)
-        .bind(to_i64(s.worker_cursor))
-        .bind(to_i64(s.worker_epoch))
-        .bind(serde_json::to_string(&s.external_metadata)?)
-        .bind(
-            s.requires_action
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()?,
-        )
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let s = s.clone();
+        let context = serde_json::to_string(&s.session_context)?;
+        let metadata = serde_json::to_string(&s.external_metadata)?;
+        let requires_action = s
+            .requires_action
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?;
+        self.write(move |c| {
+            exec(
+                c,
+                "INSERT INTO sessions (id, owner_id, environment_id, title, status, \
+                 session_context, source, permission_mode, use_code_sessions, created_at, \
+                 updated_at, archived_at, last_seq, last_activity_at, worker_cursor, \
+                 worker_epoch, external_metadata, requires_action) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                 ?17, ?18)",
+                params![
+                    s.id,
+                    s.owner_id,
+                    s.environment_id,
+                    s.title,
+                    s.status.as_str(),
+                    context,
+                    s.source,
+                    s.permission_mode,
+                    s.use_code_sessions,
+                    s.created_at,
+                    s.updated_at,
+                    s.archived_at,
+                    to_i64(s.last_seq),
+                    s.last_activity_at,
+                    to_i64(s.worker_cursor),
+                    to_i64(s.worker_epoch),
+                    metadata,
+                    requires_action,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn session(&self, id: &str) -> Result<Session> {
-        let row = sqlx::query("SELECT * FROM sessions WHERE id = ?")
-            .bind(id)
-            .fetch_one(&self.reader)
-            .await?;
-        session_from_row(&row)
+        self.read(|c| {
+            query_one(
+                c,
+                "SELECT * FROM sessions WHERE id = ?1",
+                [id],
+                session_from_row,
+            )?
+            .ok_or(StoreError::NotFound)
+        })
     }
 
     #[instrument(skip_all)]
@@ -404,45 +593,43 @@ impl Store for SqliteStore {
         limit: u32,
         before: Option<&str>,
     ) -> Result<Vec<Session>> {
-        let rows = match before {
-            Some(before) => {
-                sqlx::query(
-                    "SELECT s.* FROM sessions s, sessions b WHERE b.id = ? AND s.owner_id = ? \
-                     AND (s.created_at < b.created_at OR (s.created_at = b.created_at AND s.id < b.id)) \
-                     ORDER BY s.created_at DESC, s.id DESC LIMIT ?",
-                )
-                .bind(before)
-                .bind(owner_id)
-                .bind(i64::from(limit))
-                .fetch_all(&self.reader)
-                .await?
-            }
-            None => {
-                sqlx::query(
-                    "SELECT * FROM sessions WHERE owner_id = ? \
-                     ORDER BY created_at DESC, id DESC LIMIT ?",
-                )
-                .bind(owner_id)
-                .bind(i64::from(limit))
-                .fetch_all(&self.reader)
-                .await?
-            }
-        };
-        rows.iter().map(session_from_row).collect()
+        let owner_id = owner_id.to_owned();
+        let before = before.map(str::to_owned);
+        self.scan(move |c| match before {
+            Some(before) => query_all(
+                c,
+                "SELECT s.* FROM sessions s, sessions b WHERE b.id = ?1 AND s.owner_id = ?2 \
+                 AND (s.created_at < b.created_at OR (s.created_at = b.created_at AND s.id < b.id)) \
+                 ORDER BY s.created_at DESC, s.id DESC LIMIT ?3",
+                params![before, owner_id, i64::from(limit)],
+                session_from_row,
+            ),
+            None => query_all(
+                c,
+                "SELECT * FROM sessions WHERE owner_id = ?1 \
+                 ORDER BY created_at DESC, id DESC LIMIT ?2",
+                params![owner_id, i64::from(limit)],
+                session_from_row,
+            ),
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn set_session_title(&self, id: &str, title: &str, now: Millis) -> Result<()> {
-        let done = sqlx::query("UPDATE sessions SET title = ?, updated_at = ? WHERE id = ?")
-            .bind(title)
-            .bind(now)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        let (id, title) = (id.to_owned(), title.to_owned());
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "UPDATE sessions SET title = ?1, updated_at = ?2 WHERE id = ?3",
+                params![title, now, id],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+        .await
     }
 
     #[instrument(skip_all)]
@@ -458,73 +645,74 @@ impl Store for SqliteStore {
                 "use archive_session to archive".into(),
             ));
         }
-        sqlx::query(
-            "UPDATE sessions SET status = ?, requires_action = ?, updated_at = ? \
-             WHERE id = ? AND status != 'archived'",
-        )
-        .bind(status.as_str())
-        .bind(requires_action.map(serde_json::to_string).transpose()?)
-        .bind(now)
-        .bind(id)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let id = id.to_owned();
+        let requires_action = requires_action.map(serde_json::to_string).transpose()?;
+        self.write(move |c| {
+            exec(
+                c,
+                "UPDATE sessions SET status = ?1, requires_action = ?2, updated_at = ?3 \
+                 WHERE id = ?4 AND status != 'archived'",
+                params![status.as_str(), requires_action, now, id],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn archive_session(&self, id: &str, now: Millis) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
-        let done = sqlx::query(
-            "UPDATE sessions SET status = 'archived', archived_at = ?, updated_at = ? \
-             WHERE id = ? AND status != 'archived'",
-        )
-        .bind(now)
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            let exists = sqlx::query("SELECT 1 FROM sessions WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            return Err(match exists {
-                Some(_) => StoreError::Conflict("session is already archived".into()),
-                None => StoreError::NotFound,
-            });
-        }
-        sqlx::query(
-            "UPDATE work_items SET state = 'stopped', stopped_at = ? \
-             WHERE session_id = ? AND state != 'stopped'",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let id = id.to_owned();
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "UPDATE sessions SET status = 'archived', archived_at = ?1, updated_at = ?1 \
+                 WHERE id = ?2 AND status != 'archived'",
+                params![now, id],
+            )?;
+            if n == 0 {
+                let exists =
+                    query_one(c, "SELECT 1 FROM sessions WHERE id = ?1", [&id], |_| Ok(()))?;
+                return Err(match exists {
+                    Some(()) => StoreError::Conflict("session is already archived".into()),
+                    None => StoreError::NotFound,
+                });
+            }
+            exec(
+                c,
+                "UPDATE work_items SET state = 'stopped', stopped_at = ?1 \
+                 WHERE session_id = ?2 AND state != 'stopped'",
+                params![now, id],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn enqueue_work(&self, w: &WorkItem) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO work_items (id, environment_id, session_id, state, created_at, \
-             delivered_at, acked_at, heartbeat_at, stopped_at, deliveries) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&w.id)
-        .bind(&w.environment_id)
-        .bind(&w.session_id)
-        .bind(w.state.as_str())
-        .bind(w.created_at)
-        .bind(w.delivered_at)
-        .bind(w.acked_at)
-        .bind(w.heartbeat_at)
-        .bind(w.stopped_at)
-        .bind(i64::from(w.deliveries))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let w = w.clone();
+        self.write(move |c| {
+            exec(
+                c,
+                "INSERT INTO work_items (id, environment_id, session_id, state, created_at, \
+                 delivered_at, acked_at, heartbeat_at, stopped_at, deliveries) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    w.id,
+                    w.environment_id,
+                    w.session_id,
+                    w.state.as_str(),
+                    w.created_at,
+                    w.delivered_at,
+                    w.acked_at,
+                    w.heartbeat_at,
+                    w.stopped_at,
+                    i64::from(w.deliveries),
+                ],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     #[instrument(skip_all)]
@@ -534,30 +722,35 @@ impl Store for SqliteStore {
         now: Millis,
         reclaim_before: Millis,
     ) -> Result<Option<WorkItem>> {
-        // One statement, so the pick and the mark cannot interleave with another poll.
-        let row = sqlx::query(
-            "UPDATE work_items SET state = 'delivered', delivered_at = ?, deliveries = deliveries + 1 \
-             WHERE id = (SELECT id FROM work_items WHERE environment_id = ? \
-                 AND (state = 'queued' OR (state = 'delivered' AND delivered_at <= ?)) \
-                 ORDER BY created_at, id LIMIT 1) \
-             RETURNING *",
-        )
-        .bind(now)
-        .bind(environment_id)
-        .bind(reclaim_before)
-        .fetch_optional(&self.writer)
-        .await?;
-        row.as_ref().map(work_from_row).transpose()
+        let environment_id = environment_id.to_owned();
+        self.write(move |c| {
+            // One statement, so the pick and the mark cannot interleave with another poll.
+            query_one(
+                c,
+                "UPDATE work_items SET state = 'delivered', delivered_at = ?1, \
+                 deliveries = deliveries + 1 \
+                 WHERE id = (SELECT id FROM work_items WHERE environment_id = ?2 \
+                     AND (state = 'queued' OR (state = 'delivered' AND delivered_at <= ?3)) \
+                     ORDER BY created_at, id LIMIT 1) \
+                 RETURNING *",
+                params![now, environment_id, reclaim_before],
+                work_from_row,
+            )
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn work_item(&self, environment_id: &str, id: &str) -> Result<WorkItem> {
-        let row = sqlx::query("SELECT * FROM work_items WHERE environment_id = ? AND id = ?")
-            .bind(environment_id)
-            .bind(id)
-            .fetch_one(&self.reader)
-            .await?;
-        work_from_row(&row)
+        self.read(|c| {
+            query_one(
+                c,
+                "SELECT * FROM work_items WHERE environment_id = ?1 AND id = ?2",
+                [environment_id, id],
+                work_from_row,
+            )?
+            .ok_or(StoreError::NotFound)
+        })
     }
 
     #[instrument(skip_all)]
@@ -585,35 +778,40 @@ impl Store for SqliteStore {
                 )))
             }
         };
-        let row = sqlx::query(sql)
-            .bind(now)
-            .bind(environment_id)
-            .bind(id)
-            .fetch_optional(&self.writer)
-            .await?;
-        match row {
-            Some(row) => work_from_row(&row),
-            None => {
-                let existing = self.work_item(environment_id, id).await?;
-                Err(StoreError::Conflict(format!(
-                    "work item is {}",
-                    existing.state.as_str()
-                )))
+        let (environment_id, id) = (environment_id.to_owned(), id.to_owned());
+        self.write(move |c| {
+            if let Some(work) = query_one(c, sql, params![now, environment_id, id], work_from_row)?
+            {
+                return Ok(work);
             }
-        }
+            let existing = query_one(
+                c,
+                "SELECT * FROM work_items WHERE environment_id = ?1 AND id = ?2",
+                [&environment_id, &id],
+                work_from_row,
+            )?
+            .ok_or(StoreError::NotFound)?;
+            Err(StoreError::Conflict(format!(
+                "work item is {}",
+                existing.state.as_str()
+            )))
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn stop_session_work(&self, session_id: &str, now: Millis) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE work_items SET state = 'stopped', stopped_at = ? \
-             WHERE session_id = ? AND state != 'stopped'",
-        )
-        .bind(now)
-        .bind(session_id)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected())
+        let session_id = session_id.to_owned();
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "UPDATE work_items SET state = 'stopped', stopped_at = ?1 \
+                 WHERE session_id = ?2 AND state != 'stopped'",
+                params![now, session_id],
+            )?;
+            Ok(n as u64)
+        })
+        .await
     }
 
     #[instrument(skip_all)]
@@ -623,114 +821,131 @@ impl Store for SqliteStore {
         events: &[NewEvent],
         now: Millis,
     ) -> Result<Vec<Appended>> {
-        let mut tx = self.writer.begin().await?;
-        let row = sqlx::query("SELECT last_seq FROM sessions WHERE id = ?")
-            .bind(session_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let mut seq = to_u64(row.try_get("last_seq")?);
-        let mut out = Vec::with_capacity(events.len());
-        for event in events {
-            if let Some(uuid) = &event.uuid {
-                let existing =
-                    sqlx::query("SELECT seq FROM events WHERE session_id = ? AND uuid = ?")
-                        .bind(session_id)
-                        .bind(uuid)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if let Some(existing) = existing {
-                    out.push(Appended {
-                        seq: to_u64(existing.try_get("seq")?),
-                        duplicate: true,
-                    });
-                    continue;
+        let session_id = session_id.to_owned();
+        let events = events.to_vec();
+        self.write(move |c| {
+            let last: i64 = query_one(
+                c,
+                "SELECT last_seq FROM sessions WHERE id = ?1",
+                [&session_id],
+                |row| Ok(row.get(0)?),
+            )?
+            .ok_or(StoreError::NotFound)?;
+            let mut seq = to_u64(last);
+            let mut out = Vec::with_capacity(events.len());
+            for event in &events {
+                if let Some(uuid) = &event.uuid {
+                    let existing: Option<i64> = query_one(
+                        c,
+                        "SELECT seq FROM events WHERE session_id = ?1 AND uuid = ?2",
+                        [&session_id, uuid],
+                        |row| Ok(row.get(0)?),
+                    )?;
+                    if let Some(existing) = existing {
+                        out.push(Appended {
+                            seq: to_u64(existing),
+                            duplicate: true,
+                        });
+                        continue;
+                    }
                 }
+                seq += 1;
+                exec(
+                    c,
+                    "INSERT INTO events (session_id, seq, direction, kind, uuid, payload, \
+                     created_at, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        session_id,
+                        to_i64(seq),
+                        event.direction.as_str(),
+                        event.kind,
+                        event.uuid,
+                        event.payload,
+                        now,
+                        event.request_id,
+                    ],
+                )?;
+                out.push(Appended {
+                    seq,
+                    duplicate: false,
+                });
             }
-            seq += 1;
-            sqlx::query(
-                "INSERT INTO events (session_id, seq, direction, kind, uuid, payload, created_at, \
-                 request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(session_id)
-            .bind(to_i64(seq))
-            .bind(event.direction.as_str())
-            .bind(&event.kind)
-            .bind(&event.uuid)
-            .bind(&event.payload)
-            .bind(now)
-            .bind(&event.request_id)
-            .execute(&mut *tx)
-            .await?;
-            out.push(Appended {
-                seq,
-                duplicate: false,
-            });
-        }
-        if out.iter().any(|a| !a.duplicate) {
-            sqlx::query("UPDATE sessions SET last_seq = ?, last_activity_at = ? WHERE id = ?")
-                .bind(to_i64(seq))
-                .bind(now)
-                .bind(session_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(out)
+            if out.iter().any(|a| !a.duplicate) {
+                exec(
+                    c,
+                    "UPDATE sessions SET last_seq = ?1, last_activity_at = ?2 WHERE id = ?3",
+                    params![to_i64(seq), now, session_id],
+                )?;
+            }
+            Ok(out)
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn events(&self, session_id: &str, q: &EventQuery) -> Result<Vec<StoredEvent>> {
         let order = if q.latest { "DESC" } else { "ASC" };
         let sql = format!(
-            "SELECT * FROM events WHERE session_id = ? AND seq > ? AND seq < ? \
-             AND (? IS NULL OR direction = ?) {processed} ORDER BY seq {order} LIMIT ?",
+            "SELECT * FROM events WHERE session_id = ?1 AND seq > ?2 AND seq < ?3 \
+             AND (?4 IS NULL OR direction = ?4) {processed} ORDER BY seq {order} LIMIT ?5",
             processed = if q.exclude_processed {
                 "AND (delivery IS NULL OR delivery != 'processed')"
             } else {
                 ""
             }
         );
-        let direction = q.direction.map(Direction::as_str);
-        let rows = sqlx::query(&sql)
-            .bind(session_id)
-            .bind(to_i64(q.after.unwrap_or(0)))
-            .bind(q.before.map(to_i64).unwrap_or(i64::MAX))
-            .bind(direction)
-            .bind(direction)
-            .bind(i64::from(q.limit))
-            .fetch_all(&self.reader)
-            .await?;
-        let mut events = rows
-            .iter()
-            .map(event_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        if q.latest {
-            events.reverse();
-        }
-        Ok(events)
+        let session_id = session_id.to_owned();
+        let q = q.clone();
+        self.scan(move |c| {
+            let mut events = query_all(
+                c,
+                &sql,
+                params![
+                    session_id,
+                    to_i64(q.after.unwrap_or(0)),
+                    q.before.map(to_i64).unwrap_or(i64::MAX),
+                    q.direction.map(Direction::as_str),
+                    i64::from(q.limit),
+                ],
+                event_from_row,
+            )?;
+            if q.latest {
+                events.reverse();
+            }
+            Ok(events)
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn advance_worker_cursor(&self, session_id: &str, seq: u64) -> Result<()> {
-        sqlx::query("UPDATE sessions SET worker_cursor = MAX(worker_cursor, ?) WHERE id = ?")
-            .bind(to_i64(seq))
-            .bind(session_id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        let session_id = session_id.to_owned();
+        self.write(move |c| {
+            exec(
+                c,
+                "UPDATE sessions SET worker_cursor = MAX(worker_cursor, ?1) WHERE id = ?2",
+                params![to_i64(seq), session_id],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn bump_worker_epoch(&self, id: &str, now: Millis) -> Result<u64> {
-        let row = sqlx::query(
-            "UPDATE sessions SET worker_epoch = worker_epoch + 1, updated_at = ? WHERE id = ? \
-             RETURNING worker_epoch",
-        )
-        .bind(now)
-        .bind(id)
-        .fetch_one(&self.writer)
-        .await?;
-        Ok(to_u64(row.try_get("worker_epoch")?))
+        let id = id.to_owned();
+        self.write(move |c| {
+            let epoch: i64 = query_one(
+                c,
+                "UPDATE sessions SET worker_epoch = worker_epoch + 1, updated_at = ?1 \
+                 WHERE id = ?2 RETURNING worker_epoch",
+                params![now, id],
+                |row| Ok(row.get(0)?),
+            )?
+            .ok_or(StoreError::NotFound)?;
+            Ok(to_u64(epoch))
+        })
+        .await
     }
 
     #[instrument(skip_all)]
@@ -741,49 +956,53 @@ impl Store for SqliteStore {
         update: &WorkerUpdate,
         now: Millis,
     ) -> Result<Session> {
-        let mut tx = self.writer.begin().await?;
-        let row = sqlx::query("SELECT * FROM sessions WHERE id = ?")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let mut session = session_from_row(&row)?;
-        if session.worker_epoch != epoch {
-            return Err(StoreError::Conflict(format!(
-                "worker epoch {epoch} is not the current one ({})",
-                session.worker_epoch
-            )));
-        }
-        if let Some(patch) = &update.external_metadata {
-            switchboard_proto::merge::merge_patch(&mut session.external_metadata, patch);
-        }
-        if let Some(details) = &update.requires_action {
-            session.requires_action = details.clone();
-        }
-        if let Some(status) = update.status {
-            if session.status != SessionStatus::Archived && status != SessionStatus::Archived {
-                session.status = status;
+        let id = id.to_owned();
+        let update = update.clone();
+        self.write(move |c| {
+            let mut session = query_one(
+                c,
+                "SELECT * FROM sessions WHERE id = ?1",
+                [&id],
+                session_from_row,
+            )?
+            .ok_or(StoreError::NotFound)?;
+            if session.worker_epoch != epoch {
+                return Err(StoreError::Conflict(format!(
+                    "worker epoch {epoch} is not the current one ({})",
+                    session.worker_epoch
+                )));
             }
-        }
-        session.updated_at = now;
-        sqlx::query(
-            "UPDATE sessions SET status = ?, requires_action = ?, external_metadata = ?, \
-             updated_at = ? WHERE id = ?",
-        )
-        .bind(session.status.as_str())
-        .bind(
-            session
-                .requires_action
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()?,
-        )
-        .bind(serde_json::to_string(&session.external_metadata)?)
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(session)
+            if let Some(patch) = &update.external_metadata {
+                switchboard_proto::merge::merge_patch(&mut session.external_metadata, patch);
+            }
+            if let Some(details) = update.requires_action {
+                session.requires_action = details;
+            }
+            if let Some(status) = update.status {
+                if session.status != SessionStatus::Archived && status != SessionStatus::Archived {
+                    session.status = status;
+                }
+            }
+            session.updated_at = now;
+            exec(
+                c,
+                "UPDATE sessions SET status = ?1, requires_action = ?2, external_metadata = ?3, \
+                 updated_at = ?4 WHERE id = ?5",
+                params![
+                    session.status.as_str(),
+                    session
+                        .requires_action
+                        .as_ref()
+                        .map(serde_json::to_string)
+                        .transpose()?,
+                    serde_json::to_string(&session.external_metadata)?,
+                    now,
+                    id,
+                ],
+            )?;
+            Ok(session)
+        })
+        .await
     }
 
     #[instrument(skip_all)]
@@ -793,31 +1012,39 @@ impl Store for SqliteStore {
         updates: &[(EventRef, DeliveryStatus)],
     ) -> Result<()> {
         // A status only moves forward: received < processing < processed.
-        const FORWARD: &str = "CASE COALESCE(delivery, '') WHEN 'processed' THEN 3 \
-            WHEN 'processing' THEN 2 WHEN 'received' THEN 1 ELSE 0 END < ?";
-        let mut tx = self.writer.begin().await?;
-        for (target, status) in updates {
-            let rank = match status {
-                DeliveryStatus::Received => 1,
-                DeliveryStatus::Processing => 2,
-                DeliveryStatus::Processed => 3,
-            };
-            let (column, value) = match target {
-                EventRef::Uuid(uuid) => ("uuid", uuid.clone()),
-                EventRef::Seq(seq) => ("seq", seq.to_string()),
-            };
-            let sql = format!(
-                "UPDATE events SET delivery = ? WHERE session_id = ? AND {column} = ? AND {FORWARD}"
-            );
-            let query = sqlx::query(&sql).bind(status.as_str()).bind(session_id);
-            let query = match target {
-                EventRef::Uuid(_) => query.bind(value),
-                EventRef::Seq(seq) => query.bind(to_i64(*seq)),
-            };
-            query.bind(rank).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        const RANK: &str = "CASE COALESCE(delivery, '') WHEN 'processed' THEN 3 \
+            WHEN 'processing' THEN 2 WHEN 'received' THEN 1 ELSE 0 END < ?3";
+        let session_id = session_id.to_owned();
+        let updates = updates.to_vec();
+        self.write(move |c| {
+            for (target, status) in &updates {
+                let rank = match status {
+                    DeliveryStatus::Received => 1,
+                    DeliveryStatus::Processing => 2,
+                    DeliveryStatus::Processed => 3,
+                };
+                match target {
+                    EventRef::Uuid(uuid) => exec(
+                        c,
+                        &format!(
+                            "UPDATE events SET delivery = ?1 WHERE session_id = ?2 AND {RANK} \
+                             AND uuid = ?4"
+                        ),
+                        params![status.as_str(), session_id, rank, uuid],
+                    )?,
+                    EventRef::Seq(seq) => exec(
+                        c,
+                        &format!(
+                            "UPDATE events SET delivery = ?1 WHERE session_id = ?2 AND {RANK} \
+                             AND seq = ?4"
+                        ),
+                        params![status.as_str(), session_id, rank, to_i64(*seq)],
+                    )?,
+                };
+            }
+            Ok(())
+        })
+        .await
     }
 
     #[instrument(skip_all)]
@@ -826,14 +1053,14 @@ impl Store for SqliteStore {
         session_id: &str,
         request_id: &str,
     ) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query(
-            "SELECT * FROM events WHERE session_id = ? AND request_id = ? ORDER BY seq",
-        )
-        .bind(session_id)
-        .bind(request_id)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        self.read(|c| {
+            query_all(
+                c,
+                "SELECT * FROM events WHERE session_id = ?1 AND request_id = ?2 ORDER BY seq",
+                [session_id, request_id],
+                event_from_row,
+            )
+        })
     }
 
     #[instrument(skip_all)]
@@ -843,34 +1070,39 @@ impl Store for SqliteStore {
         events: &[NewInternalEvent],
         now: Millis,
     ) -> Result<Vec<u64>> {
-        let mut tx = self.writer.begin().await?;
-        let row = sqlx::query(
-            "SELECT COALESCE(MAX(seq), 0) AS last FROM internal_events WHERE session_id = ?",
-        )
-        .bind(session_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let mut seq = to_u64(row.try_get("last")?);
-        let mut out = Vec::with_capacity(events.len());
-        for event in events {
-            seq += 1;
-            sqlx::query(
-                "INSERT INTO internal_events (session_id, seq, event_type, payload, \
-                 is_compaction, agent_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(session_id)
-            .bind(to_i64(seq))
-            .bind(&event.event_type)
-            .bind(&event.payload)
-            .bind(event.is_compaction)
-            .bind(&event.agent_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            out.push(seq);
-        }
-        tx.commit().await?;
-        Ok(out)
+        let session_id = session_id.to_owned();
+        let events = events.to_vec();
+        self.write(move |c| {
+            let last: i64 = query_one(
+                c,
+                "SELECT COALESCE(MAX(seq), 0) FROM internal_events WHERE session_id = ?1",
+                [&session_id],
+                |row| Ok(row.get(0)?),
+            )?
+            .unwrap_or(0);
+            let mut seq = to_u64(last);
+            let mut out = Vec::with_capacity(events.len());
+            for event in &events {
+                seq += 1;
+                exec(
+                    c,
+                    "INSERT INTO internal_events (session_id, seq, event_type, payload, \
+                     is_compaction, agent_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        session_id,
+                        to_i64(seq),
+                        event.event_type,
+                        event.payload,
+                        event.is_compaction,
+                        event.agent_id,
+                        now,
+                    ],
+                )?;
+                out.push(seq);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     #[instrument(skip_all)]
@@ -881,72 +1113,58 @@ impl Store for SqliteStore {
         subagents: bool,
         limit: u32,
     ) -> Result<Vec<InternalEvent>> {
-        let rows = sqlx::query(
-            "SELECT * FROM internal_events WHERE session_id = ? AND seq > ? \
-             AND (agent_id IS NOT NULL) = ? ORDER BY seq LIMIT ?",
-        )
-        .bind(session_id)
-        .bind(to_i64(after))
-        .bind(subagents)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(InternalEvent {
-                    seq: to_u64(row.try_get("seq")?),
-                    event_type: row.try_get("event_type")?,
-                    payload: row.try_get("payload")?,
-                    is_compaction: row.try_get("is_compaction")?,
-                    agent_id: row.try_get("agent_id")?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        let session_id = session_id.to_owned();
+        self.scan(move |c| {
+            query_all(
+                c,
+                "SELECT * FROM internal_events WHERE session_id = ?1 AND seq > ?2 \
+                 AND (agent_id IS NOT NULL) = ?3 ORDER BY seq LIMIT ?4",
+                params![session_id, to_i64(after), subagents, i64::from(limit)],
+                internal_event_from_row,
+            )
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn signing_keys(&self) -> Result<Vec<SigningKey>> {
-        let rows = sqlx::query(
-            "SELECT * FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, id DESC",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(SigningKey {
-                    id: row.try_get("id")?,
-                    secret: row.try_get("secret")?,
-                    created_at: row.try_get("created_at")?,
-                    retired_at: row.try_get("retired_at")?,
-                })
-            })
-            .collect()
+        self.read(|c| {
+            query_all(
+                c,
+                "SELECT * FROM signing_keys WHERE retired_at IS NULL \
+                 ORDER BY created_at DESC, id DESC",
+                [],
+                signing_key_from_row,
+            )
+        })
     }
 
     #[instrument(skip_all)]
     async fn insert_signing_key(&self, key: &SigningKey) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO signing_keys (id, secret, created_at, retired_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(&key.id)
-        .bind(&key.secret)
-        .bind(key.created_at)
-        .bind(key.retired_at)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let key = key.clone();
+        self.write(move |c| {
+            exec(
+                c,
+                "INSERT INTO signing_keys (id, secret, created_at, retired_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![key.id, key.secret, key.created_at, key.retired_at],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     #[instrument(skip_all)]
     async fn retire_signing_keys(&self, before: Millis, now: Millis) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL AND created_at < ?",
-        )
-        .bind(now)
-        .bind(before)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected())
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL \
+                 AND created_at < ?2",
+                params![now, before],
+            )?;
+            Ok(n as u64)
+        })
+        .await
     }
 }

@@ -166,6 +166,9 @@ impl AppState {
                 channel.publish(Arc::new(LogEvent {
                     seq: outcome.seq,
                     direction: event.direction,
+                    kind: event.kind,
+                    uuid: event.uuid,
+                    created_at: now,
                     payload: event.payload,
                 }));
             }

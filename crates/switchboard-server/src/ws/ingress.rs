@@ -15,13 +15,13 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use switchboard_store::{Direction, Session, SessionStatus};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::Instrument as _;
 
 use super::{close, close_code_for, reject, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SESSION_GONE};
 use crate::auth;
 use crate::error::{ApiError, Path};
-use crate::hub::{SessionChannel, WorkerGuard};
+use crate::hub::{LogEvent, SessionChannel, WorkerGuard};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::state::AppState;
 
@@ -79,19 +79,33 @@ async fn run(state: AppState, socket: WebSocket, session: Session) {
     tracing::info!("worker connected");
 
     let ended = async {
-        deliver(&state, &channel, &worker, &session.id, &mut sink).await?;
+        deliver(&state, &channel, &worker, &session.id, &mut sink, &[], true).await?;
         let period = state.options().ingress_keepalive;
         let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             tokio::select! {
                 event = live.recv() => match event {
-                    Ok(event) if event.direction == Direction::Inbound => {
-                        deliver(&state, &channel, &worker, &session.id, &mut sink).await?;
+                    Ok(event) => {
+                        // Take everything already waiting, to send it as one batch.
+                        let mut batch = vec![event];
+                        let mut lagged = false;
+                        loop {
+                            match live.try_recv() {
+                                Ok(event) => batch.push(event),
+                                Err(TryRecvError::Lagged(_)) => {
+                                    lagged = true;
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if lagged || batch.iter().any(|e| e.direction == Direction::Inbound) {
+                            deliver(&state, &channel, &worker, &session.id, &mut sink, &batch, lagged).await?;
+                        }
                     }
-                    Ok(_) => {}
                     // Fell behind the channel: the log has everything.
                     Err(RecvError::Lagged(_)) => {
-                        deliver(&state, &channel, &worker, &session.id, &mut sink).await?;
+                        deliver(&state, &channel, &worker, &session.id, &mut sink, &[], true).await?;
                     }
                     Err(RecvError::Closed) => return Err(Ended(CLOSE_SESSION_GONE, "session closed")),
                 },
@@ -127,14 +141,21 @@ async fn run(state: AppState, socket: WebSocket, session: Session) {
     }
 }
 
-/// Hands every inbound event past the session's worker cursor to this worker, in order,
-/// advancing the cursor after each one. Only the current worker connection delivers.
+/// Hands inbound events past the session's worker cursor to this worker, in order, and
+/// advances the cursor. Only the current worker connection delivers.
+///
+/// `live` holds events just taken off the session's channel: while this connection has
+/// followed the channel without a gap they are exactly what is new, so they go out as
+/// they are, without a database read. After a gap (`from_log`: the reader lagged, or the
+/// cursor is not known yet) the log is read from the cursor instead.
 async fn deliver(
     state: &AppState,
     channel: &Arc<SessionChannel>,
     worker: &WorkerGuard,
     session_id: &str,
     sink: &mut SplitSink<WebSocket, Message>,
+    live: &[Arc<LogEvent>],
+    from_log: bool,
 ) -> Result<(), Ended> {
     let internal = |e: ApiError| {
         tracing::error!(error = ?e, "cannot read the session log");
@@ -144,42 +165,77 @@ async fn deliver(
     if !worker.is_current() {
         return Ok(());
     }
-    let mut cursor = match *cursor_slot {
-        Some(c) => c,
+    let (start, from_log) = match *cursor_slot {
+        Some(c) => (c, from_log),
         None => {
-            state
+            let stored = state
                 .store()
                 .session(session_id)
                 .await
                 .map_err(|e| internal(e.into()))?
-                .worker_cursor
+                .worker_cursor;
+            (stored, true)
         }
     };
-    loop {
-        let pending = state
-            .pending_inbound(session_id, cursor)
-            .await
-            .map_err(internal)?;
-        let full_page = pending.len() >= 100;
-        for event in pending {
-            let mut frame = event.payload;
-            frame.push('\n');
-            sink.send(Message::Text(frame.into()))
-                .await
-                .map_err(|_| Ended(CLOSE_INTERNAL, ""))?;
-            cursor = event.seq;
-            *cursor_slot = Some(cursor);
-            state
-                .store()
-                .advance_worker_cursor(session_id, cursor)
-                .await
-                .map_err(|e| internal(e.into()))?;
-            Metrics::add(&state.metrics().events_delivered, 1);
-        }
-        if !full_page {
+    let mut cursor = start;
+    let mut sent = 0;
+    let result = async {
+        if !from_log {
+            for event in live {
+                if event.direction != Direction::Inbound || event.seq <= cursor {
+                    continue;
+                }
+                send_frame(sink, &event.payload).await?;
+                cursor = event.seq;
+                sent += 1;
+            }
             return Ok(());
         }
+        loop {
+            let pending = state
+                .pending_inbound(session_id, cursor)
+                .await
+                .map_err(internal)?;
+            let full_page = pending.len() >= 100;
+            for event in pending {
+                send_frame(sink, &event.payload).await?;
+                cursor = event.seq;
+                sent += 1;
+            }
+            if !full_page {
+                return Ok(());
+            }
+        }
     }
+    .await;
+    // Whatever was fed goes out now, even when a later frame failed.
+    let flushed = sink.flush().await.map_err(|_| Ended(CLOSE_INTERNAL, ""));
+    *cursor_slot = Some(cursor);
+    drop(cursor_slot);
+    Metrics::add(&state.metrics().events_delivered, sent);
+    if cursor > start {
+        // Kept in memory for this server's connections; stored in the background (a
+        // monotonic write) for the next server: a crash in between redelivers at most
+        // the events of this batch.
+        let store = state.store().clone();
+        let session_id = session_id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = store.advance_worker_cursor(&session_id, cursor).await {
+                tracing::warn!(error = ?e, "cannot store the worker cursor");
+            }
+        });
+    }
+    result.and(flushed)
+}
+
+/// Queues one inbound event as a frame (a JSON object and `\n`), without flushing.
+async fn send_frame(sink: &mut SplitSink<WebSocket, Message>, payload: &str) -> Result<(), Ended> {
+    let mut frame = String::with_capacity(payload.len() + 1);
+    frame.push_str(payload);
+    frame.push('\n');
+    sink.feed(Message::Text(frame.into()))
+        .await
+        .map_err(|_| Ended(CLOSE_INTERNAL, ""))
 }
 
 /// A worker that writes over the socket instead of POSTing (no
