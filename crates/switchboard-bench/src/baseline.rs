@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use crate::client::ws_config;
 
 /// Events a channel holds for a slow viewer: Switchboard's default channel capacity.
-const CHANNEL_CAPACITY: usize = 1024;
+const CHANNEL_CAPACITY: usize = 512;
 
 /// One relay channel: the stand-in for a session.
 struct Channel {

@@ -125,8 +125,8 @@ struct BenchArgs {
     #[arg(long, env = "SWITCHBOARD_BENCH_FANOUT_SECS", default_value_t = 5.0)]
     fanout_secs: f64,
     /// Fan-out: most events the writer may be ahead of the slowest viewer (the server
-    /// cuts off a viewer 1024 events behind).
-    #[arg(long, env = "SWITCHBOARD_BENCH_FANOUT_WINDOW", default_value_t = 512)]
+    /// cuts off a viewer 512 events behind; a POST adds up to 100 at once).
+    #[arg(long, env = "SWITCHBOARD_BENCH_FANOUT_WINDOW", default_value_t = 256)]
     fanout_window: u64,
     /// Fan-out: POSTs in flight at once. Claude Code's uploaders keep one in flight.
     #[arg(long, env = "SWITCHBOARD_BENCH_FANOUT_INFLIGHT", default_value_t = 1)]

@@ -6,6 +6,7 @@
 //! sessions at once. Reads use their own connections, concurrent with the writer thanks
 //! to WAL: a point lookup (a credential, a session) runs right on the calling task, as
 //! it takes microseconds; a scan (a page of events, a list) runs on the blocking pool.
+//! The logs are ordinary tables in append order (migration 0002 says why).
 //! `synchronous = NORMAL` makes a committed transaction survive the death of the process
 //! (`kill -9`); only a power loss can drop the last transactions.
 
@@ -102,24 +103,23 @@ impl SqliteStore {
             .await
             .map_err(|e| anyhow::anyhow!("cannot close SQLite database {url:?}: {e}"))?;
 
-        let open_writable = || -> Result<Connection> {
-            let conn = Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                    | OpenFlags::SQLITE_OPEN_URI,
-            )
-            .map_err(|e| anyhow::anyhow!("cannot open SQLite database {url:?}: {e}"))?;
-            conn.busy_timeout(BUSY_TIMEOUT)?;
-            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-            // The checkpointer thread folds the WAL in, so commits never do.
-            conn.execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                 PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
-            )?;
-            Ok(conn)
-        };
-        let writer = Writer::start(open_writable()?, open_writable()?)
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot open SQLite database {url:?}: {e}"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // SQLite's own checkpoint after a commit that took the WAL past 1,000 pages keeps
+        // the WAL small and reused. (A separate checkpointing thread measured worse: its
+        // syncs of the WAL stalled the writer's appends to it.)
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+             PRAGMA wal_autocheckpoint = 1000;",
+        )?;
+        let writer = Writer::start(conn)
             .map_err(|e| anyhow::anyhow!("cannot start the SQLite writer thread: {e}"))?;
         let readers = Arc::new(Readers {
             path,
@@ -155,6 +155,22 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Other(anyhow::anyhow!("a database read failed: {e}")))?
     }
+}
+
+/// `SELECT` of a whole session row. The log position and last activity are read off
+/// the session's log (an index lookup each), so appends never rewrite the session's
+/// row (migration 0002).
+macro_rules! select_session {
+    () => {
+        "SELECT s.id, s.owner_id, s.environment_id, s.title, s.status, s.session_context, \
+         s.source, s.permission_mode, s.use_code_sessions, s.created_at, s.updated_at, \
+         s.archived_at, s.worker_cursor, s.worker_epoch, s.external_metadata, \
+         s.requires_action, \
+         COALESCE((SELECT MAX(e.seq) FROM events e WHERE e.session_id = s.id), 0) AS last_seq, \
+         COALESCE((SELECT e.created_at FROM events e WHERE e.session_id = s.id \
+             ORDER BY e.seq DESC LIMIT 1), s.last_activity_at) AS last_activity_at \
+         FROM sessions s"
+    };
 }
 
 fn credential_from_row(row: &Row<'_>) -> Result<Credential> {
@@ -578,7 +594,7 @@ impl Store for SqliteStore {
         self.read(|c| {
             query_one(
                 c,
-                "SELECT * FROM sessions WHERE id = ?1",
+                concat!(select_session!(), " WHERE s.id = ?1"),
                 [id],
                 session_from_row,
             )?
@@ -598,16 +614,22 @@ impl Store for SqliteStore {
         self.scan(move |c| match before {
             Some(before) => query_all(
                 c,
-                "SELECT s.* FROM sessions s, sessions b WHERE b.id = ?1 AND s.owner_id = ?2 \
-                 AND (s.created_at < b.created_at OR (s.created_at = b.created_at AND s.id < b.id)) \
-                 ORDER BY s.created_at DESC, s.id DESC LIMIT ?3",
+                concat!(
+                    select_session!(),
+                    ", sessions b WHERE b.id = ?1 AND s.owner_id = ?2 \
+                     AND (s.created_at < b.created_at \
+                         OR (s.created_at = b.created_at AND s.id < b.id)) \
+                     ORDER BY s.created_at DESC, s.id DESC LIMIT ?3"
+                ),
                 params![before, owner_id, i64::from(limit)],
                 session_from_row,
             ),
             None => query_all(
                 c,
-                "SELECT * FROM sessions WHERE owner_id = ?1 \
-                 ORDER BY created_at DESC, id DESC LIMIT ?2",
+                concat!(
+                    select_session!(),
+                    " WHERE s.owner_id = ?1 ORDER BY s.created_at DESC, s.id DESC LIMIT ?2"
+                ),
                 params![owner_id, i64::from(limit)],
                 session_from_row,
             ),
@@ -824,13 +846,17 @@ impl Store for SqliteStore {
         let session_id = session_id.to_owned();
         let events = events.to_vec();
         self.write(move |c| {
-            let last: i64 = query_one(
+            let (exists, last): (bool, i64) = query_one(
                 c,
-                "SELECT last_seq FROM sessions WHERE id = ?1",
+                "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = ?1), \
+                 COALESCE((SELECT MAX(seq) FROM events WHERE session_id = ?1), 0)",
                 [&session_id],
-                |row| Ok(row.get(0)?),
+                |row| Ok((row.get(0)?, row.get(1)?)),
             )?
             .ok_or(StoreError::NotFound)?;
+            if !exists {
+                return Err(StoreError::NotFound);
+            }
             let mut seq = to_u64(last);
             let mut out = Vec::with_capacity(events.len());
             for event in &events {
@@ -869,13 +895,6 @@ impl Store for SqliteStore {
                     seq,
                     duplicate: false,
                 });
-            }
-            if out.iter().any(|a| !a.duplicate) {
-                exec(
-                    c,
-                    "UPDATE sessions SET last_seq = ?1, last_activity_at = ?2 WHERE id = ?3",
-                    params![to_i64(seq), now, session_id],
-                )?;
             }
             Ok(out)
         })
@@ -961,7 +980,7 @@ impl Store for SqliteStore {
         self.write(move |c| {
             let mut session = query_one(
                 c,
-                "SELECT * FROM sessions WHERE id = ?1",
+                concat!(select_session!(), " WHERE s.id = ?1"),
                 [&id],
                 session_from_row,
             )?

@@ -7,7 +7,7 @@
 //!
 //! The writer keeps at most `window` events ahead of the slowest viewer. Without that
 //! bound a writer that outruns the viewers would only measure how fast the server cuts
-//! them off (it disconnects a viewer that falls a channel's capacity behind, 1024 events
+//! them off (it disconnects a viewer that falls a channel's capacity behind, 512 events
 //! by default); with it, the figure is the rate the server sustains with every viewer
 //! keeping up. The window stays well under the channel's capacity.
 

@@ -20,8 +20,6 @@ use crate::{Result, StoreError};
 const MAX_BATCH: usize = 512;
 /// How many jobs may queue for the thread before callers wait to enqueue.
 const QUEUE: usize = 4096;
-/// How often the checkpointer folds the WAL into the database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A handle to the writer thread. The thread ends when every handle is gone, after
 /// finishing the jobs already queued.
@@ -31,21 +29,12 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the thread that owns `conn`, and the checkpointer that copies the WAL
-    /// back into the database file from `checkpointer`, a connection of its own, so that
-    /// no commit pays for a checkpoint. Both end when every handle is gone.
-    pub(super) fn start(conn: Connection, checkpointer: Connection) -> std::io::Result<Self> {
+    /// Starts the thread that owns `conn`.
+    pub(super) fn start(conn: Connection) -> std::io::Result<Self> {
         let (jobs, rx) = mpsc::channel(QUEUE);
-        let (alive, watched) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || {
-                run(conn, rx);
-                drop(alive);
-            })?;
-        std::thread::Builder::new()
-            .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint(checkpointer, watched))?;
+            .spawn(move || run(conn, rx))?;
         Ok(Self { jobs })
     }
 
@@ -163,18 +152,4 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>) {
             job.finish(&committed);
         }
     }
-}
-
-/// Copies the WAL into the database file every [`CHECKPOINT_EVERY`] without blocking the
-/// writer (`PASSIVE`); the writer starts the WAL over once a checkpoint caught up. Ends
-/// when the writer thread does.
-fn checkpoint(conn: Connection, writer_alive: std::sync::mpsc::Receiver<()>) {
-    use std::sync::mpsc::RecvTimeoutError;
-    while let Err(RecvTimeoutError::Timeout) = writer_alive.recv_timeout(CHECKPOINT_EVERY) {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "SQLite checkpoint failed");
-        }
-    }
-    // The writer is gone: fold the whole WAL in before the process ends.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
