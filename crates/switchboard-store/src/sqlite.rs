@@ -4,8 +4,7 @@
 //! is waiting in one transaction (group commit, `sqlite/writer.rs`): writers queue in the
 //! process instead of fighting over SQLite's lock, and under load a commit serves many
 //! sessions at once. Reads use their own connections, concurrent with the writer thanks
-//! to WAL: a point lookup (a credential, a session) runs right on the calling task, as
-//! it takes microseconds; a scan (a page of events, a list) runs on the blocking pool.
+//! to WAL, on the blocking pool (never on the async runtime: see `scan`).
 //! The logs are ordinary tables in append order (migration 0002 says why).
 //! `synchronous = NORMAL` makes a committed transaction survive the death of the process
 //! (`kill -9`); only a power loss can drop the last transactions.
@@ -103,23 +102,33 @@ impl SqliteStore {
             .await
             .map_err(|e| anyhow::anyhow!("cannot close SQLite database {url:?}: {e}"))?;
 
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI,
-        )
-        .map_err(|e| anyhow::anyhow!("cannot open SQLite database {url:?}: {e}"))?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        // SQLite's own checkpoint after a commit that took the WAL past 1,000 pages keeps
-        // the WAL small and reused. (A separate checkpointing thread measured worse: its
-        // syncs of the WAL stalled the writer's appends to it.)
-        conn.execute_batch(
+        let open_writable = |pragmas: &str| -> Result<Connection> {
+            let conn = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(|e| anyhow::anyhow!("cannot open SQLite database {url:?}: {e}"))?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            conn.execute_batch(pragmas)?;
+            Ok(conn)
+        };
+        // A checkpointer thread copies the WAL into the file in the background, so at a
+        // modest write rate no commit waits for a checkpoint's syncs. Under a steady
+        // stream of commits it never quite catches up; then the writer's own checkpoint
+        // after a commit that took the WAL past 1,000 pages finishes the job, so that
+        // the WAL is started over rather than grown (measured: a growing WAL costs more
+        // in the file system than the checkpoints do).
+        let writer = open_writable(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
              PRAGMA wal_autocheckpoint = 1000;",
         )?;
-        let writer = Writer::start(conn)
+        let checkpointer = open_writable(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;",
+        )?;
+        let writer = Writer::start(writer, checkpointer)
             .map_err(|e| anyhow::anyhow!("cannot start the SQLite writer thread: {e}"))?;
         let readers = Arc::new(Readers {
             path,
@@ -136,15 +145,13 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.writer.call(f).await
+        self.writer.call(move |c, _| f(c)).await
     }
 
-    /// Runs a point read on the calling task: it takes microseconds.
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        self.readers.with(f)
-    }
-
-    /// Runs a read that may touch many rows on the blocking pool.
+    /// Runs a read on the blocking pool. Even a point read must not run on the async
+    /// runtime: a read transaction after a commit starts with an empty page cache, so it
+    /// takes tens of microseconds, and now and then SQLite waits milliseconds for the
+    /// WAL index, which would stall every connection on that runtime thread.
     async fn scan<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -389,15 +396,17 @@ impl Store for SqliteStore {
 
     #[instrument(skip_all)]
     async fn credential(&self, id: &str) -> Result<Credential> {
-        self.read(|c| {
+        let id = id.to_owned();
+        self.scan(move |c| {
             query_one(
                 c,
                 "SELECT * FROM credentials WHERE id = ?1",
-                [id],
+                [&id],
                 credential_from_row,
             )?
             .ok_or(StoreError::NotFound)
         })
+        .await
     }
 
     #[instrument(skip_all)]
@@ -482,15 +491,17 @@ impl Store for SqliteStore {
 
     #[instrument(skip_all)]
     async fn environment(&self, id: &str) -> Result<Environment> {
-        self.read(|c| {
+        let id = id.to_owned();
+        self.scan(move |c| {
             query_one(
                 c,
                 "SELECT * FROM environments WHERE id = ?1",
-                [id],
+                [&id],
                 environment_from_row,
             )?
             .ok_or(StoreError::NotFound)
         })
+        .await
     }
 
     #[instrument(skip_all)]
@@ -591,15 +602,17 @@ impl Store for SqliteStore {
 
     #[instrument(skip_all)]
     async fn session(&self, id: &str) -> Result<Session> {
-        self.read(|c| {
+        let id = id.to_owned();
+        self.scan(move |c| {
             query_one(
                 c,
                 concat!(select_session!(), " WHERE s.id = ?1"),
-                [id],
+                [&id],
                 session_from_row,
             )?
             .ok_or(StoreError::NotFound)
         })
+        .await
     }
 
     #[instrument(skip_all)]
@@ -764,15 +777,17 @@ impl Store for SqliteStore {
 
     #[instrument(skip_all)]
     async fn work_item(&self, environment_id: &str, id: &str) -> Result<WorkItem> {
-        self.read(|c| {
+        let (environment_id, id) = (environment_id.to_owned(), id.to_owned());
+        self.scan(move |c| {
             query_one(
                 c,
                 "SELECT * FROM work_items WHERE environment_id = ?1 AND id = ?2",
-                [environment_id, id],
+                [&environment_id, &id],
                 work_from_row,
             )?
             .ok_or(StoreError::NotFound)
         })
+        .await
     }
 
     #[instrument(skip_all)]
@@ -845,60 +860,69 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Appended>> {
         let session_id = session_id.to_owned();
         let events = events.to_vec();
-        self.write(move |c| {
-            let (exists, last): (bool, i64) = query_one(
-                c,
-                "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = ?1), \
-                 COALESCE((SELECT MAX(seq) FROM events WHERE session_id = ?1), 0)",
-                [&session_id],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )?
-            .ok_or(StoreError::NotFound)?;
-            if !exists {
-                return Err(StoreError::NotFound);
-            }
-            let mut seq = to_u64(last);
-            let mut out = Vec::with_capacity(events.len());
-            for event in &events {
-                if let Some(uuid) = &event.uuid {
-                    let existing: Option<i64> = query_one(
+        self.writer
+            .call(move |c, seqs| {
+                let mut seq = match seqs.get(&session_id) {
+                    Some(seq) => seq,
+                    None => {
+                        let (exists, last): (bool, i64) = query_one(
+                            c,
+                            "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = ?1), \
+                         COALESCE((SELECT MAX(seq) FROM events WHERE session_id = ?1), 0)",
+                            [&session_id],
+                            |row| Ok((row.get(0)?, row.get(1)?)),
+                        )?
+                        .ok_or(StoreError::NotFound)?;
+                        if !exists {
+                            return Err(StoreError::NotFound);
+                        }
+                        to_u64(last)
+                    }
+                };
+                let mut out = Vec::with_capacity(events.len());
+                for event in &events {
+                    // The unique index on (session_id, uuid) finds a repeat in the insert
+                    // itself; only then is the existing number looked up.
+                    let inserted = exec(
                         c,
-                        "SELECT seq FROM events WHERE session_id = ?1 AND uuid = ?2",
-                        [&session_id, uuid],
-                        |row| Ok(row.get(0)?),
+                        "INSERT INTO events (session_id, seq, direction, kind, uuid, payload, \
+                     created_at, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                     ON CONFLICT (session_id, uuid) WHERE uuid IS NOT NULL DO NOTHING",
+                        params![
+                            session_id,
+                            to_i64(seq + 1),
+                            event.direction.as_str(),
+                            event.kind,
+                            event.uuid,
+                            event.payload,
+                            now,
+                            event.request_id,
+                        ],
                     )?;
-                    if let Some(existing) = existing {
+                    if inserted == 1 {
+                        seq += 1;
                         out.push(Appended {
-                            seq: to_u64(existing),
-                            duplicate: true,
+                            seq,
+                            duplicate: false,
                         });
                         continue;
                     }
+                    let existing: i64 = query_one(
+                        c,
+                        "SELECT seq FROM events WHERE session_id = ?1 AND uuid = ?2",
+                        params![session_id, event.uuid],
+                        |row| Ok(row.get(0)?),
+                    )?
+                    .ok_or_else(|| anyhow::anyhow!("an event was neither stored nor found"))?;
+                    out.push(Appended {
+                        seq: to_u64(existing),
+                        duplicate: true,
+                    });
                 }
-                seq += 1;
-                exec(
-                    c,
-                    "INSERT INTO events (session_id, seq, direction, kind, uuid, payload, \
-                     created_at, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![
-                        session_id,
-                        to_i64(seq),
-                        event.direction.as_str(),
-                        event.kind,
-                        event.uuid,
-                        event.payload,
-                        now,
-                        event.request_id,
-                    ],
-                )?;
-                out.push(Appended {
-                    seq,
-                    duplicate: false,
-                });
-            }
-            Ok(out)
-        })
-        .await
+                seqs.set(&session_id, seq);
+                Ok(out)
+            })
+            .await
     }
 
     #[instrument(skip_all)]
@@ -1072,14 +1096,16 @@ impl Store for SqliteStore {
         session_id: &str,
         request_id: &str,
     ) -> Result<Vec<StoredEvent>> {
-        self.read(|c| {
+        let (session_id, request_id) = (session_id.to_owned(), request_id.to_owned());
+        self.scan(move |c| {
             query_all(
                 c,
                 "SELECT * FROM events WHERE session_id = ?1 AND request_id = ?2 ORDER BY seq",
-                [session_id, request_id],
+                [&session_id, &request_id],
                 event_from_row,
             )
         })
+        .await
     }
 
     #[instrument(skip_all)]
@@ -1147,7 +1173,7 @@ impl Store for SqliteStore {
 
     #[instrument(skip_all)]
     async fn signing_keys(&self) -> Result<Vec<SigningKey>> {
-        self.read(|c| {
+        self.scan(|c| {
             query_all(
                 c,
                 "SELECT * FROM signing_keys WHERE retired_at IS NULL \
@@ -1156,6 +1182,7 @@ impl Store for SqliteStore {
                 signing_key_from_row,
             )
         })
+        .await
     }
 
     #[instrument(skip_all)]

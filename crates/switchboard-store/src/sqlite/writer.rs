@@ -9,6 +9,7 @@
 //! commit is shared by every session that wrote meanwhile; unloaded, a write costs one
 //! hand-off to the thread and one back.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 
 use rusqlite::Connection;
@@ -21,6 +22,28 @@ const MAX_BATCH: usize = 512;
 /// How many jobs may queue for the thread before callers wait to enqueue.
 const QUEUE: usize = 4096;
 
+/// What the writer thread remembers between jobs: the last sequence number of each
+/// session's log, so an append need not look it up. Only this thread writes, so it is
+/// exact once read; it is forgotten whenever a transaction fails.
+#[derive(Debug, Default)]
+pub(super) struct LastSeqs(HashMap<String, u64>);
+
+impl LastSeqs {
+    /// Sessions remembered at most; past that the map starts over.
+    const MAX: usize = 100_000;
+
+    pub(super) fn get(&self, session_id: &str) -> Option<u64> {
+        self.0.get(session_id).copied()
+    }
+
+    pub(super) fn set(&mut self, session_id: &str, seq: u64) {
+        if self.0.len() >= Self::MAX && !self.0.contains_key(session_id) {
+            self.0.clear();
+        }
+        self.0.insert(session_id.to_owned(), seq);
+    }
+}
+
 /// A handle to the writer thread. The thread ends when every handle is gone, after
 /// finishing the jobs already queued.
 #[derive(Debug, Clone)]
@@ -29,12 +52,20 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the thread that owns `conn`.
-    pub(super) fn start(conn: Connection) -> std::io::Result<Self> {
+    /// Starts the thread that owns `conn`, and one that checkpoints through
+    /// `checkpointer` (see [`checkpoint`]). Both end when every handle is gone.
+    pub(super) fn start(conn: Connection, checkpointer: Connection) -> std::io::Result<Self> {
         let (jobs, rx) = mpsc::channel(QUEUE);
+        let (alive, watched) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx))?;
+            .spawn(move || {
+                run(conn, rx);
+                drop(alive);
+            })?;
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint(checkpointer, watched))?;
         Ok(Self { jobs })
     }
 
@@ -42,7 +73,7 @@ impl Writer {
     /// transaction committed.
     pub(super) async fn call<T, F>(&self, f: F) -> Result<T>
     where
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection, &mut LastSeqs) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
@@ -64,7 +95,7 @@ impl Writer {
 /// A write waiting for the thread.
 trait Job: Send {
     /// Runs the write inside the open transaction.
-    fn run(&mut self, conn: &Connection);
+    fn run(&mut self, conn: &Connection, seqs: &mut LastSeqs);
     /// Reports the outcome once the transaction ended (`Err` when the commit failed).
     fn finish(self: Box<Self>, committed: &Result<(), String>);
 }
@@ -83,22 +114,28 @@ struct Call<F, T> {
 
 impl<F, T> Job for Call<F, T>
 where
-    F: FnOnce(&Connection) -> Result<T> + Send,
+    F: FnOnce(&Connection, &mut LastSeqs) -> Result<T> + Send,
     T: Send,
 {
-    fn run(&mut self, conn: &Connection) {
+    fn run(&mut self, conn: &Connection, seqs: &mut LastSeqs) {
         let Some(f) = self.f.take() else { return };
         let out = (|| {
             step(conn, "SAVEPOINT job")?;
-            let out = std::panic::catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| {
-                Err(StoreError::Other(anyhow::anyhow!(
-                    "a database write panicked"
-                )))
-            });
+            let out =
+                std::panic::catch_unwind(AssertUnwindSafe(|| f(conn, seqs))).unwrap_or_else(|_| {
+                    Err(StoreError::Other(anyhow::anyhow!(
+                        "a database write panicked"
+                    )))
+                });
             if out.is_err() {
+                // What the job remembered may be rolled back with it.
+                *seqs = LastSeqs::default();
                 step(conn, "ROLLBACK TO job")?;
             }
-            step(conn, "RELEASE job")?;
+            if let Err(e) = step(conn, "RELEASE job") {
+                *seqs = LastSeqs::default();
+                return Err(e);
+            }
             out
         })();
         self.out = Some(out);
@@ -125,6 +162,7 @@ fn step(conn: &Connection, sql: &str) -> Result<()> {
 
 fn run(conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(64);
+    let mut seqs = LastSeqs::default();
     while let Some(first) = jobs.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -136,7 +174,7 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>) {
         let committed = match step(&conn, "BEGIN IMMEDIATE") {
             Ok(()) => {
                 for job in &mut batch {
-                    job.run(&conn);
+                    job.run(&conn, &mut seqs);
                 }
                 step(&conn, "COMMIT").map_err(|e| {
                     let _ = step(&conn, "ROLLBACK");
@@ -146,10 +184,104 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>) {
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = &committed {
+            seqs = LastSeqs::default();
             tracing::error!(error = %e, jobs = batch.len(), "SQLite transaction failed");
         }
         for job in batch.drain(..) {
             job.finish(&committed);
         }
+    }
+}
+
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Copies committed pages from the WAL into the database file every [`CHECKPOINT_EVERY`]
+/// without blocking the writer (`PASSIVE`), and syncs as `synchronous = NORMAL` says, so
+/// the writer's commits rarely wait for the disk: when it finds the WAL wholly copied it
+/// starts it over without a checkpoint of its own. Ends when the writer thread does.
+fn checkpoint(conn: Connection, writer_alive: std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    while let Err(RecvTimeoutError::Timeout) = writer_alive.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "SQLite checkpoint failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_job_rolls_back_alone_in_a_shared_transaction() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (v TEXT NOT NULL)")
+            .unwrap();
+        let writer = Writer::start(conn, Connection::open_in_memory().unwrap()).unwrap();
+
+        // Hold the thread in a first job until both others are queued behind it, so
+        // they share the next transaction.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn({
+            let writer = writer.clone();
+            async move {
+                writer
+                    .call(move |_, _| {
+                        hold.recv().unwrap();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        let failing = tokio::spawn({
+            let writer = writer.clone();
+            async move {
+                writer
+                    .call(|c, _| {
+                        c.execute("INSERT INTO t (v) VALUES ('failing')", [])?;
+                        Err::<(), _>(StoreError::Conflict("no".into()))
+                    })
+                    .await
+            }
+        });
+        let good = tokio::spawn({
+            let writer = writer.clone();
+            async move {
+                writer
+                    .call(|c, _| Ok(c.execute("INSERT INTO t (v) VALUES ('good')", [])?))
+                    .await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        release.send(()).unwrap();
+
+        first.await.unwrap().unwrap();
+        assert!(matches!(
+            failing.await.unwrap(),
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(good.await.unwrap().unwrap(), 1);
+        let rows = writer
+            .call(|c, _| {
+                let mut stmt = c.prepare("SELECT v FROM t")?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, vec!["good".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_an_error_and_the_writer_goes_on() {
+        let writer = Writer::start(
+            Connection::open_in_memory().unwrap(),
+            Connection::open_in_memory().unwrap(),
+        )
+        .unwrap();
+        let panicked = writer.call(|_, _| -> Result<()> { panic!("boom") }).await;
+        assert!(panicked.is_err());
+        assert_eq!(writer.call(|_, _| Ok(7)).await.unwrap(), 7);
     }
 }
