@@ -207,9 +207,14 @@ async fn deliver(
             }
         }
     }
-    .await;
-    // Whatever was fed goes out now, even when a later frame failed.
-    let flushed = sink.flush().await.map_err(|_| Ended(CLOSE_INTERNAL, ""));
+    .await
+    .and(sink.flush().await.map_err(|_| Ended(CLOSE_INTERNAL, "")));
+    if result.is_err() {
+        // Frames fed but maybe never sent: the next connection gets the batch again
+        // (at least once; workers drop prompts they already have by uuid).
+        *cursor_slot = Some(start);
+        return result;
+    }
     *cursor_slot = Some(cursor);
     drop(cursor_slot);
     Metrics::add(&state.metrics().events_delivered, sent);
@@ -225,7 +230,7 @@ async fn deliver(
             }
         });
     }
-    result.and(flushed)
+    Ok(())
 }
 
 /// Queues one inbound event as a frame (a JSON object and `\n`), without flushing.
