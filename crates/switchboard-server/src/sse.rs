@@ -137,7 +137,7 @@ async fn send_pending(
 }
 
 /// Sends one event just taken off the session's channel and records the worker's
-/// progress in the background.
+/// progress.
 async fn send_live(
     state: &AppState,
     session_id: &str,
@@ -155,13 +155,7 @@ async fn send_live(
     tx.send(frame).await.map_err(drop)?;
     *last = event.seq;
     Metrics::add(&state.metrics().events_delivered, 1);
-    let store = state.store().clone();
-    let (session_id, cursor) = (session_id.to_string(), *last);
-    tokio::spawn(async move {
-        if let Err(e) = store.advance_worker_cursor(&session_id, cursor).await {
-            tracing::warn!(error = ?e, "cannot advance the worker cursor");
-        }
-    });
+    state.store_worker_cursor_later(session_id, event.seq);
     Ok(())
 }
 

@@ -4,14 +4,14 @@
 //! is waiting in one transaction (group commit, `sqlite/writer.rs`): writers queue in the
 //! process instead of fighting over SQLite's lock, and under load a commit serves many
 //! sessions at once. Reads use their own connections, concurrent with the writer thanks
-//! to WAL, on the blocking pool (never on the async runtime: see `scan`).
+//! to WAL, on the blocking pool (never on the async runtime: see `read`).
 //! The logs are ordinary tables in append order (migration 0002 says why).
 //! `synchronous = NORMAL` makes a committed transaction survive the death of the process
 //! (`kill -9`); only a power loss can drop the last transactions.
 
 mod writer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,26 +47,25 @@ struct Readers {
     idle: Mutex<Vec<Connection>>,
 }
 
-impl Readers {
-    fn open(&self) -> Result<Connection> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI,
-        )
-        .map_err(|e| anyhow::anyhow!("cannot open SQLite database {:?}: {e}", self.path))?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        Ok(conn)
-    }
+/// Opens one connection to the database file (`flags`: read-only or read-write).
+fn connect(path: &Path, flags: OpenFlags) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        flags | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open SQLite database {path:?}: {e}"))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
 
+impl Readers {
     /// Runs `f` on an idle read connection (or a new one).
     fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let idle = self.idle.lock().expect("reader pool poisoned").pop();
         let conn = match idle {
             Some(conn) => conn,
-            None => self.open()?,
+            None => connect(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?,
         };
         let out = f(&conn);
         let mut idle = self.idle.lock().expect("reader pool poisoned");
@@ -103,15 +102,7 @@ impl SqliteStore {
             .map_err(|e| anyhow::anyhow!("cannot close SQLite database {url:?}: {e}"))?;
 
         let open_writable = |pragmas: &str| -> Result<Connection> {
-            let conn = Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                    | OpenFlags::SQLITE_OPEN_URI,
-            )
-            .map_err(|e| anyhow::anyhow!("cannot open SQLite database {url:?}: {e}"))?;
-            conn.busy_timeout(BUSY_TIMEOUT)?;
-            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            let conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
             conn.execute_batch(pragmas)?;
             Ok(conn)
         };
@@ -152,7 +143,7 @@ impl SqliteStore {
     /// runtime: a read transaction after a commit starts with an empty page cache, so it
     /// takes tens of microseconds, and now and then SQLite waits milliseconds for the
     /// WAL index, which would stall every connection on that runtime thread.
-    async fn scan<T, F>(&self, f: F) -> Result<T>
+    async fn read<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
         T: Send + 'static,
@@ -304,6 +295,9 @@ fn internal_event_from_row(row: &Row<'_>) -> Result<InternalEvent> {
     })
 }
 
+/// One work item of an environment.
+const SELECT_WORK_ITEM: &str = "SELECT * FROM work_items WHERE environment_id = ?1 AND id = ?2";
+
 /// Runs a query and maps every row.
 fn query_all<T>(
     conn: &Connection,
@@ -332,7 +326,7 @@ fn query_one<T>(
     rows.next()?.map(map).transpose()
 }
 
-/// Runs a statement; returns how many rows it changed.
+/// Runs a statement through the statement cache; returns how many rows it changed.
 fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
     Ok(conn.prepare_cached(sql)?.execute(params)?)
 }
@@ -397,7 +391,7 @@ impl Store for SqliteStore {
     #[instrument(skip_all)]
     async fn credential(&self, id: &str) -> Result<Credential> {
         let id = id.to_owned();
-        self.scan(move |c| {
+        self.read(move |c| {
             query_one(
                 c,
                 "SELECT * FROM credentials WHERE id = ?1",
@@ -445,7 +439,7 @@ impl Store for SqliteStore {
 
     #[instrument(skip_all)]
     async fn api_keys(&self) -> Result<Vec<Credential>> {
-        self.scan(|c| {
+        self.read(|c| {
             query_all(
                 c,
                 "SELECT * FROM credentials WHERE kind = ?1 ORDER BY created_at DESC",
@@ -492,7 +486,7 @@ impl Store for SqliteStore {
     #[instrument(skip_all)]
     async fn environment(&self, id: &str) -> Result<Environment> {
         let id = id.to_owned();
-        self.scan(move |c| {
+        self.read(move |c| {
             query_one(
                 c,
                 "SELECT * FROM environments WHERE id = ?1",
@@ -544,7 +538,7 @@ impl Store for SqliteStore {
 
     #[instrument(skip_all)]
     async fn idle_environments(&self, polled_before: Millis) -> Result<Vec<String>> {
-        self.scan(move |c| {
+        self.read(move |c| {
             query_all(
                 c,
                 "SELECT id FROM environments WHERE deregistered_at IS NULL AND last_poll_at < ?1",
@@ -603,7 +597,7 @@ impl Store for SqliteStore {
     #[instrument(skip_all)]
     async fn session(&self, id: &str) -> Result<Session> {
         let id = id.to_owned();
-        self.scan(move |c| {
+        self.read(move |c| {
             query_one(
                 c,
                 concat!(select_session!(), " WHERE s.id = ?1"),
@@ -624,7 +618,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Session>> {
         let owner_id = owner_id.to_owned();
         let before = before.map(str::to_owned);
-        self.scan(move |c| match before {
+        self.read(move |c| match before {
             Some(before) => query_all(
                 c,
                 concat!(
@@ -778,14 +772,9 @@ impl Store for SqliteStore {
     #[instrument(skip_all)]
     async fn work_item(&self, environment_id: &str, id: &str) -> Result<WorkItem> {
         let (environment_id, id) = (environment_id.to_owned(), id.to_owned());
-        self.scan(move |c| {
-            query_one(
-                c,
-                "SELECT * FROM work_items WHERE environment_id = ?1 AND id = ?2",
-                [&environment_id, &id],
-                work_from_row,
-            )?
-            .ok_or(StoreError::NotFound)
+        self.read(move |c| {
+            query_one(c, SELECT_WORK_ITEM, [&environment_id, &id], work_from_row)?
+                .ok_or(StoreError::NotFound)
         })
         .await
     }
@@ -821,13 +810,8 @@ impl Store for SqliteStore {
             {
                 return Ok(work);
             }
-            let existing = query_one(
-                c,
-                "SELECT * FROM work_items WHERE environment_id = ?1 AND id = ?2",
-                [&environment_id, &id],
-                work_from_row,
-            )?
-            .ok_or(StoreError::NotFound)?;
+            let existing = query_one(c, SELECT_WORK_ITEM, [&environment_id, &id], work_from_row)?
+                .ok_or(StoreError::NotFound)?;
             Err(StoreError::Conflict(format!(
                 "work item is {}",
                 existing.state.as_str()
@@ -939,7 +923,7 @@ impl Store for SqliteStore {
         );
         let session_id = session_id.to_owned();
         let q = q.clone();
-        self.scan(move |c| {
+        self.read(move |c| {
             let mut events = query_all(
                 c,
                 &sql,
@@ -1097,7 +1081,7 @@ impl Store for SqliteStore {
         request_id: &str,
     ) -> Result<Vec<StoredEvent>> {
         let (session_id, request_id) = (session_id.to_owned(), request_id.to_owned());
-        self.scan(move |c| {
+        self.read(move |c| {
             query_all(
                 c,
                 "SELECT * FROM events WHERE session_id = ?1 AND request_id = ?2 ORDER BY seq",
@@ -1159,7 +1143,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<InternalEvent>> {
         let session_id = session_id.to_owned();
-        self.scan(move |c| {
+        self.read(move |c| {
             query_all(
                 c,
                 "SELECT * FROM internal_events WHERE session_id = ?1 AND seq > ?2 \
@@ -1173,7 +1157,7 @@ impl Store for SqliteStore {
 
     #[instrument(skip_all)]
     async fn signing_keys(&self) -> Result<Vec<SigningKey>> {
-        self.scan(|c| {
+        self.read(|c| {
             query_all(
                 c,
                 "SELECT * FROM signing_keys WHERE retired_at IS NULL \

@@ -267,6 +267,20 @@ impl AppState {
         Ok(newest.first().map_or(session.last_seq, |e| e.seq - 1))
     }
 
+    /// Stores how far a worker got in the background, so delivery does not wait for a
+    /// commit. The write is monotonic, so their order does not matter; the cursor a
+    /// connection works from is the one kept in the session channel, and a crash before
+    /// the write lands only means the last events are delivered again.
+    pub(crate) fn store_worker_cursor_later(&self, session_id: &str, cursor: u64) {
+        let store = self.store().clone();
+        let session_id = session_id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = store.advance_worker_cursor(&session_id, cursor).await {
+                tracing::warn!(error = ?e, "cannot store the worker cursor");
+            }
+        });
+    }
+
     /// Inbound events of a session after `cursor`, for handing to a worker.
     pub(crate) async fn pending_inbound(
         &self,

@@ -219,16 +219,7 @@ async fn deliver(
     drop(cursor_slot);
     Metrics::add(&state.metrics().events_delivered, sent);
     if cursor > start {
-        // Kept in memory for this server's connections; stored in the background (a
-        // monotonic write) for the next server: a crash in between redelivers at most
-        // the events of this batch.
-        let store = state.store().clone();
-        let session_id = session_id.to_string();
-        tokio::spawn(async move {
-            if let Err(e) = store.advance_worker_cursor(&session_id, cursor).await {
-                tracing::warn!(error = ?e, "cannot store the worker cursor");
-            }
-        });
+        state.store_worker_cursor_later(session_id, cursor);
     }
     Ok(())
 }

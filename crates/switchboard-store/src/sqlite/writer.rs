@@ -15,6 +15,7 @@ use std::panic::AssertUnwindSafe;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::exec;
 use crate::{Result, StoreError};
 
 /// The most jobs one transaction takes; bounds how long the first caller waits.
@@ -120,7 +121,7 @@ where
     fn run(&mut self, conn: &Connection, seqs: &mut LastSeqs) {
         let Some(f) = self.f.take() else { return };
         let out = (|| {
-            step(conn, "SAVEPOINT job")?;
+            exec(conn, "SAVEPOINT job", [])?;
             let out =
                 std::panic::catch_unwind(AssertUnwindSafe(|| f(conn, seqs))).unwrap_or_else(|_| {
                     Err(StoreError::Other(anyhow::anyhow!(
@@ -130,9 +131,9 @@ where
             if out.is_err() {
                 // What the job remembered may be rolled back with it.
                 *seqs = LastSeqs::default();
-                step(conn, "ROLLBACK TO job")?;
+                exec(conn, "ROLLBACK TO job", [])?;
             }
-            if let Err(e) = step(conn, "RELEASE job") {
+            if let Err(e) = exec(conn, "RELEASE job", []) {
                 *seqs = LastSeqs::default();
                 return Err(e);
             }
@@ -154,12 +155,6 @@ where
     }
 }
 
-/// Runs a statement without parameters, through the connection's statement cache.
-fn step(conn: &Connection, sql: &str) -> Result<()> {
-    conn.prepare_cached(sql)?.execute([])?;
-    Ok(())
-}
-
 fn run(conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(64);
     let mut seqs = LastSeqs::default();
@@ -171,13 +166,13 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>) {
                 Err(_) => break,
             }
         }
-        let committed = match step(&conn, "BEGIN IMMEDIATE") {
-            Ok(()) => {
+        let committed = match exec(&conn, "BEGIN IMMEDIATE", []) {
+            Ok(_) => {
                 for job in &mut batch {
                     job.run(&conn, &mut seqs);
                 }
-                step(&conn, "COMMIT").map_err(|e| {
-                    let _ = step(&conn, "ROLLBACK");
+                exec(&conn, "COMMIT", []).map(drop).map_err(|e| {
+                    let _ = exec(&conn, "ROLLBACK", []);
                     e.to_string()
                 })
             }
