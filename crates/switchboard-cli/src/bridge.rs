@@ -1,5 +1,5 @@
 //! `switchboard bridge`: puts an agent running on this machine under remote control, the
-//! Rust counterpart of `claude remote-control` (PROTOCOL.md §4.9, §7 and §16.1).
+//! Rust counterpart of `claude remote-control` (docs/PROTOCOL.md §4.9, §7 and §16.1).
 //!
 //! It registers an environment for the current directory, creates a session (empty, or
 //! started with `--new PROMPT`), prints its link and a QR code of it, and then long-polls

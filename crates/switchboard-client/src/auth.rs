@@ -1,4 +1,4 @@
-//! Bearer tokens that can change while a client is running (PROTOCOL.md §11).
+//! Bearer tokens that can change while a client is running (docs/PROTOCOL.md §11).
 //!
 //! A [`TokenSource`] holds the current token and, optionally, a hook that produces a new
 //! one. The Environments and Sessions clients read it on every request and call the hook

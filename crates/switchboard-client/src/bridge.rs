@@ -1,4 +1,4 @@
-//! The env-less Remote Control bridge (PROTOCOL.md §10.3, §11.4 and §16.2), mirroring the
+//! The env-less Remote Control bridge (docs/PROTOCOL.md §10.3, §11.4 and §16.2), mirroring the
 //! official remoteBridgeCore.ts: what the REPL's `/remote-control` runs when no
 //! environment is involved.
 //!

@@ -1,4 +1,4 @@
-//! The env-less code-session API client (PROTOCOL.md §10), mirroring the official
+//! The env-less code-session API client (docs/PROTOCOL.md §10), mirroring the official
 //! codeSessionApi.ts: create a code session, then fetch the worker credentials that
 //! attach a CCR v2 worker to it.
 //!

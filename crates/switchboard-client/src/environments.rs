@@ -1,4 +1,4 @@
-//! The Environments API client (PROTOCOL.md §4), mirroring the official bridgeApi.ts.
+//! The Environments API client (docs/PROTOCOL.md §4), mirroring the official bridgeApi.ts.
 //!
 //! Every call carries the H-ENV header set (§3.1). Which bearer token it carries differs:
 //! register, stop, reconnect, deregister and archive use the refreshable user token of the

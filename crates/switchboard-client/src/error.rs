@@ -1,5 +1,5 @@
 //! The one error type every client call returns, and the mapping from an HTTP status
-//! and body to it (PROTOCOL.md §3.3 and §3.4).
+//! and body to it (docs/PROTOCOL.md §3.3 and §3.4).
 //!
 //! The mapping mirrors bridgeApi.ts `handleErrorStatus`: 401, 403, 404 and 410 are fatal
 //! (the official client stops what it is doing), 429 and 5xx are worth retrying, and every
@@ -89,13 +89,13 @@ pub enum ApiError {
     Closed,
 
     /// A CCR v2 worker call was answered with 409, or its credential is no longer
-    /// accepted (PROTOCOL.md §9): a newer worker epoch owns the session, and this worker
+    /// accepted (docs/PROTOCOL.md §9): a newer worker epoch owns the session, and this worker
     /// must stop writing.
     #[error("the worker epoch was superseded")]
     Superseded,
 
     /// `POST /v1/code/sessions` answered with an id that is not `cse_` followed by a safe
-    /// id; the official client treats that as a failed create (PROTOCOL.md §10.1).
+    /// id; the official client treats that as a failed create (docs/PROTOCOL.md §10.1).
     #[error("expected a cse_ session id, got {0:?}")]
     NotCodeSessionId(String),
 }
@@ -108,7 +108,7 @@ impl ApiError {
     /// Maps a status the call did not accept, with the response body and the parsed
     /// `Retry-After` header, to an error.
     ///
-    /// This is the table of PROTOCOL.md §3.4: 401/403/404/410 are [`ApiError::Fatal`],
+    /// This is the table of docs/PROTOCOL.md §3.4: 401/403/404/410 are [`ApiError::Fatal`],
     /// 429 and ≥ 500 are [`ApiError::Retryable`], everything else is
     /// [`ApiError::Status`]. It never returns a success: the caller decides which statuses
     /// succeed before calling it.

@@ -1,5 +1,5 @@
 //! Request plumbing shared by the REST clients: fixed headers, per-call timeouts, the
-//! one-refresh retry after a 401 (bridgeApi.ts `withOAuthRetry`, PROTOCOL.md §11.1) and
+//! one-refresh retry after a 401 (bridgeApi.ts `withOAuthRetry`, docs/PROTOCOL.md §11.1) and
 //! reading answers.
 
 use std::sync::Arc;
@@ -234,7 +234,7 @@ pub(crate) fn map_send_error(e: reqwest::Error) -> ApiError {
     }
 }
 
-/// Checks an id bound for a URL path against the safe-id pattern (PROTOCOL.md §3.5).
+/// Checks an id bound for a URL path against the safe-id pattern (docs/PROTOCOL.md §3.5).
 pub(crate) fn check_id<'a>(what: &'static str, id: &'a str) -> Result<&'a str> {
     if is_safe_id(id) {
         Ok(id)

@@ -1,4 +1,4 @@
-//! The session-ingress v1 worker transport (PROTOCOL.md §8): what a bridge child speaks.
+//! The session-ingress v1 worker transport (docs/PROTOCOL.md §8): what a bridge child speaks.
 //!
 //! Reading happens over a WebSocket held by a background task. The server sends one JSON
 //! object per text frame, terminated by `\n`; the task splits frames into lines, parses

@@ -5,7 +5,7 @@
 //! integration tests drive the server through it. It covers:
 //!
 //! - [`environments`]: the Environments API a bridge uses to register, poll for work,
-//!   acknowledge, heartbeat, stop and deregister ([`BridgeApiClient`], PROTOCOL.md §4);
+//!   acknowledge, heartbeat, stop and deregister ([`BridgeApiClient`], docs/PROTOCOL.md §4);
 //! - [`sessions`]: the Sessions compat API a viewer uses to create, read, rename, archive
 //!   and post to sessions and page through their history ([`SessionsClient`], §6 and §13);
 //! - [`ingress`]: the session-ingress v1 worker transport, a WebSocket for reading and
@@ -27,7 +27,7 @@
 //! fatal statuses, retryable ones, other statuses, transport failures and ids rejected
 //! before anything was sent.
 //!
-//! Section numbers in the docs refer to the protocol reference, `PROTOCOL.md`.
+//! Section numbers in the docs refer to the protocol reference, `docs/PROTOCOL.md`.
 
 #![forbid(unsafe_code)]
 

@@ -1,4 +1,4 @@
-//! The Sessions compat API client (PROTOCOL.md §6, §13.2 and §13.3): what a viewer such
+//! The Sessions compat API client (docs/PROTOCOL.md §6, §13.2 and §13.3): what a viewer such
 //! as `claude --remote` or the web UI uses to create, read, rename, archive and post to
 //! sessions, and to page through their history.
 //!

@@ -1,4 +1,4 @@
-//! The viewer side of a session (PROTOCOL.md §13.1): what `claude --remote`, the web UI
+//! The viewer side of a session (docs/PROTOCOL.md §13.1): what `claude --remote`, the web UI
 //! and `switchboard attach` speak. It is the Rust counterpart of the official client's
 //! `SessionsWebSocket`.
 //!

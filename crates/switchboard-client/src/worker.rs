@@ -1,4 +1,4 @@
-//! The CCR v2 worker transport (PROTOCOL.md §9): what a v2 bridge child or the env-less
+//! The CCR v2 worker transport (docs/PROTOCOL.md §9): what a v2 bridge child or the env-less
 //! REPL speaks to one session, mirroring the official SSETransport, CCRClient,
 //! SerialBatchEventUploader and WorkerStateUploader.
 //!

@@ -1,5 +1,5 @@
 //! The CCR v2 plane: the env-less code-session API and the worker API under
-//! `/v1/code/sessions/{id}` (PROTOCOL.md §9 and §10).
+//! `/v1/code/sessions/{id}` (docs/PROTOCOL.md §9 and §10).
 //!
 //! Two details of these shapes matter more than they look:
 //!

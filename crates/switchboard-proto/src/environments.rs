@@ -1,5 +1,5 @@
 //! The Environments API: register, poll for work, ack, heartbeat, stop, reconnect
-//! (PROTOCOL.md §4–§5).
+//! (docs/PROTOCOL.md §4–§5).
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;

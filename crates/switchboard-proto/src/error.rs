@@ -1,4 +1,4 @@
-//! The JSON error body every error response carries (PROTOCOL.md §3.3).
+//! The JSON error body every error response carries (docs/PROTOCOL.md §3.3).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,4 @@
-//! Identifiers and their validation (PROTOCOL.md §3.5).
+//! Identifiers and their validation (docs/PROTOCOL.md §3.5).
 
 use std::fmt;
 

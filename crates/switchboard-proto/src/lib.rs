@@ -4,8 +4,8 @@
 //! the command line all agree on the shapes defined here. It depends on serde and little
 //! else, and knows nothing about HTTP frameworks or databases.
 //!
-//! The protocol itself is described in `PROTOCOL.md` (shared with the project); section
-//! numbers in the docs below refer to it.
+//! The protocol itself is described in `docs/PROTOCOL.md` at the root of the repository;
+//! section numbers in the docs below refer to it.
 
 #![forbid(unsafe_code)]
 

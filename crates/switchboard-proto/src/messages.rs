@@ -1,4 +1,4 @@
-//! The SDK message stream carried by every transport (PROTOCOL.md §12): helpers to read
+//! The SDK message stream carried by every transport (docs/PROTOCOL.md §12): helpers to read
 //! the few fields the server routes on, and the validation of messages that a viewer
 //! wants delivered to a worker.
 //!

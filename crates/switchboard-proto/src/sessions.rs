@@ -1,5 +1,5 @@
 //! The Sessions (compat) API: create, get, patch, archive, events and list
-//! (PROTOCOL.md §6 and §13).
+//! (docs/PROTOCOL.md §6 and §13).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -11,7 +11,7 @@ use switchboard_proto::ErrorBody;
 use switchboard_store::StoreError;
 
 /// Every way a request can fail, each mapped to the status code the client expects
-/// (PROTOCOL.md §3.4) and the JSON body `{"error":{"type","message"}}`.
+/// (docs/PROTOCOL.md §3.4) and the JSON body `{"error":{"type","message"}}`.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 400: malformed JSON, a bad id, a message a worker would reject.

@@ -16,7 +16,7 @@ pub(crate) fn build(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/health", get(health::get))
         .route("/metrics", get(health::metrics))
-        // Environments API (PROTOCOL.md §4).
+        // Environments API (docs/PROTOCOL.md §4).
         .route("/v1/environments/bridge", post(environments::register))
         .route(
             "/v1/environments/bridge/{environment_id}",
@@ -120,7 +120,7 @@ pub(crate) fn build(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Collapses repeated slashes in the request path before routing (PROTOCOL.md §17
+/// Collapses repeated slashes in the request path before routing (docs/PROTOCOL.md §17
 /// tier 0: clients may build `//` from a base URL with a trailing slash).
 pub(crate) fn normalize_path(mut req: Request) -> Request {
     let path = req.uri().path();

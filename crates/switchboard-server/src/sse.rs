@@ -1,4 +1,4 @@
-//! The v2 worker's event stream (PROTOCOL.md §9.8): Server-Sent Events carrying the
+//! The v2 worker's event stream (docs/PROTOCOL.md §9.8): Server-Sent Events carrying the
 //! session's inbound events as `event: client_event` frames, `id:` being the sequence
 //! number the worker resumes from.
 
@@ -159,7 +159,7 @@ async fn send_live(
     Ok(())
 }
 
-/// The `client_event` frame of one inbound event (PROTOCOL.md §9.8).
+/// The `client_event` frame of one inbound event (docs/PROTOCOL.md §9.8).
 fn client_event(
     seq: u64,
     uuid: Option<&str>,

@@ -321,7 +321,7 @@ pub struct StoredEvent {
     pub delivery: Option<DeliveryStatus>,
 }
 
-/// How far a worker got with an inbound event (PROTOCOL.md §9.7). Only moves forward.
+/// How far a worker got with an inbound event (docs/PROTOCOL.md §9.7). Only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DeliveryStatus {
     /// The worker's transport read it.

@@ -1,7 +1,7 @@
 //! Fan-out: one worker writing as fast as the server accepts, to K viewers of its
 //! session.
 //!
-//! The writer behaves like Claude Code's uploaders (PROTOCOL.md §8.3, §9.5) with an
+//! The writer behaves like Claude Code's uploaders (docs/PROTOCOL.md §8.3, §9.5) with an
 //! endless supply of events: one POST in flight, each carrying everything that queued
 //! meanwhile, up to the batch limit.
 //!

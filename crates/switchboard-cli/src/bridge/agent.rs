@@ -1,4 +1,4 @@
-//! How the bridge starts an agent for a session (PROTOCOL.md §7).
+//! How the bridge starts an agent for a session (docs/PROTOCOL.md §7).
 //!
 //! - **Native** (`--agent claude`): Claude Code itself, as the official bridge starts it:
 //!   `claude --print --sdk-url URL --session-id ID --input-format stream-json

@@ -1,4 +1,4 @@
-//! The bridge's main loop (PROTOCOL.md §4.9): long-poll for work, take on sessions up to
+//! The bridge's main loop (docs/PROTOCOL.md §4.9): long-poll for work, take on sessions up to
 //! the capacity, hand running sessions their new tokens, heartbeat their work, and clean
 //! up after each session; then shut everything down.
 //!

@@ -1,4 +1,4 @@
-//! A server-sent events parser (the WHATWG framing, as PROTOCOL.md §9.8 uses it).
+//! A server-sent events parser (the WHATWG framing, as docs/PROTOCOL.md §9.8 uses it).
 //!
 //! Lines end with LF or CRLF; a blank line ends a frame; `event:`, `id:` and `data:` are
 //! the fields that matter, several `data:` lines are joined with `\n`, one space after the

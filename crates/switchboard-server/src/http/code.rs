@@ -1,5 +1,5 @@
 //! `/v1/code/sessions*`: code sessions, worker credentials and the CCR v2 worker API
-//! (PROTOCOL.md §9–§10).
+//! (docs/PROTOCOL.md §9–§10).
 
 use axum::extract::State;
 use axum::http::HeaderMap;

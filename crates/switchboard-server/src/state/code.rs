@@ -1,5 +1,5 @@
 //! The CCR v2 plane: code sessions, worker credentials and the `/worker/*` API
-//! (PROTOCOL.md §9–§10).
+//! (docs/PROTOCOL.md §9–§10).
 
 use serde_json::{json, Value};
 use switchboard_proto::SessionId;

@@ -1,5 +1,5 @@
 //! The Environments API: registration, work dispatch by long-poll, and the work
-//! lifecycle (PROTOCOL.md §4–§5).
+//! lifecycle (docs/PROTOCOL.md §4–§5).
 
 use std::time::Duration;
 

@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::time::now_ms;
 
 /// The largest message a viewer may send towards a worker. The worker's SSE reader drops
-/// any frame over 1 MiB (PROTOCOL.md §9.8), and the frame wraps the message in an
+/// any frame over 1 MiB (docs/PROTOCOL.md §9.8), and the frame wraps the message in an
 /// envelope, so stay clear of that.
 pub(crate) const MAX_INBOUND_EVENT_BYTES: usize = 1000 * 1024;
 
@@ -253,7 +253,7 @@ fn new_event(direction: Direction, mut message: Value) -> NewEvent {
 }
 
 /// What a worker's message says about the session's state, and the permission request
-/// it waits on (PROTOCOL.md §9.3 gives the same rules for v2 workers).
+/// it waits on (docs/PROTOCOL.md §9.3 gives the same rules for v2 workers).
 fn derive_status(message: &Value) -> Option<(SessionStatus, Option<Value>)> {
     match message_type(message)? {
         "result" | "result_success" => Some((SessionStatus::Idle, None)),

@@ -1,5 +1,5 @@
 //! The Sessions API: create, read, list, retitle, archive, and the session's events
-//! (PROTOCOL.md §6 and §13).
+//! (docs/PROTOCOL.md §6 and §13).
 
 use serde_json::Value;
 use switchboard_proto::sessions::{CreateSessionRequest, Page, SessionResource};

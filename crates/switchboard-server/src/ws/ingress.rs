@@ -1,4 +1,4 @@
-//! The session-ingress WebSocket (PROTOCOL.md §8): the v1 worker's read stream.
+//! The session-ingress WebSocket (docs/PROTOCOL.md §8): the v1 worker's read stream.
 //!
 //! The server sends each inbound event (prompt, control request, permission answer) as
 //! one JSON object plus `\n` per text frame, once, in log order; it never echoes the

@@ -9,7 +9,7 @@ use futures_util::SinkExt as _;
 use crate::error::ApiError;
 
 /// Close code: the session is unknown, archived, or was taken over (permanent for the
-/// worker, PROTOCOL.md §8.4).
+/// worker, docs/PROTOCOL.md §8.4).
 pub(crate) const CLOSE_SESSION_GONE: u16 = 4001;
 /// Close code: the credential may not reach this session (permanent).
 pub(crate) const CLOSE_UNAUTHORIZED: u16 = 4003;

@@ -1,4 +1,4 @@
-//! The viewer subscribe WebSocket (PROTOCOL.md §13.1): a session's stored history from a
+//! The viewer subscribe WebSocket (docs/PROTOCOL.md §13.1): a session's stored history from a
 //! sequence number, then every new event live, one JSON object per frame with its
 //! `sequence_num`; and, from the viewer, prompts and control messages for the worker.
 

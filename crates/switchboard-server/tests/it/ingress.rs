@@ -1,4 +1,4 @@
-//! The v1 session-ingress WebSocket and POST (PROTOCOL.md §8).
+//! The v1 session-ingress WebSocket and POST (docs/PROTOCOL.md §8).
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! The CCR v2 plane: code sessions, worker credentials, epoch fencing, worker state,
-//! the SSE event stream and delivery tracking (PROTOCOL.md §9–§10).
+//! the SSE event stream and delivery tracking (docs/PROTOCOL.md §9–§10).
 
 use std::time::Duration;
 

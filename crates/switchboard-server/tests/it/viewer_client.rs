@@ -1,4 +1,4 @@
-//! `switchboard_client::ViewerSocket` against the real viewer WebSocket (PROTOCOL.md
+//! `switchboard_client::ViewerSocket` against the real viewer WebSocket (docs/PROTOCOL.md
 //! §13.1): history then live events, resumption without gaps or duplicates, permanent
 //! refusals, and messages from the viewer reaching the worker once.
 
