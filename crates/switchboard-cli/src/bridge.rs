@@ -434,7 +434,7 @@ async fn create_first_session(
         environment_id: Some(environment_id.to_owned()),
         source: Some(SESSION_SOURCE.to_owned()),
         permission_mode: args.permission_mode.clone(),
-        use_code_sessions: args.plane == Plane::V2,
+        use_code_sessions: Some(args.plane == Plane::V2),
         session_context: json!({ "cwd": options.directory.display().to_string() }),
         ..CreateSessionRequest::default()
     };

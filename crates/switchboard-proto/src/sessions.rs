@@ -25,9 +25,11 @@ pub struct CreateSessionRequest {
     /// The permission mode the worker starts in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permission_mode: Option<String>,
-    /// Serve this session over the CCR v2 plane (a Switchboard extension; default false).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub use_code_sessions: bool,
+    /// The data plane to serve this session on (a Switchboard extension): `Some(true)`
+    /// for CCR v2, `Some(false)` for session-ingress v1. `None` (the official client
+    /// never sends it) means v2, the plane every current Claude Code child speaks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_code_sessions: Option<bool>,
 }
 
 /// Body of `PATCH /v1/sessions/{id}`.

@@ -30,6 +30,10 @@ pub(crate) struct LogEvent {
     pub(crate) created_at: switchboard_store::Millis,
     /// The message, serialized JSON object, verbatim.
     pub(crate) payload: String,
+    /// How many payload bytes the session's channel had published up to and including
+    /// this event (set by [`SessionChannel::publish`]): a reader holding this event is
+    /// `published_bytes() - offset` bytes behind.
+    pub(crate) offset: u64,
 }
 
 impl LogEvent {
@@ -76,6 +80,12 @@ pub(crate) struct SessionChannel {
     /// The session's status and pending request as last stored (`None` until read), so
     /// long-lived connections need not trust the snapshot they started with.
     pub(crate) status: Mutex<Option<(SessionStatus, Option<serde_json::Value>)>>,
+    /// Payload bytes published so far: with each event's `offset`, how far behind a
+    /// reader is in bytes (the channel bounds readers by event count only).
+    published_bytes: AtomicU64,
+    /// Woken on every publish, for readers that watch how far behind they are while
+    /// they wait on a slow socket.
+    grown: tokio::sync::Notify,
 }
 
 impl SessionChannel {
@@ -90,6 +100,8 @@ impl SessionChannel {
             closed: CancellationToken::new(),
             last_heartbeat: Mutex::new(None),
             status: Mutex::new(None),
+            published_bytes: AtomicU64::new(0),
+            grown: tokio::sync::Notify::new(),
         }
     }
 
@@ -112,9 +124,24 @@ impl SessionChannel {
         self.tx.subscribe()
     }
 
-    /// Publishes an event that was just committed. Call with `append` held.
-    pub(crate) fn publish(&self, event: Arc<LogEvent>) -> usize {
-        self.tx.send(event).unwrap_or(0)
+    /// Publishes an event that was just committed, stamping its `offset`. Call with
+    /// `append` held.
+    pub(crate) fn publish(&self, mut event: LogEvent) -> usize {
+        let len = event.payload.len() as u64;
+        event.offset = self.published_bytes.fetch_add(len, Ordering::SeqCst) + len;
+        let receivers = self.tx.send(Arc::new(event)).unwrap_or(0);
+        self.grown.notify_waiters();
+        receivers
+    }
+
+    /// Payload bytes published on this channel so far.
+    pub(crate) fn published_bytes(&self) -> u64 {
+        self.published_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Resolves at the next publish (register it before checking, so none is missed).
+    pub(crate) fn grown(&self) -> tokio::sync::futures::Notified<'_> {
+        self.grown.notified()
     }
 
     /// Registers a new worker connection, which takes over from any older one.

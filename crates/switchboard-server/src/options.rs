@@ -47,6 +47,13 @@ pub struct ServerOptions {
     /// A viewer whose socket accepts no data for this long is disconnected (it resumes
     /// by sequence number when it reconnects).
     pub viewer_write_timeout: Duration,
+    /// A v1 worker whose socket accepts no data for this long is disconnected (its
+    /// undelivered events go to its next connection).
+    pub worker_write_timeout: Duration,
+    /// A viewer further behind the session than this many bytes of events is
+    /// disconnected (it resumes by sequence number when it reconnects), so a viewer that
+    /// stops reading cannot keep more than about this much of the session in memory.
+    pub viewer_max_lag_bytes: u64,
 }
 
 impl Default for ServerOptions {
@@ -71,6 +78,8 @@ impl Default for ServerOptions {
             worker_heartbeat_ttl: Duration::from_secs(60),
             sse_keepalive: Duration::from_secs(15),
             viewer_write_timeout: Duration::from_secs(10),
+            worker_write_timeout: Duration::from_secs(10),
+            viewer_max_lag_bytes: 16 * 1024 * 1024,
         }
     }
 }

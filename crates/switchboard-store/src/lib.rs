@@ -170,6 +170,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<WorkItem>;
     /// Stops every unfinished work item of a session; returns how many.
     async fn stop_session_work(&self, session_id: &str, now: Millis) -> Result<u64>;
+    /// Stops a work item whose worker was cut short (`force: true`): its session is
+    /// offered again by [`Store::take_resumable_work`]. An item already stopped stays as
+    /// it was. `NotFound` when there is no such item.
+    async fn interrupt_work(&self, environment_id: &str, id: &str, now: Millis)
+        -> Result<WorkItem>;
+    /// For an environment that registers again: the sessions (not archived, with no
+    /// queued work) whose work on it was still open (delivered or acknowledged) or was
+    /// interrupted, oldest first, each once. Those items end (stopped, no longer
+    /// interrupted), so a session is handed back once; the caller queues new work.
+    async fn take_resumable_work(&self, environment_id: &str, now: Millis)
+        -> Result<Vec<String>>;
 
     // --- the event log ---
 

@@ -645,6 +645,61 @@ impl Store for PgStore {
     }
 
     #[instrument(skip_all)]
+    async fn interrupt_work(&self, environment_id: &str, id: &str, now: Millis) -> Result<WorkItem> {
+        // Every right-hand side reads the row as it was before the update.
+        let row = sqlx::query(
+            "UPDATE work_items SET \
+             interrupted = CASE WHEN state != 'stopped' THEN TRUE ELSE interrupted END, \
+             state = 'stopped', stopped_at = COALESCE(stopped_at, $1) \
+             WHERE environment_id = $2 AND id = $3 RETURNING *",
+        )
+        .bind(now)
+        .bind(environment_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(work_from_row).unwrap_or(Err(StoreError::NotFound))
+    }
+
+    #[instrument(skip_all)]
+    async fn take_resumable_work(&self, environment_id: &str, now: Millis) -> Result<Vec<String>> {
+        const RESUMABLE: &str = "(state IN ('delivered', 'acked') OR (state = 'stopped' AND interrupted))";
+        let mut tx = self.pool.begin().await?;
+        // Lock the items in id order (as every multi-row work update does), then read.
+        let locked: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM work_items WHERE environment_id = $1 AND {RESUMABLE} \
+             ORDER BY id FOR UPDATE"
+        ))
+        .bind(environment_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        if locked.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let sessions: Vec<String> = sqlx::query_scalar(
+            "SELECT w.session_id FROM work_items w JOIN sessions s ON s.id = w.session_id \
+             WHERE w.id = ANY($1) AND s.archived_at IS NULL \
+               AND NOT EXISTS (SELECT 1 FROM work_items q \
+                               WHERE q.session_id = w.session_id AND q.state = 'queued') \
+             GROUP BY w.session_id ORDER BY MIN(w.created_at), w.session_id",
+        )
+        .bind(&locked)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE work_items SET state = 'stopped', \
+             stopped_at = COALESCE(stopped_at, $1), interrupted = FALSE WHERE id = ANY($2)",
+        )
+        .bind(now)
+        .bind(&locked)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(sessions)
+    }
+
+    #[instrument(skip_all)]
     async fn stop_session_work(&self, session_id: &str, now: Millis) -> Result<u64> {
         let done = sqlx::query(&stop_work_sql("session_id"))
             .bind(now)

@@ -821,6 +821,54 @@ impl Store for SqliteStore {
     }
 
     #[instrument(skip_all)]
+    async fn interrupt_work(&self, environment_id: &str, id: &str, now: Millis) -> Result<WorkItem> {
+        let (environment_id, id) = (environment_id.to_owned(), id.to_owned());
+        self.write(move |c| {
+            // Every right-hand side reads the row as it was before the update.
+            query_one(
+                c,
+                "UPDATE work_items SET \
+                 interrupted = CASE WHEN state != 'stopped' THEN 1 ELSE interrupted END, \
+                 state = 'stopped', stopped_at = COALESCE(stopped_at, ?1) \
+                 WHERE environment_id = ?2 AND id = ?3 RETURNING *",
+                params![now, environment_id, id],
+                work_from_row,
+            )?
+            .ok_or(StoreError::NotFound)
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn take_resumable_work(&self, environment_id: &str, now: Millis) -> Result<Vec<String>> {
+        let environment_id = environment_id.to_owned();
+        self.write(move |c| {
+            let sessions = query_all(
+                c,
+                "SELECT w.session_id FROM work_items w JOIN sessions s ON s.id = w.session_id \
+                 WHERE w.environment_id = ?1 AND s.archived_at IS NULL \
+                   AND (w.state IN ('delivered', 'acked') \
+                        OR (w.state = 'stopped' AND w.interrupted = 1)) \
+                   AND NOT EXISTS (SELECT 1 FROM work_items q \
+                                   WHERE q.session_id = w.session_id AND q.state = 'queued') \
+                 GROUP BY w.session_id ORDER BY MIN(w.created_at), w.session_id",
+                [&environment_id],
+                |row| Ok(row.get("session_id")?),
+            )?;
+            exec(
+                c,
+                "UPDATE work_items SET state = 'stopped', \
+                 stopped_at = COALESCE(stopped_at, ?1), interrupted = 0 \
+                 WHERE environment_id = ?2 \
+                   AND (state IN ('delivered', 'acked') OR (state = 'stopped' AND interrupted = 1))",
+                params![now, environment_id],
+            )?;
+            Ok(sessions)
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
     async fn stop_session_work(&self, session_id: &str, now: Millis) -> Result<u64> {
         let session_id = session_id.to_owned();
         self.write(move |c| {

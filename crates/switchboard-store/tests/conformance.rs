@@ -785,6 +785,80 @@ async fn log_survives_reopen(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Work cut short (interrupted, or left open by a bridge that died) is handed back once
+/// when its environment registers again; finished and archived sessions' work is not.
+async fn resumable_work_story(store: &dyn Store) -> anyhow::Result<()> {
+    let now = 1_700_000_000_000;
+    let alice = store.ensure_owner("alice", now).await?;
+    for (i, id) in ["open", "cut", "done", "gone", "waiting"].iter().enumerate() {
+        let at = now + i as i64;
+        store
+            .create_session(&session(id, &alice.id, Some("env_r"), at))
+            .await?;
+        store
+            .enqueue_work(&work(&format!("w_{id}"), "env_r", id, at))
+            .await?;
+        if *id != "waiting" {
+            store.claim_work("env_r", at, 0).await?.expect("queued work");
+            store
+                .update_work("env_r", &format!("w_{id}"), WorkState::Acked, at)
+                .await?;
+        }
+    }
+    let cut = store.interrupt_work("env_r", "w_cut", now + 10).await?;
+    assert_eq!(cut.state, WorkState::Stopped);
+    store
+        .update_work("env_r", "w_done", WorkState::Stopped, now + 10)
+        .await?;
+    // Interrupting an item that already ended leaves it ended.
+    store.interrupt_work("env_r", "w_done", now + 11).await?;
+    store.archive_session("gone", now + 10).await?;
+    assert!(matches!(
+        store.interrupt_work("env_r", "nope", now).await,
+        Err(StoreError::NotFound)
+    ));
+    // Another environment's work is not touched.
+    store
+        .create_session(&session("other", &alice.id, Some("env_o"), now))
+        .await?;
+    store.enqueue_work(&work("w_other", "env_o", "other", now)).await?;
+    store.claim_work("env_o", now, 0).await?.expect("queued work");
+
+    let resumed = store.take_resumable_work("env_r", now + 20).await?;
+    assert_eq!(resumed, ["open", "cut"]);
+    assert_eq!(
+        store.work_item("env_r", "w_open").await?.state,
+        WorkState::Stopped
+    );
+    assert_eq!(
+        store.work_item("env_r", "w_waiting").await?.state,
+        WorkState::Queued
+    );
+    assert_eq!(
+        store.work_item("env_o", "w_other").await?.state,
+        WorkState::Delivered
+    );
+    // Each once.
+    assert!(store.take_resumable_work("env_r", now + 30).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_store_hands_back_interrupted_work_once() -> anyhow::Result<()> {
+    let (_dir, store) = sqlite().await?;
+    resumable_work_story(store.as_ref()).await
+}
+
+#[tokio::test]
+async fn postgres_store_hands_back_interrupted_work_once() -> anyhow::Result<()> {
+    let Some(db) = PgTestDb::create("postgres_store_hands_back_interrupted_work_once").await?
+    else {
+        return Ok(());
+    };
+    let store = open(&db.url).await?;
+    resumable_work_story(store.as_ref()).await
+}
+
 #[tokio::test]
 async fn sqlite_store_passes_the_story() -> anyhow::Result<()> {
     let (_dir, store) = sqlite().await?;

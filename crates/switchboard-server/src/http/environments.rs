@@ -81,10 +81,10 @@ pub(crate) async fn stop(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path((environment_id, work_id)): Path<(String, String)>,
-    OptionalJson(_req): OptionalJson<StopWorkRequest>,
+    OptionalJson(req): OptionalJson<StopWorkRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
     state
-        .stop_work(&principal, &environment_id, &work_id)
+        .stop_work(&principal, &environment_id, &work_id, req.force)
         .await?;
     Ok(axum::Json(json!({})))
 }

@@ -66,7 +66,7 @@ impl AppState {
             title,
             session_context: json!({ "tags": tags }),
             source: Some("code-session".into()),
-            use_code_sessions: true,
+            use_code_sessions: Some(true),
             ..Default::default()
         };
         self.create_session(owner_id, req).await

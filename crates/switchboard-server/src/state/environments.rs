@@ -68,11 +68,33 @@ impl AppState {
             None,
         );
         self.store().insert_credential(&secret.credential).await?;
-        tracing::info!(environment = %env.id, reattached = reattach.is_some(), "environment registered");
+        let resumed = if reattach.is_some() {
+            self.resume_sessions(&env.id, now).await?
+        } else {
+            0
+        };
+        tracing::info!(environment = %env.id, reattached = reattach.is_some(), resumed, "environment registered");
         Ok(RegisterEnvironmentResponse {
             environment_id: env.id,
             environment_secret: secret.token,
         })
+    }
+
+    /// Offers again, as new work, the sessions an environment was running when its
+    /// bridge went away (its work still open, or stopped with `force`): the official
+    /// bridge re-registers with its old `environment_id` after a restart and expects
+    /// them back ("Restart `claude remote-control` to reconnect existing sessions").
+    /// Returns how many were queued.
+    async fn resume_sessions(&self, environment_id: &str, now: i64) -> Result<usize, ApiError> {
+        let sessions = self
+            .store()
+            .take_resumable_work(environment_id, now)
+            .await?;
+        for session_id in &sessions {
+            tracing::info!(environment = %environment_id, session = %session_id, "offering a running session again");
+            self.queue_work(environment_id, session_id).await?;
+        }
+        Ok(sessions.len())
     }
 
     /// Loads a live environment that `owner_id` owns.
@@ -290,21 +312,30 @@ impl AppState {
         })
     }
 
-    /// Ends a work item. Idempotent.
+    /// Ends a work item. Idempotent. With `force` the bridge cut a running session short
+    /// (it is shutting down): the session is offered again when the environment
+    /// registers again.
     pub(crate) async fn stop_work(
         &self,
         principal: &Principal,
         environment_id: &str,
         work_id: &str,
+        force: bool,
     ) -> Result<(), ApiError> {
         check_safe_id("work id", work_id)?;
         let owner_id = Self::require_owner(principal)?;
         self.owned_environment(owner_id, environment_id).await?;
-        match self
-            .store()
-            .update_work(environment_id, work_id, WorkState::Stopped, now_ms())
-            .await
-        {
+        let now = now_ms();
+        let stopped = if force {
+            self.store()
+                .interrupt_work(environment_id, work_id, now)
+                .await
+        } else {
+            self.store()
+                .update_work(environment_id, work_id, WorkState::Stopped, now)
+                .await
+        };
+        match stopped {
             Ok(_) => Ok(()),
             Err(StoreError::NotFound) => {
                 Err(ApiError::NotFound(format!("work {work_id} not found")))

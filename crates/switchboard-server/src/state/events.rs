@@ -1,7 +1,5 @@
 //! Appending to a session's log: the one path by which events enter it.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 use switchboard_proto::messages::{self, is_keep_alive, message_type, message_uuid};
 use switchboard_proto::sessions::SEQUENCE_FIELD;
@@ -117,9 +115,19 @@ impl AppState {
             for event in &events {
                 let verdict = match (
                     &event.request_id,
-                    check_answers && event.kind == "control_response",
+                    event.kind == "control_response",
                 ) {
-                    (Some(request_id), true) => {
+                    // A worker echoes the permission answer it got (PROTOCOL.md's
+                    // ground truth): the answer is in the log already.
+                    (Some(request_id), true) if event.direction == Direction::Outbound => {
+                        let prior = self
+                            .store()
+                            .events_by_request(&session.id, request_id)
+                            .await?;
+                        is_echo(event, &prior)
+                            .then(|| format!("the worker's echo of the answer to {request_id}"))
+                    }
+                    (Some(request_id), true) if check_answers => {
                         let prior = self
                             .store()
                             .events_by_request(&session.id, request_id)
@@ -163,14 +171,15 @@ impl AppState {
                     continue;
                 }
                 Metrics::add(&self.metrics().events_appended, 1);
-                channel.publish(Arc::new(LogEvent {
+                channel.publish(LogEvent {
                     seq: outcome.seq,
                     direction: event.direction,
                     kind: event.kind,
                     uuid: event.uuid,
                     created_at: now,
                     payload: event.payload,
-                }));
+                    offset: 0,
+                });
             }
             self.advance_status(&session.id, &channel, status, answers_pending)
                 .await?;
@@ -179,7 +188,7 @@ impl AppState {
                 .into_iter()
                 .map(|v| match v {
                     Some(reason) => {
-                        tracing::info!(%reason, "ignoring a permission answer");
+                        tracing::info!(%reason, "not storing a permission answer");
                         Ok(Accepted::Ignored(reason))
                     }
                     None => appended.next().map(Accepted::Appended).ok_or_else(|| {
@@ -227,6 +236,25 @@ impl AppState {
         *channel.status.lock().expect("status lock poisoned") = Some(next);
         Ok(())
     }
+}
+
+/// Whether a worker's `control_response` repeats an answer the log already holds: an
+/// inbound `control_response` to the same request with the same `response`. (An
+/// answer the worker got elsewhere, e.g. at its own terminal, differs and is stored.)
+fn is_echo(event: &NewEvent, prior: &[switchboard_store::StoredEvent]) -> bool {
+    let response = |payload: &str| {
+        serde_json::from_str::<Value>(payload)
+            .ok()
+            .and_then(|mut v| v.get_mut("response").map(Value::take))
+    };
+    let Some(echoed) = response(&event.payload) else {
+        return false;
+    };
+    prior.iter().any(|e| {
+        e.direction == Direction::Inbound
+            && e.kind == "control_response"
+            && response(&e.payload).as_ref() == Some(&echoed)
+    })
 }
 
 /// What became of one message sent towards the worker.

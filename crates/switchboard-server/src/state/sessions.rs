@@ -13,6 +13,15 @@ use crate::hub::with_sequence;
 use crate::metrics::Metrics;
 use crate::time::{iso, now_ms};
 
+/// The plane of a session whose creator did not ask for one (`use_code_sessions`
+/// absent, as the official client sends it): CCR v2. Current Claude Code children speak
+/// only v2 (2.1.197 has no WebSocket transport; 2.1.112 speaks both), and they learn the
+/// plane from the work secret: with `use_code_sessions: false` the official bridge skips
+/// `/worker/register`, hands its child the v1 ingress URL and no worker epoch, and the
+/// child appends its v2 paths to that URL (`…/session_ingress/ws/cse_…/worker/…`) and
+/// fails. Switchboard's own bridge asks for a plane explicitly.
+pub(crate) const DEFAULT_PLANE_V2: bool = true;
+
 /// The most events one history page returns.
 pub(crate) const MAX_PAGE: u32 = 1000;
 
@@ -81,7 +90,7 @@ impl AppState {
             },
             source: req.source,
             permission_mode: req.permission_mode,
-            use_code_sessions: req.use_code_sessions,
+            use_code_sessions: req.use_code_sessions.unwrap_or(DEFAULT_PLANE_V2),
             created_at: now,
             updated_at: now,
             archived_at: None,

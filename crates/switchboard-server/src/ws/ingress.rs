@@ -18,6 +18,7 @@ use switchboard_store::{Direction, Session, SessionStatus};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::Instrument as _;
 
+use super::viewer::CLOSE_TOO_SLOW;
 use super::{close, close_code_for, reject, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SESSION_GONE};
 use crate::auth;
 use crate::error::{ApiError, Path};
@@ -78,8 +79,9 @@ async fn run(state: AppState, socket: WebSocket, session: Session) {
     let (mut sink, mut stream) = socket.split();
     tracing::info!("worker connected");
 
+    let limit = state.options().worker_write_timeout;
     let ended = async {
-        deliver(&state, &channel, &worker, &session.id, &mut sink, &[], true).await?;
+        deliver(&state, &channel, &mut worker, &session.id, &mut sink, &[], true).await?;
         let period = state.options().ingress_keepalive;
         let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
@@ -100,12 +102,12 @@ async fn run(state: AppState, socket: WebSocket, session: Session) {
                             }
                         }
                         if lagged || batch.iter().any(|e| e.direction == Direction::Inbound) {
-                            deliver(&state, &channel, &worker, &session.id, &mut sink, &batch, lagged).await?;
+                            deliver(&state, &channel, &mut worker, &session.id, &mut sink, &batch, lagged).await?;
                         }
                     }
                     // Fell behind the channel: the log has everything.
                     Err(RecvError::Lagged(_)) => {
-                        deliver(&state, &channel, &worker, &session.id, &mut sink, &[], true).await?;
+                        deliver(&state, &channel, &mut worker, &session.id, &mut sink, &[], true).await?;
                     }
                     Err(RecvError::Closed) => return Err(Ended(CLOSE_SESSION_GONE, "session closed")),
                 },
@@ -121,7 +123,10 @@ async fn run(state: AppState, socket: WebSocket, session: Session) {
                     }
                 },
                 _ = keepalive.tick() => {
-                    sink.send(Message::Text(KEEP_ALIVE_FRAME.into())).await.map_err(|_| Ended(CLOSE_INTERNAL, ""))?;
+                    match tokio::time::timeout(limit, sink.send(Message::Text(KEEP_ALIVE_FRAME.into()))).await {
+                        Ok(sent) => sent.map_err(|_| Ended(CLOSE_INTERNAL, ""))?,
+                        Err(_) => return Err(stalled()),
+                    }
                 }
                 _ = worker.superseded() => {
                     return Err(Ended(CLOSE_SESSION_GONE, "replaced by a newer worker connection"));
@@ -132,17 +137,31 @@ async fn run(state: AppState, socket: WebSocket, session: Session) {
         }
     }
     .await;
+    drop(live);
     match ended {
         Ok(()) => tracing::info!("worker disconnected"),
         Err(Ended(code, reason)) => {
             tracing::info!(code, reason, "closing worker connection");
-            close(&mut sink, code, reason).await;
+            // A worker that stopped reading may not take the close frame either; the
+            // socket is dropped regardless.
+            let _ = tokio::time::timeout(limit, close(&mut sink, code, reason)).await;
         }
     }
 }
 
+/// A worker whose socket took nothing for the write timeout: it is cut, and it (or its
+/// replacement) gets the undelivered events again on its next connection.
+fn stalled() -> Ended {
+    Ended(CLOSE_TOO_SLOW, "worker stopped reading")
+}
+
 /// Hands inbound events past the session's worker cursor to this worker, in order, and
 /// advances the cursor. Only the current worker connection delivers.
+///
+/// The delivery lock is held while the frames are written, so the writes are bounded: a
+/// socket that takes nothing for the worker write timeout is cut, and a newer worker
+/// connection of the session ends the writes at once, so a stalled socket never keeps
+/// its replacement waiting.
 ///
 /// `live` holds events just taken off the session's channel: while this connection has
 /// followed the channel without a gap they are exactly what is new, so they go out as
@@ -151,7 +170,7 @@ async fn run(state: AppState, socket: WebSocket, session: Session) {
 async fn deliver(
     state: &AppState,
     channel: &Arc<SessionChannel>,
-    worker: &WorkerGuard,
+    worker: &mut WorkerGuard,
     session_id: &str,
     sink: &mut SplitSink<WebSocket, Message>,
     live: &[Arc<LogEvent>],
@@ -179,7 +198,7 @@ async fn deliver(
     };
     let mut cursor = start;
     let mut sent = 0;
-    let result = async {
+    let writes = async {
         if !from_log {
             for event in live {
                 if event.direction != Direction::Inbound || event.seq <= cursor {
@@ -189,26 +208,30 @@ async fn deliver(
                 cursor = event.seq;
                 sent += 1;
             }
-            return Ok(());
-        }
-        loop {
-            let pending = state
-                .pending_inbound(session_id, cursor)
-                .await
-                .map_err(internal)?;
-            let full_page = pending.len() >= 100;
-            for event in pending {
-                send_frame(sink, &event.payload).await?;
-                cursor = event.seq;
-                sent += 1;
+        } else {
+            loop {
+                let pending = state
+                    .pending_inbound(session_id, cursor)
+                    .await
+                    .map_err(internal)?;
+                let full_page = pending.len() >= 100;
+                for event in pending {
+                    send_frame(sink, &event.payload).await?;
+                    cursor = event.seq;
+                    sent += 1;
+                }
+                if !full_page {
+                    break;
+                }
             }
-            if !full_page {
-                return Ok(());
-            }
         }
-    }
-    .await
-    .and(sink.flush().await.map_err(|_| Ended(CLOSE_INTERNAL, "")));
+        sink.flush().await.map_err(|_| Ended(CLOSE_INTERNAL, ""))
+    };
+    let limit = state.options().worker_write_timeout;
+    let result = tokio::select! {
+        written = tokio::time::timeout(limit, writes) => written.unwrap_or_else(|_| Err(stalled())),
+        () = worker.superseded() => Err(Ended(CLOSE_SESSION_GONE, "replaced by a newer worker connection")),
+    };
     if result.is_err() {
         // Frames fed but maybe never sent: the next connection gets the batch again
         // (at least once; workers drop prompts they already have by uuid).

@@ -39,14 +39,32 @@ pub(crate) const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Write buffer per socket before a flush is forced.
 pub(crate) const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
-/// Sends a close frame with a code and reason; errors are moot at this point.
+/// The longest close reason, in bytes: a close frame's payload is at most 125 bytes,
+/// two of which are the code (RFC 6455 §5.5). A longer one makes the peer fail the
+/// connection, and the code is lost (it sees 1006).
+pub(crate) const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// `reason` cut to at most [`MAX_CLOSE_REASON_BYTES`], at a character boundary.
+pub(crate) fn close_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_CLOSE_REASON_BYTES {
+        return reason;
+    }
+    let mut end = MAX_CLOSE_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+/// Sends a close frame with a code and reason (cut to the protocol's limit); errors are
+/// moot at this point.
 pub(crate) async fn close<S>(sink: &mut S, code: u16, reason: &str)
 where
     S: futures_util::Sink<Message> + Unpin,
 {
     let frame = CloseFrame {
         code,
-        reason: reason.into(),
+        reason: close_reason(reason).into(),
     };
     let _ = sink.send(Message::Close(Some(frame))).await;
     let _ = sink.close().await;
@@ -56,4 +74,26 @@ where
 /// missing-session failures (a plain HTTP error reads as a transient failure to it).
 pub(crate) async fn reject(mut socket: WebSocket, code: u16, reason: String) {
     close(&mut socket, code, &reason).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_close_frame_without_splitting_a_character() {
+        assert_eq!(close_reason("session archived"), "session archived");
+        let exact = "a".repeat(MAX_CLOSE_REASON_BYTES);
+        assert_eq!(close_reason(&exact), exact);
+        let long = format!("session {} not found", "x".repeat(300));
+        assert_eq!(close_reason(&long).len(), MAX_CLOSE_REASON_BYTES);
+        assert!(long.starts_with(close_reason(&long)));
+        // 'é' is two bytes: 122 ASCII bytes then 'é' would end at byte 124.
+        let accented = format!("{}é{}", "a".repeat(122), "b".repeat(10));
+        assert_eq!(close_reason(&accented), "a".repeat(122));
+        let wide = "€".repeat(60); // three bytes each
+        let cut = close_reason(&wide);
+        assert_eq!(cut.len(), 123);
+        assert!(cut.chars().all(|c| c == '€'));
+    }
 }

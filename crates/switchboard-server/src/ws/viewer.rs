@@ -18,7 +18,7 @@ use tracing::Instrument as _;
 use super::{close, close_code_for, reject, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SESSION_GONE};
 use crate::auth;
 use crate::error::{ApiError, Path, Query};
-use crate::hub::with_sequence;
+use crate::hub::{with_sequence, SessionChannel};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::state::AppState;
 
@@ -74,9 +74,36 @@ async fn authorize(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Se
 
 struct Ended(u16, String);
 
+/// How far a viewer is behind its session's channel, in bytes: what it has not taken off
+/// the channel yet, which the channel keeps for it (up to its capacity in events). A
+/// viewer beyond `max` is cut, so one that stops reading cannot pin the session's big
+/// events in memory.
+struct Lag {
+    channel: std::sync::Arc<SessionChannel>,
+    /// The channel's `published_bytes` up to the last event this viewer took.
+    taken: u64,
+    max: u64,
+}
+
+impl Lag {
+    fn behind(&self) -> u64 {
+        self.channel.published_bytes().saturating_sub(self.taken)
+    }
+
+    fn exceeded(&self) -> bool {
+        self.behind() > self.max
+    }
+}
+
 async fn run(state: AppState, socket: WebSocket, session: Session, from: Option<u64>) {
     let channel = state.hub().channel(&session.id);
-    let _gauge = GaugeGuard::new(&state.metrics().viewer_connections);
+    let gauge = GaugeGuard::new(&state.metrics().viewer_connections);
+    // Everything published from here on counts against the viewer until it takes it.
+    let mut lag = Lag {
+        channel: channel.clone(),
+        taken: channel.published_bytes(),
+        max: state.options().viewer_max_lag_bytes,
+    };
     // Subscribe before reading the backlog; overlap is skipped by sequence number.
     let mut live = channel.subscribe();
     let (mut sink, mut stream) = socket.split();
@@ -87,7 +114,7 @@ async fn run(state: AppState, socket: WebSocket, session: Session, from: Option<
 
     let limit = state.options().viewer_write_timeout;
     let ended: Result<(), Ended> = async {
-        last = send_backlog(&state, &session.id, last, &mut sink).await?;
+        last = send_backlog(&state, &session.id, last, &mut sink, &lag).await?;
         loop {
             tokio::select! {
                 event = live.recv() => match event {
@@ -96,9 +123,10 @@ async fn run(state: AppState, socket: WebSocket, session: Session, from: Option<
                         let mut next = Some(event);
                         // Forward everything already waiting as one batch, then flush once.
                         while let Some(event) = next.take() {
+                            lag.taken = lag.taken.max(event.offset);
                             if event.seq > last {
                                 let frame = Message::Text(event.with_sequence().into());
-                                bounded(limit, last, sink.feed(frame)).await?;
+                                bounded(limit, last, sink.feed(frame), &lag).await?;
                                 last = event.seq;
                                 sent += 1;
                             }
@@ -108,7 +136,7 @@ async fn run(state: AppState, socket: WebSocket, session: Session, from: Option<
                                 Err(_) => {}
                             }
                         }
-                        bounded(limit, last, sink.flush()).await?;
+                        bounded(limit, last, sink.flush(), &lag).await?;
                         Metrics::add(&state.metrics().events_delivered, sent);
                     }
                     Err(RecvError::Lagged(_)) => return Err(too_slow(last)),
@@ -117,7 +145,7 @@ async fn run(state: AppState, socket: WebSocket, session: Session, from: Option<
                 message = stream.next() => match message {
                     Some(Ok(Message::Text(text))) => {
                         if let Some(reply) = accept_viewer_text(&state, &session, text.as_str()).await {
-                            bounded(limit, last, sink.send(Message::Text(reply.to_string().into()))).await?;
+                            bounded(limit, last, sink.send(Message::Text(reply.to_string().into())), &lag).await?;
                         }
                     }
                     Some(Ok(Message::Close(_))) | None => return Ok(()),
@@ -130,6 +158,10 @@ async fn run(state: AppState, socket: WebSocket, session: Session, from: Option<
         }
     }
     .await;
+    // Let go of the channel first: a viewer that is cut must not keep the session's
+    // events alive while its close frame waits. It no longer counts as connected.
+    drop(live);
+    drop(gauge);
     if let Err(Ended(code, reason)) = ended {
         tracing::info!(code, %reason, "closing viewer connection");
         // A viewer that stopped reading may not take the close frame either.
@@ -141,15 +173,37 @@ fn gone<E>(_: E) -> Ended {
     Ended(CLOSE_INTERNAL, String::new())
 }
 
-/// Runs a socket write, giving up when the viewer accepts nothing for `limit`: a reader
-/// that stops reading must not hold the server's memory or its place in the channel.
-async fn bounded<F, E>(limit: std::time::Duration, last: u64, write: F) -> Result<(), Ended>
+/// Runs a socket write, giving up when the viewer accepts nothing for `limit`, or when
+/// it falls more than its byte bound behind the session meanwhile: a reader that stops
+/// reading must not hold the server's memory or its place in the channel.
+async fn bounded<F, E>(
+    limit: std::time::Duration,
+    last: u64,
+    write: F,
+    lag: &Lag,
+) -> Result<(), Ended>
 where
     F: std::future::Future<Output = Result<(), E>>,
 {
-    match tokio::time::timeout(limit, write).await {
-        Ok(result) => result.map_err(gone),
-        Err(_) => Err(too_slow(last)),
+    let write = tokio::time::timeout(limit, write);
+    tokio::pin!(write);
+    loop {
+        // Registered before the check, so a publish in between still wakes us.
+        let grown = lag.channel.grown();
+        tokio::pin!(grown);
+        grown.as_mut().enable();
+        if lag.exceeded() {
+            return Err(too_slow(last));
+        }
+        tokio::select! {
+            written = &mut write => {
+                return match written {
+                    Ok(result) => result.map_err(gone),
+                    Err(_) => Err(too_slow(last)),
+                };
+            }
+            () = &mut grown => {}
+        }
     }
 }
 
@@ -166,6 +220,7 @@ async fn send_backlog(
     session_id: &str,
     mut after: u64,
     sink: &mut SplitSink<WebSocket, Message>,
+    lag: &Lag,
 ) -> Result<u64, Ended> {
     loop {
         let query = EventQuery {
@@ -185,10 +240,10 @@ async fn send_backlog(
         let limit = state.options().viewer_write_timeout;
         for event in events {
             let frame = Message::Text(with_sequence(&event.payload, event.seq).into());
-            bounded(limit, after, sink.feed(frame)).await?;
+            bounded(limit, after, sink.feed(frame), lag).await?;
             after = event.seq;
         }
-        bounded(limit, after, sink.flush()).await?;
+        bounded(limit, after, sink.flush(), lag).await?;
         Metrics::add(&state.metrics().events_delivered, count as u64);
         if count < BACKLOG_PAGE as usize {
             return Ok(after);

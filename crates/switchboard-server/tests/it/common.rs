@@ -73,6 +73,11 @@ impl TestServer {
         self.server.state()
     }
 
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -188,7 +193,7 @@ pub struct Dispatched {
     pub ingress_token: String,
 }
 
-/// Runs register → create session → poll (no ack).
+/// Runs register → create a v1 session → poll (no ack).
 pub async fn dispatch(server: &TestServer) -> anyhow::Result<Dispatched> {
     let bridge = server.bridge();
     let env = bridge.register_environment(&registration()).await?;
@@ -197,6 +202,7 @@ pub async fn dispatch(server: &TestServer) -> anyhow::Result<Dispatched> {
         .create_session(&switchboard_proto::sessions::CreateSessionRequest {
             environment_id: Some(env.environment_id.clone()),
             title: Some("test".into()),
+            use_code_sessions: Some(false),
             ..Default::default()
         })
         .await?;
@@ -313,4 +319,25 @@ impl SseReader {
         .await
         .map_err(|_| anyhow::anyhow!("no frame within {wait:?}"))?
     }
+}
+
+/// A WebSocket to `path` with a bearer token over a TCP socket with a tiny receive
+/// buffer, for tests of peers that stop reading: the server's writes stall after a few
+/// kilobytes instead of filling megabytes of socket buffers first.
+pub async fn stalling_socket(
+    server: &TestServer,
+    path: &str,
+    token: &str,
+) -> anyhow::Result<
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let stream = socket.connect(server.addr()).await?;
+    let mut request = format!("{}{path}", server.url().replace("http", "ws")).into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(tokio_tungstenite::client_async(request, stream).await?.0)
 }

@@ -20,6 +20,7 @@ async fn the_standalone_flow_runs_from_register_to_deregister() -> anyhow::Resul
     let session = viewer
         .create_session(&CreateSessionRequest {
             environment_id: Some(env.environment_id.clone()),
+            use_code_sessions: Some(false),
             ..Default::default()
         })
         .await?;

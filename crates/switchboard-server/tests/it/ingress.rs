@@ -249,3 +249,49 @@ async fn shutdown_closes_worker_sockets_with_going_away() -> anyhow::Result<()> 
     assert_eq!(reconnecting, TransportState::Reconnecting);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_stalled_worker_socket_does_not_hold_up_its_replacement() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let d = dispatch(&server).await?;
+    // A worker that connects and then never reads.
+    let path = format!("/v1/session_ingress/ws/{}", d.work.data.id);
+    let stalled = stalling_socket(&server, &path, &d.ingress_token).await?;
+    // Prompts far bigger than the socket buffers: delivering them to the stalled socket
+    // blocks the server's writes while it holds the session's delivery.
+    let big = "x".repeat(600 * 1024);
+    let prompts: Vec<Value> = (0..24).map(|i| prompt(&format!("{i} {big}"))).collect();
+    for p in &prompts {
+        server
+            .sessions()
+            .send_events(&d.session_id, vec![p.clone()])
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The bridge starts a new worker: it gets the prompts the stalled socket did not
+    // take at once (those the kernel took for the stalled socket count as delivered).
+    let (_worker, mut inbound) =
+        IngressTransport::connect(ingress_config(&server, &d.work.data.id, &d.ingress_token))
+            .await?;
+    let first = tokio::time::timeout(Duration::from_secs(3), inbound.recv())
+        .await
+        .map_err(|_| anyhow::anyhow!("the new worker got nothing for 3 s"))?
+        .expect("a prompt");
+    let from = prompts
+        .iter()
+        .position(|p| p["uuid"] == first["uuid"])
+        .expect("one of the prompts");
+    for p in &prompts[from + 1..] {
+        assert_eq!(next(&mut inbound).await?["uuid"], p["uuid"]);
+    }
+    // And what comes next.
+    let after = prompt("after");
+    server
+        .sessions()
+        .send_events(&d.session_id, vec![after.clone()])
+        .await?;
+    assert_eq!(next(&mut inbound).await?, after);
+    drop(stalled);
+    Ok(())
+}

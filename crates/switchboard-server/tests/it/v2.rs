@@ -474,7 +474,7 @@ async fn an_environment_session_with_code_sessions_is_served_over_v2() -> anyhow
         .sessions()
         .create_session(&CreateSessionRequest {
             environment_id: Some(env.environment_id.clone()),
-            use_code_sessions: true,
+            use_code_sessions: Some(true),
             ..Default::default()
         })
         .await?;

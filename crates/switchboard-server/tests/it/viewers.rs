@@ -302,6 +302,23 @@ async fn permission_round_trip(v2: bool) -> anyhow::Result<()> {
         worker.nothing_more().await,
         "the worker never gets a second answer"
     );
+    // The worker echoes the answer it got (a v2 worker adds a uuid); the log still holds
+    // one answer to perm-1.
+    let mut echo = answer.clone();
+    if v2 {
+        echo["uuid"] = json!(uuid::Uuid::new_v4().to_string());
+    }
+    worker.write(&server, echo).await?;
+    let history = server
+        .sessions()
+        .history(&session, switchboard_client::HistoryQuery::default())
+        .await?;
+    let answers = history
+        .data
+        .iter()
+        .filter(|e| e["type"] == "control_response" && e["response"]["request_id"] == "perm-1")
+        .count();
+    assert_eq!(answers, 1, "{:?}", history.data);
     assert_eq!(
         server
             .sessions()
@@ -443,5 +460,110 @@ async fn a_viewer_that_stops_reading_is_cut_off_and_resumes_without_a_gap() -> a
         seqs.push(frame(&mut resumed).await?["sequence_num"].as_u64().unwrap());
     }
     assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// The `switchboard_viewer_connections` gauge.
+async fn viewer_connections(server: &TestServer) -> anyhow::Result<i64> {
+    let text = server
+        .http()
+        .get(format!("{}/metrics", server.url()))
+        .bearer_auth(&server.key)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("switchboard_viewer_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no viewer gauge in /metrics"))
+}
+
+#[tokio::test]
+async fn a_stalled_viewer_is_cut_once_it_is_a_byte_bound_behind() -> anyhow::Result<()> {
+    const BOUND: u64 = 1024 * 1024;
+    const EVENT: usize = 200 * 1024;
+    let server = TestServer::start_with(|o| {
+        o.viewer_max_lag_bytes = BOUND;
+        // Neither the write timeout nor the channel's event count cuts it here.
+        o.viewer_write_timeout = Duration::from_secs(60);
+    })
+    .await?;
+    let d = dispatch(&server).await?;
+    let (worker, _inbound) =
+        IngressTransport::connect(ingress_config(&server, &d.work.data.id, &d.ingress_token))
+            .await?;
+    let path = format!("/v1/sessions/ws/{}/subscribe", d.session_id);
+    let mut stalled = stalling_socket(&server, &path, &server.key).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(viewer_connections(&server).await?, 1);
+
+    // The worker writes big events while the viewer reads nothing. Once the viewer is
+    // behind by more than the bound (plus what the socket buffers took), it is cut.
+    let blob = "y".repeat(EVENT);
+    let mut published = 0usize;
+    let mut cut_at = None;
+    for i in 0..60 {
+        worker
+            .write(vec![json!({"type":"assistant","uuid":format!("big-{i}"),"message":{"content":blob}})])
+            .await?;
+        published += EVENT;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if viewer_connections(&server).await? == 0 {
+            cut_at = Some(published);
+            break;
+        }
+    }
+    let cut_at = cut_at.ok_or_else(|| {
+        anyhow::anyhow!("the viewer was still connected after {published} bytes")
+    })?;
+    // What the server held for it is the bound plus the kernel's socket buffers (at
+    // most 4 MiB here) and a frame or two, far below the channel's 512 events.
+    assert!(
+        cut_at <= BOUND as usize + 4 * 1024 * 1024 + 4 * EVENT,
+        "cut only after {cut_at} bytes"
+    );
+
+    // Reading now: what the buffers held, then the close with the resume point.
+    let mut seqs = Vec::new();
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stalled.next()).await? {
+            Some(Ok(Message::Text(t))) => {
+                seqs.push(serde_json::from_str::<Value>(&t)?["sequence_num"].as_u64());
+            }
+            Some(Ok(Message::Close(c))) => break c,
+            Some(Ok(_)) => {}
+            other => anyhow::bail!("the socket ended without a close frame: {other:?}"),
+        }
+    };
+    let close = close.expect("a close frame with a code");
+    assert_eq!(close.code, CloseCode::Again);
+    let last = seqs.last().copied().flatten().unwrap_or(0);
+    assert!(
+        close
+            .reason
+            .contains(&format!("resume from sequence_num {last}")),
+        "{close:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_close_reason_that_echoes_a_long_id_keeps_its_code() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let long = format!("session_{}", "a".repeat(200));
+    let mut socket = subscribe(&server, &long, &server.key, None).await?;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(5), socket.next()).await? {
+            Some(Ok(Message::Close(c))) => break c,
+            Some(Ok(_)) => {}
+            other => anyhow::bail!("no close frame: {other:?}"),
+        }
+    };
+    let close = close.expect("a close code");
+    assert_eq!(u16::from(close.code), 4001);
+    assert!(close.reason.len() <= 123);
+    assert!(close.reason.starts_with("session session_aaaa"), "{close:?}");
     Ok(())
 }
