@@ -179,8 +179,7 @@ pub trait Store: Send + Sync + 'static {
     /// queued work) whose work on it was still open (delivered or acknowledged) or was
     /// interrupted, oldest first, each once. Those items end (stopped, no longer
     /// interrupted), so a session is handed back once; the caller queues new work.
-    async fn take_resumable_work(&self, environment_id: &str, now: Millis)
-        -> Result<Vec<String>>;
+    async fn take_resumable_work(&self, environment_id: &str, now: Millis) -> Result<Vec<String>>;
 
     // --- the event log ---
 

@@ -645,7 +645,12 @@ impl Store for PgStore {
     }
 
     #[instrument(skip_all)]
-    async fn interrupt_work(&self, environment_id: &str, id: &str, now: Millis) -> Result<WorkItem> {
+    async fn interrupt_work(
+        &self,
+        environment_id: &str,
+        id: &str,
+        now: Millis,
+    ) -> Result<WorkItem> {
         // Every right-hand side reads the row as it was before the update.
         let row = sqlx::query(
             "UPDATE work_items SET \
@@ -658,12 +663,15 @@ impl Store for PgStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(work_from_row).unwrap_or(Err(StoreError::NotFound))
+        row.as_ref()
+            .map(work_from_row)
+            .unwrap_or(Err(StoreError::NotFound))
     }
 
     #[instrument(skip_all)]
     async fn take_resumable_work(&self, environment_id: &str, now: Millis) -> Result<Vec<String>> {
-        const RESUMABLE: &str = "(state IN ('delivered', 'acked') OR (state = 'stopped' AND interrupted))";
+        const RESUMABLE: &str =
+            "(state IN ('delivered', 'acked') OR (state = 'stopped' AND interrupted))";
         let mut tx = self.pool.begin().await?;
         // Lock the items in id order (as every multi-row work update does), then read.
         let locked: Vec<String> = sqlx::query_scalar(&format!(

@@ -821,7 +821,12 @@ impl Store for SqliteStore {
     }
 
     #[instrument(skip_all)]
-    async fn interrupt_work(&self, environment_id: &str, id: &str, now: Millis) -> Result<WorkItem> {
+    async fn interrupt_work(
+        &self,
+        environment_id: &str,
+        id: &str,
+        now: Millis,
+    ) -> Result<WorkItem> {
         let (environment_id, id) = (environment_id.to_owned(), id.to_owned());
         self.write(move |c| {
             // Every right-hand side reads the row as it was before the update.

@@ -790,7 +790,10 @@ async fn log_survives_reopen(url: &str) -> anyhow::Result<()> {
 async fn resumable_work_story(store: &dyn Store) -> anyhow::Result<()> {
     let now = 1_700_000_000_000;
     let alice = store.ensure_owner("alice", now).await?;
-    for (i, id) in ["open", "cut", "done", "gone", "waiting"].iter().enumerate() {
+    for (i, id) in ["open", "cut", "done", "gone", "waiting"]
+        .iter()
+        .enumerate()
+    {
         let at = now + i as i64;
         store
             .create_session(&session(id, &alice.id, Some("env_r"), at))
@@ -799,7 +802,10 @@ async fn resumable_work_story(store: &dyn Store) -> anyhow::Result<()> {
             .enqueue_work(&work(&format!("w_{id}"), "env_r", id, at))
             .await?;
         if *id != "waiting" {
-            store.claim_work("env_r", at, 0).await?.expect("queued work");
+            store
+                .claim_work("env_r", at, 0)
+                .await?
+                .expect("queued work");
             store
                 .update_work("env_r", &format!("w_{id}"), WorkState::Acked, at)
                 .await?;
@@ -821,8 +827,13 @@ async fn resumable_work_story(store: &dyn Store) -> anyhow::Result<()> {
     store
         .create_session(&session("other", &alice.id, Some("env_o"), now))
         .await?;
-    store.enqueue_work(&work("w_other", "env_o", "other", now)).await?;
-    store.claim_work("env_o", now, 0).await?.expect("queued work");
+    store
+        .enqueue_work(&work("w_other", "env_o", "other", now))
+        .await?;
+    store
+        .claim_work("env_o", now, 0)
+        .await?
+        .expect("queued work");
 
     let resumed = store.take_resumable_work("env_r", now + 20).await?;
     assert_eq!(resumed, ["open", "cut"]);
@@ -839,7 +850,10 @@ async fn resumable_work_story(store: &dyn Store) -> anyhow::Result<()> {
         WorkState::Delivered
     );
     // Each once.
-    assert!(store.take_resumable_work("env_r", now + 30).await?.is_empty());
+    assert!(store
+        .take_resumable_work("env_r", now + 30)
+        .await?
+        .is_empty());
     Ok(())
 }
 

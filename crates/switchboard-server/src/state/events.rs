@@ -113,10 +113,7 @@ impl AppState {
             let mut answered = std::collections::HashSet::new();
             let mut answers_pending = false;
             for event in &events {
-                let verdict = match (
-                    &event.request_id,
-                    event.kind == "control_response",
-                ) {
+                let verdict = match (&event.request_id, event.kind == "control_response") {
                     // A worker echoes the permission answer it got (PROTOCOL.md's
                     // ground truth): the answer is in the log already.
                     (Some(request_id), true) if event.direction == Direction::Outbound => {

@@ -328,14 +328,13 @@ pub async fn stalling_socket(
     server: &TestServer,
     path: &str,
     token: &str,
-) -> anyhow::Result<
-    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-> {
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(4096)?;
     let stream = socket.connect(server.addr()).await?;
-    let mut request = format!("{}{path}", server.url().replace("http", "ws")).into_client_request()?;
+    let mut request =
+        format!("{}{path}", server.url().replace("http", "ws")).into_client_request()?;
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);

@@ -50,7 +50,10 @@ async fn start_v2_child(
     work: &WorkResponse,
 ) -> anyhow::Result<(WorkerTransport, tokio::sync::mpsc::Receiver<Value>)> {
     let secret = secret_of(work);
-    assert!(secret.use_code_sessions, "a v2 child needs a v2 work secret");
+    assert!(
+        secret.use_code_sessions,
+        "a v2 child needs a v2 work secret"
+    );
     server
         .bridge()
         .acknowledge_work(environment_id, &work.id, &secret.session_ingress_token)
@@ -81,7 +84,13 @@ async fn a_session_the_official_bridge_creates_runs_on_v2_end_to_end() -> anyhow
     let bridge = server.bridge();
     let env = bridge.register_environment(&registration()).await?;
     let session = create_as_the_official_bridge(&server, &env.environment_id).await?;
-    assert!(server.sessions().get_session(&session).await?.use_code_sessions);
+    assert!(
+        server
+            .sessions()
+            .get_session(&session)
+            .await?
+            .use_code_sessions
+    );
 
     // The work secret tells the bridge v2, so it registers a worker and hands its child
     // the code-session URL and the epoch (not the v1 ingress URL, which a v2-only child
@@ -115,7 +124,10 @@ async fn a_session_the_official_bridge_creates_runs_on_v2_end_to_end() -> anyhow
         .await?;
     let answer = next(&mut inbound).await?;
     assert_eq!(answer["response"], allow["response"]);
-    child.write(vec![answer, json!({"type":"result","subtype":"success","is_error":false})])?;
+    child.write(vec![
+        answer,
+        json!({"type":"result","subtype":"success","is_error":false}),
+    ])?;
     child.flush().await?;
 
     let log = history(&server, &session).await?;
@@ -240,7 +252,9 @@ async fn re_registering_an_environment_offers_its_running_sessions_again() -> an
         "the running sessions come back, the finished and archived ones do not"
     );
     assert!(!offered_sessions.contains(&body(&finished)));
-    assert!(offered.iter().all(|w| works.iter().all(|old| old.id != w.id)));
+    assert!(offered
+        .iter()
+        .all(|w| works.iter().all(|old| old.id != w.id)));
 
     // The new work carries a fresh token and the new child gets the prompt that waited.
     let again = offered

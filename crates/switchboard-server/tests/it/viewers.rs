@@ -506,7 +506,9 @@ async fn a_stalled_viewer_is_cut_once_it_is_a_byte_bound_behind() -> anyhow::Res
     let mut cut_at = None;
     for i in 0..60 {
         worker
-            .write(vec![json!({"type":"assistant","uuid":format!("big-{i}"),"message":{"content":blob}})])
+            .write(vec![
+                json!({"type":"assistant","uuid":format!("big-{i}"),"message":{"content":blob}}),
+            ])
             .await?;
         published += EVENT;
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -515,9 +517,8 @@ async fn a_stalled_viewer_is_cut_once_it_is_a_byte_bound_behind() -> anyhow::Res
             break;
         }
     }
-    let cut_at = cut_at.ok_or_else(|| {
-        anyhow::anyhow!("the viewer was still connected after {published} bytes")
-    })?;
+    let cut_at = cut_at
+        .ok_or_else(|| anyhow::anyhow!("the viewer was still connected after {published} bytes"))?;
     // What the server held for it is the bound plus the kernel's socket buffers (at
     // most 4 MiB here) and a frame or two, far below the channel's 512 events.
     assert!(
@@ -564,6 +565,9 @@ async fn a_close_reason_that_echoes_a_long_id_keeps_its_code() -> anyhow::Result
     let close = close.expect("a close code");
     assert_eq!(u16::from(close.code), 4001);
     assert!(close.reason.len() <= 123);
-    assert!(close.reason.starts_with("session session_aaaa"), "{close:?}");
+    assert!(
+        close.reason.starts_with("session session_aaaa"),
+        "{close:?}"
+    );
     Ok(())
 }
