@@ -114,8 +114,8 @@ impl AppState {
             let mut answers_pending = false;
             for event in &events {
                 let verdict = match (&event.request_id, event.kind == "control_response") {
-                    // A worker echoes the permission answer it got (PROTOCOL.md's
-                    // ground truth): the answer is in the log already.
+                    // A worker echoes the permission answer it got (docs/PROTOCOL.md
+                    // §12.6): the answer is in the log already.
                     (Some(request_id), true) if event.direction == Direction::Outbound => {
                         let prior = self
                             .store()

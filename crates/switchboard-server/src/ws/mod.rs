@@ -40,7 +40,7 @@ pub(crate) const READ_BUFFER_BYTES: usize = 8 * 1024;
 pub(crate) const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
 /// The longest close reason, in bytes: a close frame's payload is at most 125 bytes,
-/// two of which are the code (RFC 6455 §5.5). A longer one makes the peer fail the
+/// two of which are the code (RFC 6455, section 5.5). A longer one makes the peer fail the
 /// connection, and the code is lost (it sees 1006).
 pub(crate) const MAX_CLOSE_REASON_BYTES: usize = 123;
 
