@@ -404,7 +404,7 @@ fn ctrl_c_presses() -> mpsc::UnboundedReceiver<()> {
 
 pub(crate) async fn run(args: AttachArgs) -> anyhow::Result<()> {
     let remote = &args.remote;
-    let token = remote.token()?.to_owned();
+    let token = remote.token()?;
     let client = remote.sessions_client()?;
     // Asking for the session first turns a wrong id or key into a clear message at once,
     // instead of the socket's retries.
@@ -428,7 +428,9 @@ pub(crate) async fn run(args: AttachArgs) -> anyhow::Result<()> {
     );
 
     let from = session.last_sequence_num.saturating_sub(args.history);
-    let config = ViewerConfig::new(remote.base_url(), &session.id, token).resume_after(from);
+    let mut config = ViewerConfig::new(remote.base_url(), &session.id, token).resume_after(from);
+    // A person watches: keep trying through any outage until they leave.
+    config.max_reconnect_attempts = u32::MAX;
     let (viewer, mut events) =
         ViewerSocket::connect(config).context("failed to start the viewer")?;
     let mut controller = Controller::new(session.last_sequence_num, from);
@@ -445,11 +447,11 @@ pub(crate) async fn run(args: AttachArgs) -> anyhow::Result<()> {
                     ViewerEvent::Connected if connected_once => out.note(Style::Note, "· reconnected"),
                     ViewerEvent::Connected => connected_once = true,
                     ViewerEvent::Message(message) => out.print(&controller.on_message(&message)),
-                    ViewerEvent::Reconnecting { attempt, delay } => out.note(
-                        Style::Error,
-                        format!("· connection lost; reconnecting in {} (attempt {attempt})",
-                            render::duration(delay.as_millis().try_into().unwrap_or(u64::MAX))),
-                    ),
+                    ViewerEvent::Reconnecting { attempt, delay } => {
+                        if let Some(text) = reconnecting_note(attempt, delay) {
+                            out.note(Style::Error, text);
+                        }
+                    }
                     ViewerEvent::Error(e) => out.note(Style::Error, format!("✗ {e}")),
                     ViewerEvent::Closed { code, reason } => {
                         return ended(remote.base_url(), &session.id, code, &reason)
@@ -539,9 +541,29 @@ async fn perform(
     }
 }
 
+/// How many reconnect attempts go by between two "still reconnecting" notes.
+const RECONNECT_NOTE_EVERY: u32 = 10;
+
+/// What to say about a reconnect attempt: the first one says the connection was lost and
+/// how to leave, then every tenth that it is still trying; the rest pass quietly.
+fn reconnecting_note(attempt: u32, delay: Duration) -> Option<String> {
+    let delay = render::duration(delay.as_millis().try_into().unwrap_or(u64::MAX));
+    if attempt == 1 {
+        Some(format!(
+            "· connection lost; reconnecting in {delay} and until it is back \
+             (Ctrl-C twice or /quit leaves)"
+        ))
+    } else if attempt % RECONNECT_NOTE_EVERY == 0 {
+        Some(format!("· still reconnecting (attempt {attempt})"))
+    } else {
+        None
+    }
+}
+
 /// The outcome of a viewer that ended: fine when this side closed it, otherwise one line
-/// saying why.
+/// saying why (the server's words shown, never obeyed, by the terminal).
 fn ended(url: &str, session_id: &str, code: Option<u16>, reason: &str) -> anyhow::Result<()> {
+    let reason = render::visible(reason);
     match code {
         Some(CLOSE_NORMAL) => Ok(()),
         Some(CLOSE_UNAUTHORIZED) => {
@@ -756,5 +778,26 @@ mod tests {
         assert!(refused.contains("refused the API key"), "{refused}");
         let gone = ended("u", "s", Some(4001), "").unwrap_err().to_string();
         assert!(gone.contains("is gone"), "{gone}");
+        let lost = ended("u", "s", Some(1011), "bad\x1b]52;c;eA==\x07")
+            .unwrap_err()
+            .to_string();
+        assert!(lost.ends_with("bad^[]52;c;eA==^G"), "{lost}");
+    }
+
+    #[test]
+    fn reconnects_are_announced_once_then_now_and_then() {
+        let notes: Vec<Option<String>> = (1..=20)
+            .map(|n| reconnecting_note(n, Duration::from_millis(900)))
+            .collect();
+
+        assert_eq!(
+            notes[0].as_deref(),
+            Some(
+                "· connection lost; reconnecting in 900ms and until it is back \
+                 (Ctrl-C twice or /quit leaves)"
+            )
+        );
+        assert_eq!(notes[9].as_deref(), Some("· still reconnecting (attempt 10)"));
+        assert_eq!(notes.iter().flatten().count(), 3);
     }
 }

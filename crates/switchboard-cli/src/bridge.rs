@@ -193,7 +193,7 @@ enum FirstSession {
 impl BridgeArgs {
     fn api_key(&self) -> anyhow::Result<String> {
         match self.remote.token() {
-            Ok(token) => Ok(token.to_owned()),
+            Ok(token) => Ok(token),
             // `switchboard serve` prints the key as CLAUDE_BRIDGE_OAUTH_TOKEN for Claude
             // Code; the bridge accepts the same variable.
             Err(e) => std::env::var("CLAUDE_BRIDGE_OAUTH_TOKEN")
@@ -310,6 +310,9 @@ fn title_from_prompt(prompt: &str) -> String {
 
 /// Turns a failed call into one line that says what happened and what to do.
 pub(crate) fn explain(error: &ApiError, base_url: &str) -> String {
+    if let Some(failure) = error.tls_failure() {
+        return crate::remote::tls_explanation(&failure, base_url);
+    }
     match error {
         ApiError::Fatal {
             status: 401 | 403,
@@ -317,7 +320,7 @@ pub(crate) fn explain(error: &ApiError, base_url: &str) -> String {
             ..
         } => format!(
             "the server at {base_url} refused the API key ({message}); create one with \
-             `switchboard token create` and pass it with --token or SWITCHBOARD_TOKEN"
+             `switchboard token create` and pass it with SWITCHBOARD_TOKEN or --token-file"
         ),
         ApiError::Transport(e) => format!(
             "cannot reach the server at {base_url} ({}); is `switchboard serve` running there? \
@@ -345,6 +348,9 @@ pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 
 pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<()> {
     let options = args.options()?;
+    // Every client the bridge builds (and the v1/v2 transports of its sessions) trusts
+    // these roots.
+    args.remote.install_tls()?;
     let first = args.first_session()?;
     let display = Display::new();
     let api = BridgeApiClient::new(&options.base_url, options.api_key.clone())

@@ -3,6 +3,14 @@
 //! Everything here is a pure function of the message, so the transcript's look is
 //! tested without a terminal or a server. Styles become ANSI colors only in [`paint`],
 //! and only when the caller says the output is a terminal.
+//!
+//! What a session says is text from the agent, its tools and whoever can write to the
+//! session, and it must not be able to drive the person's terminal: [`paint`], the one
+//! way a line reaches the screen, shows every control character visibly ([`visible`])
+//! before it adds its own colors, so an escape sequence (a clipboard write with OSC 52,
+//! cursor movement, concealed text) is printed as harmless text such as `^[]52;c;…`.
+
+use std::borrow::Cow;
 
 use serde_json::Value;
 
@@ -59,13 +67,15 @@ impl Line {
     }
 }
 
-/// The line as it is printed: wrapped in the style's ANSI color when `color` is set.
+/// The line as it is printed: its control characters made visible, then wrapped in the
+/// style's ANSI color when `color` is set.
 pub(crate) fn paint(line: &Line, color: bool) -> String {
+    let text = visible(&line.text);
     if !color {
-        return line.text.clone();
+        return text.into_owned();
     }
     let code = match line.style {
-        Style::Text => return line.text.clone(),
+        Style::Text => return text.into_owned(),
         Style::Prompt => "1",
         Style::Tool => "36",
         Style::Output | Style::Note => "2",
@@ -73,7 +83,42 @@ pub(crate) fn paint(line: &Line, color: bool) -> String {
         Style::Done => "32",
         Style::Attention => "1;33",
     };
-    format!("\x1b[{code}m{}\x1b[0m", line.text)
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+/// `text` with every character that a terminal would act on instead of print shown as
+/// text: C0 controls and DEL in caret notation (`\x1b` as `^[`, `\r` as `^M`, `\x7f` as
+/// `^?`), C1 controls and the Unicode bidirectional overrides and isolates (which can
+/// make text read differently from what it is) as `<U+XXXX>`. Newlines and tabs stay.
+pub(crate) fn visible(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            _ if !needs_escape(c) => out.push(c),
+            '\u{0}'..='\u{1f}' => {
+                out.push('^');
+                out.push(char::from(b'@' + c as u8));
+            }
+            '\u{7f}' => out.push_str("^?"),
+            _ => out.push_str(&format!("<U+{:04X}>", u32::from(c))),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// True for the characters [`visible`] replaces.
+fn needs_escape(c: char) -> bool {
+    match c {
+        '\n' | '\t' => false,
+        // C0 controls, DEL and C1 controls (0x9b is a one-byte CSI on some terminals).
+        _ if c.is_control() => true,
+        // Bidirectional embeddings, overrides and isolates.
+        '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => true,
+        _ => false,
+    }
 }
 
 /// The lines that show one message of the session. Messages that a person need not see
@@ -558,6 +603,65 @@ mod tests {
 
         assert_eq!(paint(&line, false), "bad");
         assert_eq!(paint(&line, true), "\x1b[31mbad\x1b[0m");
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        // An OSC 52 clipboard write, cursor movement, concealed text, a carriage return
+        // that would overwrite the line, a bell, DEL, a one-byte CSI and a bidi override.
+        let hostile = [
+            ("\x1b]52;c;cm0gLXJmIH4=\x07", "^[]52;c;cm0gLXJmIH4=^G"),
+            ("ok\x1b[2A\x1b[2Kgone", "ok^[[2A^[[2Kgone"),
+            ("\x1b[8msecret\x1b[0m", "^[[8msecret^[[0m"),
+            ("safe\rrm -rf /", "safe^Mrm -rf /"),
+            ("del\x7f\u{9b}31m", "del^?<U+009B>31m"),
+            ("abc\u{202e}fdp.exe", "abc<U+202E>fdp.exe"),
+            ("\0", "^@"),
+        ];
+        for (text, shown) in hostile {
+            assert_eq!(visible(text), shown, "{text:?}");
+            let painted = paint(&Line::new(Style::Text, text), true);
+            assert!(!painted.contains('\x1b'), "{painted:?}");
+        }
+        // Colors are added after escaping, so they are the only escapes left.
+        assert_eq!(
+            paint(&Line::new(Style::Error, "\x1b[31mfake"), true),
+            "\x1b[31m^[[31mfake\x1b[0m"
+        );
+        // Plain text, newlines, tabs and non-ASCII pass unchanged and unallocated.
+        let plain = "line one\n\tindented · ✓ émoji 🚀";
+        assert!(matches!(visible(plain), Cow::Borrowed(t) if t == plain));
+    }
+
+    #[test]
+    fn hostile_messages_reach_the_screen_escaped() {
+        let osc = "\x1b]52;c;ZWNobyBwd25lZA==\x07";
+        let assistant = json!({"type": "assistant", "message": {"content": [
+            {"type": "text", "text": format!("hello{osc}")},
+            {"type": "tool_use", "name": "Bash", "input": {"command": format!("ls{osc}")}},
+        ]}});
+        let output = json!({"type": "user", "message": {"content": [
+            {"type": "tool_result", "content": "\x1b[2J\x1b[Hcleared"},
+        ]}});
+        let request = json!({"type": "control_request", "request_id": "r", "request": {
+            "subtype": "can_use_tool", "tool_name": "Bash\x1b[8m",
+            "description": "\x1b[8mhidden\x1b[28m", "input": {"command": "x"}}});
+
+        let mut lines = message(&assistant);
+        lines.extend(message(&output));
+        lines.extend(permission_request(&request));
+
+        for line in &lines {
+            for color in [false, true] {
+                let painted = paint(line, color);
+                let escapes = painted.matches('\x1b').count();
+                assert!(escapes <= 2, "only our own color codes: {painted:?}");
+            }
+        }
+        let shown: Vec<String> = lines.iter().map(|l| paint(l, false)).collect();
+        assert!(shown.contains(&"hello^[]52;c;ZWNobyBwd25lZA==^G".to_owned()), "{shown:?}");
+        assert!(shown.contains(&"  ⎿ ^[[2J^[[Hcleared".to_owned()), "{shown:?}");
+        assert!(shown.contains(&"  ^[[8mhidden^[[28m".to_owned()), "{shown:?}");
     }
 
     #[test]

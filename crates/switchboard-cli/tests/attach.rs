@@ -299,7 +299,7 @@ async fn a_missing_or_refused_key_is_one_line_and_a_failure() -> anyhow::Result<
     for (out, expected) in [
         (
             &missing,
-            "no API key: pass --token or set SWITCHBOARD_TOKEN",
+            "no API key: set SWITCHBOARD_TOKEN or pass --token-file",
         ),
         (&refused, "refused the API key"),
         (&refused_attach, "refused the API key"),

@@ -1,10 +1,38 @@
-//! Backoff arithmetic shared by the CCR v2 clients: exponential delays with a cap, and the
-//! two kinds of jitter the official client uses (a relative ±fraction for reconnects and
-//! init retries, an absolute "up to N ms" for uploads).
+//! Backoff arithmetic shared by the clients: exponential delays with a cap, the two kinds
+//! of jitter the official client uses (a relative ±fraction for reconnects and init
+//! retries, an absolute "up to N ms" for uploads), and the guard on reconnecting at once
+//! after a server said it was going away.
 
 use std::time::Duration;
 
 use rand::Rng as _;
+use tokio::time::Instant;
+
+/// How often a connection may be retried at once after the server went away (a 1001
+/// close, or an SSE stream that ended cleanly); more often than that, the usual backoff
+/// applies, so a server that keeps closing at once cannot make a client spin.
+pub(crate) const AT_ONCE_PERIOD: Duration = Duration::from_secs(1);
+
+/// Allows an immediate retry at most once per [`AT_ONCE_PERIOD`].
+#[derive(Debug, Default)]
+pub(crate) struct AtOnce {
+    last: Option<Instant>,
+}
+
+impl AtOnce {
+    /// True (and noted) when no immediate retry happened within the period.
+    pub(crate) fn allow(&mut self) -> bool {
+        self.allow_at(Instant::now())
+    }
+
+    fn allow_at(&mut self, now: Instant) -> bool {
+        if self.last.is_some_and(|at| now.duration_since(at) < AT_ONCE_PERIOD) {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
 
 /// `base × 2^attempt`, at most `max` (attempt 0 is the first retry).
 pub(crate) fn exponential(attempt: u32, base: Duration, max: Duration) -> Duration {
@@ -44,6 +72,16 @@ mod tests {
 
         assert_eq!(delays, vec![500, 1000, 2000, 4000, 4000, 4000]);
         assert_eq!(exponential(u32::MAX, base, max), max);
+    }
+
+    #[test]
+    fn an_immediate_retry_is_allowed_once_per_period() {
+        let mut at_once = AtOnce::default();
+        let start = Instant::now();
+
+        assert!(at_once.allow_at(start));
+        assert!(!at_once.allow_at(start + AT_ONCE_PERIOD / 2));
+        assert!(at_once.allow_at(start + AT_ONCE_PERIOD));
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub struct BridgeConfig {
     pub trusted_device_token: Option<String>,
     /// How many inbound messages the receiver buffers.
     pub channel_capacity: usize,
-    /// The HTTP client (the default one has no TLS support).
+    /// The HTTP client; the default trusts [`ClientTls::default`](crate::ClientTls).
     pub http: reqwest::Client,
 }
 
@@ -126,8 +126,14 @@ impl BridgeConfig {
             user_agent: DEFAULT_USER_AGENT.to_owned(),
             trusted_device_token: None,
             channel_capacity: 1024,
-            http: reqwest::Client::new(),
+            http: crate::ClientTls::default().http_client(),
         }
+    }
+
+    /// This configuration trusting `tls`'s roots for `https`.
+    pub fn with_tls(mut self, tls: &crate::ClientTls) -> Self {
+        self.http = tls.http_client();
+        self
     }
 
     /// The delay before refreshing credentials that live `expires_in` seconds.

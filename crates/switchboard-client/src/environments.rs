@@ -77,8 +77,8 @@ impl BridgeApiClient {
     /// `https://host/prefix`; a trailing slash is ignored and a path prefix kept) with a
     /// fixed user token (in Switchboard, the user's API key), so a 401 is final.
     ///
-    /// The default HTTP client has no TLS support; pass one that has with
-    /// [`with_http_client`](Self::with_http_client) to reach an `https` server.
+    /// It trusts [`ClientTls::default`](crate::ClientTls::default) for `https`; see
+    /// [`with_tls`](Self::with_tls).
     pub fn new(base_url: impl AsRef<str>, token: impl Into<String>) -> Self {
         Self::with_token_source(base_url, TokenSource::new(token))
     }
@@ -119,6 +119,11 @@ impl BridgeApiClient {
     pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
         self.rest.set_http(http);
         self
+    }
+
+    /// Trusts `tls`'s roots for `https` (e.g. the system's plus a private CA).
+    pub fn with_tls(self, tls: &crate::ClientTls) -> Self {
+        self.with_http_client(tls.http_client())
     }
 
     /// The base URL, without trailing slash.

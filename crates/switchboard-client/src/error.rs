@@ -191,6 +191,16 @@ impl ApiError {
         }
     }
 
+    /// The TLS handshake failure behind a transport error, if that is what it was: the
+    /// server's certificate was not trusted, or the server does not speak TLS. Tells a
+    /// certificate problem apart from a server that is down.
+    pub fn tls_failure(&self) -> Option<crate::tls::TlsFailure> {
+        match self {
+            Self::Transport(e) => crate::tls::tls_failure_in(e),
+            _ => None,
+        }
+    }
+
     /// The delay a 429 or 5xx answer asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -140,7 +140,7 @@ impl RestClient {
     /// A client for `base` (trailing slashes removed, any path prefix kept).
     pub(crate) fn new(base: &str, token: TokenSource, headers: HeaderMap) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            http: crate::tls::ClientTls::default().http_client(),
             base: Arc::from(base.trim_end_matches('/')),
             token,
             headers: Arc::new(headers),

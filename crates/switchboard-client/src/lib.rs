@@ -21,7 +21,9 @@
 //! - [`bridge`]: the env-less bridge that ties both together and refreshes its worker
 //!   credentials by rebuilding the transport ([`EnvLessBridge`], §10.3 and §11.4);
 //! - [`auth`]: bearer tokens that can be refreshed or rotated while a client runs
-//!   ([`TokenSource`], §11).
+//!   ([`TokenSource`], §11);
+//! - [`tls`]: the roots every client trusts for `https` and `wss` (the system's plus any
+//!   private CA, [`ClientTls`]) and how a failed handshake is told apart.
 //!
 //! Every call returns [`ApiError`], which sorts failures the way the official client does:
 //! fatal statuses, retryable ones, other statuses, transport failures and ids rejected
@@ -42,6 +44,7 @@ pub mod ingress;
 pub mod sessions;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 pub mod viewer;
 pub mod worker;
 
@@ -52,5 +55,6 @@ pub use environments::BridgeApiClient;
 pub use error::{ApiError, Result};
 pub use ingress::{IngressConfig, IngressTransport, IngressVersion, TransportState};
 pub use sessions::{HistoryQuery, SessionsClient};
+pub use tls::{ClientTls, TlsError, TlsFailure};
 pub use viewer::{ViewerConfig, ViewerEvent, ViewerSocket};
 pub use worker::{CloseReason, WorkerConfig, WorkerState, WorkerTimings, WorkerTransport};

@@ -106,8 +106,8 @@ impl SessionsClient {
     /// A client for the server at `base_url` (a trailing slash is ignored and a path
     /// prefix kept) with a fixed user token, so a 401 is final.
     ///
-    /// The default HTTP client has no TLS support; pass one that has with
-    /// [`with_http_client`](Self::with_http_client) to reach an `https` server.
+    /// It trusts [`ClientTls::default`](crate::ClientTls::default) for `https`; see
+    /// [`with_tls`](Self::with_tls).
     pub fn new(base_url: impl AsRef<str>, token: impl Into<String>) -> Self {
         Self::with_token_source(base_url, TokenSource::new(token))
     }
@@ -145,6 +145,11 @@ impl SessionsClient {
     pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
         self.rest.set_http(http);
         self
+    }
+
+    /// Trusts `tls`'s roots for `https` (e.g. the system's plus a private CA).
+    pub fn with_tls(self, tls: &crate::ClientTls) -> Self {
+        self.with_http_client(tls.http_client())
     }
 
     /// The base URL, without trailing slash.

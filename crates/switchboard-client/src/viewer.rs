@@ -9,22 +9,26 @@
 //! good. The same handle sends prompts, permission answers and control requests to the
 //! session's worker.
 //!
-//! The reconnect rules are the official client's, with its delays as defaults in
-//! [`ViewerConfig`]:
+//! The reconnect rules follow the official client's, with the delays in [`ViewerConfig`]:
 //!
 //! - close code 4003 (unauthorized) is permanent;
 //! - close code 4001 (session not found) is retried at most 3 times, after 2 s, 4 s and
 //!   6 s, because the server may report a session as missing while it is briefly stale;
-//! - any other loss of a socket that had opened is retried after 2 s, at most 5 times in a
-//!   row; the count starts over whenever a socket opens;
+//! - a close with 1001 (going away: the server is shutting down or restarting) is
+//!   retried at once, since a restarted server or another instance may already be there;
+//! - any other loss of a socket that had opened is retried after 1 s ±25 %, at most 10
+//!   times in a row; the count starts over whenever a socket opens;
 //! - if the very first connection attempt fails, the viewer ends at once, so a wrong URL
 //!   or a refused upgrade is reported instead of retried.
 //!
-//! The official client gives up as soon as a *reconnect* attempt fails to open; here a
-//! failed reconnect attempt counts as one of the 5, so a server that restarts within
-//! about 10 s keeps its viewers. The 4001 count starts over when a message arrives rather
-//! than when a socket opens, because Switchboard accepts the upgrade before it checks the
-//! session: counting from the open would retry an unknown session forever.
+//! The official client waits a fixed 2 s at most 5 times and gives up as soon as a
+//! *reconnect* attempt fails to open. Here a failed reconnect attempt counts as one of
+//! the attempts, so a server that restarts within about 10 s keeps its viewers, and the
+//! shorter jittered delay brings them back about a second after the server, without all
+//! of them arriving in the same instant. A viewer that a person watches (`switchboard
+//! attach`) sets no limit at all. The 4001 count starts over when a message arrives
+//! rather than when a socket opens, because Switchboard accepts the upgrade before it
+//! checks the session: counting from the open would retry an unknown session forever.
 //!
 //! The server adds a `sequence_num` to every event. The viewer remembers the last one it
 //! saw, reconnects with `?from_sequence_num=<last>`, and drops any event whose number is
@@ -57,6 +61,7 @@ use url::Url;
 use crate::auth::TokenSource;
 use crate::error::{ApiError, Result};
 use crate::http::check_id;
+use crate::tls::ClientTls;
 
 /// Close code: the credential may not see this session. Permanent.
 pub const CLOSE_UNAUTHORIZED: u16 = 4003;
@@ -72,11 +77,22 @@ pub const CLOSE_NORMAL: u16 = 1000;
 /// the pongs, the pings just keep proxies from closing an idle connection.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The official viewer's delay before reconnecting after a transient close.
+/// The official viewer's delay unit: the n-th retry after a 4001 close waits n times it.
 pub const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
-/// How many reconnects in a row the official viewer tries before it gives up.
-pub const DEFAULT_MAX_RECONNECT_ATTEMPTS: u32 = 5;
+/// The delay before reconnecting after a transient close (before jitter). The official
+/// viewer waits 2 s; half that brings a viewer back about a second after its server.
+pub const DEFAULT_TRANSIENT_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// The relative jitter of the transient reconnect delay (±25 %).
+pub const DEFAULT_RECONNECT_JITTER: f64 = 0.25;
+
+/// How many reconnects in a row a viewer tries before it gives up: about 10 s of
+/// patience, as the official viewer's 5 × 2 s.
+pub const DEFAULT_MAX_RECONNECT_ATTEMPTS: u32 = 10;
+
+/// Close code: the server is going away (shutting down or restarting). Retried at once.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// How many times the official viewer retries after a 4001 close; the n-th retry waits
 /// n × [`DEFAULT_RECONNECT_DELAY`] (2 s, 4 s, 6 s).
@@ -187,9 +203,12 @@ pub struct ViewerConfig {
     pub ping_interval: Duration,
     /// How long one connection attempt (TCP and upgrade) may take.
     pub connect_timeout: Duration,
-    /// The delay before reconnecting after a transient close.
+    /// The delay before reconnecting after a transient close, before jitter. A 1001
+    /// close is retried at once.
     pub reconnect_delay: Duration,
-    /// How many reconnects in a row to try before giving up.
+    /// The relative jitter of that delay (0.25 gives ±25 %).
+    pub reconnect_jitter: f64,
+    /// How many reconnects in a row to try before giving up (`u32::MAX`: never give up).
     pub max_reconnect_attempts: u32,
     /// The n-th retry after a 4001 close waits n times this long.
     pub session_not_found_delay: Duration,
@@ -197,12 +216,14 @@ pub struct ViewerConfig {
     pub max_session_not_found_retries: u32,
     /// How many events the receiver buffers before the reader waits for it.
     pub channel_capacity: usize,
+    /// The roots trusted for `wss`.
+    pub tls: ClientTls,
 }
 
 impl ViewerConfig {
-    /// The official viewer's settings for `session_id` at `base_url`: ping every 30 s,
-    /// reconnect after 2 s at most 5 times in a row, retry 4001 three times after 2, 4
-    /// and 6 s.
+    /// The settings for `session_id` at `base_url`: ping every 30 s, reconnect after
+    /// 1 s ±25 % (at once after a 1001) at most 10 times in a row, retry 4001 three times
+    /// after 2, 4 and 6 s.
     pub fn new(
         base_url: impl Into<String>,
         session_id: impl Into<String>,
@@ -216,12 +237,20 @@ impl ViewerConfig {
             from_sequence_num: None,
             ping_interval: DEFAULT_PING_INTERVAL,
             connect_timeout: Duration::from_secs(15),
-            reconnect_delay: DEFAULT_RECONNECT_DELAY,
+            reconnect_delay: DEFAULT_TRANSIENT_RECONNECT_DELAY,
+            reconnect_jitter: DEFAULT_RECONNECT_JITTER,
             max_reconnect_attempts: DEFAULT_MAX_RECONNECT_ATTEMPTS,
             session_not_found_delay: DEFAULT_RECONNECT_DELAY,
             max_session_not_found_retries: DEFAULT_MAX_SESSION_NOT_FOUND_RETRIES,
             channel_capacity: 1024,
+            tls: ClientTls::default(),
         }
+    }
+
+    /// This configuration trusting `tls`'s roots for `wss`.
+    pub fn with_tls(mut self, tls: &ClientTls) -> Self {
+        self.tls = tls.clone();
+        self
     }
 
     /// This configuration, starting after sequence number `from`.
@@ -347,6 +376,7 @@ impl ViewerSocket {
             cancel: cancel.clone(),
             attempts: 0,
             not_found: 0,
+            at_once: crate::backoff::AtOnce::default(),
         };
         let handle = tokio::spawn(task.run().instrument(span));
         let inner = Inner {
@@ -498,6 +528,8 @@ struct Task {
     attempts: u32,
     /// 4001 retries since the last message arrived.
     not_found: u32,
+    /// Whether a 1001 close may be retried at once.
+    at_once: crate::backoff::AtOnce,
 }
 
 /// How one connection (or connection attempt) ended.
@@ -646,10 +678,15 @@ impl Task {
                         ),
                     };
                 }
-                self.attempts += 1;
+                self.attempts = self.attempts.saturating_add(1);
+                let code = code.filter(|c| *c != CLOSE_GOING_AWAY || self.at_once.allow());
                 Next::Retry {
                     attempt: self.attempts,
-                    delay: self.config.reconnect_delay,
+                    delay: transient_delay(
+                        code,
+                        self.config.reconnect_delay,
+                        self.config.reconnect_jitter,
+                    ),
                 }
             }
         }
@@ -778,6 +815,17 @@ impl Task {
     }
 }
 
+/// The wait before reconnecting after a transient close: none after a 1001 (the server
+/// went away on purpose, and a restarted one may already listen), else `delay` with
+/// `jitter` so that the viewers of a restarted server do not all return at once.
+pub(crate) fn transient_delay(code: Option<u16>, delay: Duration, jitter: f64) -> Duration {
+    if code == Some(CLOSE_GOING_AWAY) {
+        Duration::ZERO
+    } else {
+        crate::backoff::relative_jitter(delay, jitter)
+    }
+}
+
 /// Opens the socket with the current token, or says why it could not.
 async fn open(config: &ViewerConfig, url: Url) -> std::result::Result<WsStream, Ended> {
     let failed = |reason: String| Ended::Failed {
@@ -800,7 +848,12 @@ async fn open(config: &ViewerConfig, url: Url) -> std::result::Result<WsStream, 
         .map_err(|_| failed("the token is not a valid header value".into()))?;
     auth.set_sensitive(true);
     headers.insert(AUTHORIZATION, auth);
-    let connecting = tokio_tungstenite::connect_async(request);
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        None,
+        false,
+        Some(config.tls.connector()),
+    );
     match tokio::time::timeout(config.connect_timeout, connecting).await {
         Err(_) => Err(failed(format!(
             "no connection within {:?}",
@@ -814,7 +867,7 @@ async fn open(config: &ViewerConfig, url: Url) -> std::result::Result<WsStream, 
                 permanent: matches!(status, 401 | 403),
             })
         }
-        Ok(Err(e)) => Err(failed(format!("connection failed: {e}"))),
+        Ok(Err(e)) => Err(failed(crate::ingress::connect_failure(&e))),
         Ok(Ok((ws, _response))) => Ok(ws),
     }
 }

@@ -13,13 +13,16 @@
 //!   ([`WorkerTransport::last_sequence_num`]), sent back as `Last-Event-ID` and
 //!   `?from_sequence_num=` on every reconnect. A dropped stream, 45 s without any frame
 //!   or comment, a frame over 1 MiB and any status but 401/403/404/409 lead to a
-//!   reconnect with a backoff of 1 s doubling to 30 s (±25 %) within a 10-minute budget.
+//!   reconnect with a backoff of 500 ms doubling to 2 s (±25 %) within a 10-minute budget
+//!   (the official client doubles to 30 s); a stream the server ended cleanly is reopened
+//!   at once.
 //!   401, 403 and 404 end the transport ([`CloseReason::StreamRejected`]).
 //! - **Writing** goes through queues drained by one task each, one request in flight per
 //!   queue and order preserved: client events (`POST …/worker/events`, ≤ 100 per batch),
 //!   internal events, delivery updates (≤ 64 per batch) and state patches
 //!   (`PUT …/worker`, coalesced while one is in flight). Failures are retried without
-//!   limit, 500 ms doubling to 30 s plus up to 500 ms, or after `Retry-After` on a 429.
+//!   limit, 500 ms doubling to 2 s plus up to 500 ms (the official client doubles to
+//!   30 s), or after `Retry-After` on a 429.
 //!   [`WorkerTransport::flush`] waits until everything written so far was accepted.
 //! - **Startup** (§9.9): the stream connects while the initial `PUT /worker` (idle) and
 //!   `GET /worker` run; the heartbeat (`POST …/worker/heartbeat` every 20 s) starts once
@@ -92,8 +95,9 @@ pub fn initial_external_metadata() -> Value {
     json!({"pending_action": null, "task_summary": null})
 }
 
-/// Every delay and limit of the transport. The defaults are the official client's (§15);
-/// tests shorten them.
+/// Every delay and limit of the transport. The defaults are the official client's (§15)
+/// except the backoff caps, which are lower so that a worker is back within about 2.5 s
+/// of its server after an outage; tests shorten them.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct WorkerTimings {
@@ -112,7 +116,7 @@ pub struct WorkerTimings {
     pub heartbeat_jitter: f64,
     /// The first upload retry delay, doubled after each failure (500 ms).
     pub upload_base_delay: Duration,
-    /// The largest upload retry delay before jitter (30 s).
+    /// The largest upload retry delay before jitter (2 s; the official client's is 30 s).
     pub upload_max_delay: Duration,
     /// The most jitter added to an upload retry delay (500 ms).
     pub upload_max_jitter: Duration,
@@ -127,9 +131,12 @@ pub struct WorkerTimings {
     /// How long the stream may stay silent (no frame, no comment) before it is reopened
     /// (45 s).
     pub stream_liveness_timeout: Duration,
-    /// The first stream reconnect delay, doubled after each failed attempt (1 s).
+    /// The first stream reconnect delay, doubled after each failed attempt (500 ms; the
+    /// official client's is 1 s). A stream the server ended cleanly (it is going away)
+    /// is reopened at once.
     pub stream_reconnect_base_delay: Duration,
-    /// The largest stream reconnect delay before jitter (30 s).
+    /// The largest stream reconnect delay before jitter (2 s; the official client's is
+    /// 30 s, which brings a worker back up to 30 s after its server).
     pub stream_reconnect_max_delay: Duration,
     /// The relative jitter of stream reconnect delays (±25 %).
     pub stream_reconnect_jitter: f64,
@@ -148,15 +155,15 @@ impl Default for WorkerTimings {
             heartbeat_interval: Duration::from_secs(20),
             heartbeat_jitter: 0.0,
             upload_base_delay: Duration::from_millis(500),
-            upload_max_delay: Duration::from_secs(30),
+            upload_max_delay: Duration::from_secs(2),
             upload_max_jitter: Duration::from_millis(500),
             retry_after_min: Duration::from_millis(500),
             retry_after_max: Duration::from_secs(30),
             auth_failure_threshold: 10,
             stream_connect_timeout: Duration::from_secs(15),
             stream_liveness_timeout: Duration::from_secs(45),
-            stream_reconnect_base_delay: Duration::from_secs(1),
-            stream_reconnect_max_delay: Duration::from_secs(30),
+            stream_reconnect_base_delay: Duration::from_millis(500),
+            stream_reconnect_max_delay: Duration::from_secs(2),
             stream_reconnect_jitter: 0.25,
             stream_reconnect_budget: Duration::from_secs(600),
         }
@@ -188,7 +195,7 @@ pub struct WorkerConfig {
     pub channel_capacity: usize,
     /// The largest SSE frame accepted; a larger one drops the connection.
     pub max_frame_bytes: usize,
-    /// The HTTP client (the default one has no TLS support).
+    /// The HTTP client; the default trusts [`ClientTls::default`](crate::ClientTls).
     pub http: reqwest::Client,
 }
 
@@ -213,8 +220,14 @@ impl WorkerConfig {
             timings: WorkerTimings::default(),
             channel_capacity: 1024,
             max_frame_bytes: MAX_FRAME_BYTES,
-            http: reqwest::Client::new(),
+            http: crate::ClientTls::default().http_client(),
         })
+    }
+
+    /// This configuration trusting `tls`'s roots for `https`.
+    pub fn with_tls(mut self, tls: &crate::ClientTls) -> Self {
+        self.http = tls.http_client();
+        self
     }
 
     /// This configuration resuming the stream after `sequence_num`.
@@ -1030,6 +1043,9 @@ async fn heartbeat(core: Arc<Core>) {
     }
 }
 
+/// The reason of a stream the server ended cleanly.
+const STREAM_ENDED: &str = "the stream ended";
+
 /// How one stream connection ended.
 enum StreamEnd {
     /// The transport is ending.
@@ -1054,6 +1070,7 @@ impl StreamReader {
         let timings = &core.timings;
         let mut attempt: u32 = 0;
         let mut lost_since: Option<Instant> = None;
+        let mut at_once = crate::backoff::AtOnce::default();
         loop {
             let end = match self.open().await {
                 Ok(response) => {
@@ -1077,14 +1094,20 @@ impl StreamReader {
                 core.end(CloseReason::StreamGaveUp { reason });
                 return;
             }
-            let delay = relative_jitter(
-                exponential(
-                    attempt,
-                    timings.stream_reconnect_base_delay,
-                    timings.stream_reconnect_max_delay,
-                ),
-                timings.stream_reconnect_jitter,
-            );
+            let delay = if reason == STREAM_ENDED && at_once.allow() {
+                // The server ended the stream: it is going away (restarting, say), and a
+                // restarted one may already listen.
+                Duration::ZERO
+            } else {
+                relative_jitter(
+                    exponential(
+                        attempt,
+                        timings.stream_reconnect_base_delay,
+                        timings.stream_reconnect_max_delay,
+                    ),
+                    timings.stream_reconnect_jitter,
+                )
+            };
             attempt = attempt.saturating_add(1);
             tracing::debug!(%reason, ?delay, attempt, "worker stream lost; reconnecting");
             tokio::select! {
@@ -1121,7 +1144,13 @@ impl StreamReader {
         };
         let response = match sent {
             Err(_) => return Err(StreamEnd::Lost("no response head in time".to_owned())),
-            Ok(Err(e)) => return Err(StreamEnd::Lost(format!("connection failed: {e}"))),
+            Ok(Err(e)) => {
+                let reason = match crate::tls::tls_failure_in(&e) {
+                    Some(failure) => failure.to_string(),
+                    None => format!("connection failed: {e}"),
+                };
+                return Err(StreamEnd::Lost(reason));
+            }
             Ok(Ok(response)) => response,
         };
         let status = response.status().as_u16();
@@ -1149,7 +1178,7 @@ impl StreamReader {
                 chunk = body.next() => chunk,
             };
             let bytes = match chunk {
-                None => return StreamEnd::Lost("the stream ended".to_owned()),
+                None => return StreamEnd::Lost(STREAM_ENDED.to_owned()),
                 Some(Err(e)) => return StreamEnd::Lost(format!("the stream broke: {e}")),
                 Some(Ok(bytes)) => bytes,
             };
@@ -1251,10 +1280,11 @@ pub(crate) fn token_expired(token: &str) -> bool {
 }
 
 /// `POST {session_url}/worker/register` with `{}` (§9.2), as an env-based v2 worker does
-/// with its ingress token: bumps and returns the session's worker epoch. Uses a default
-/// HTTP client (no TLS); see [`register_worker_with`].
+/// with its ingress token: bumps and returns the session's worker epoch. Trusts
+/// [`ClientTls::default`](crate::ClientTls::default); see [`register_worker_with`].
 pub async fn register_worker(session_url: &str, token: &str) -> Result<u64> {
-    register_worker_with(&reqwest::Client::new(), session_url, token).await
+    let http = crate::ClientTls::default().http_client();
+    register_worker_with(&http, session_url, token).await
 }
 
 /// [`register_worker`] with a given HTTP client. Sends only `Authorization`,

@@ -136,6 +136,49 @@ fn reconnect_delays_double_up_to_the_cap() {
 }
 
 #[test]
+fn default_backoffs_bring_a_worker_back_within_seconds() {
+    let config = IngressConfig::new("http://h", "cse_abcd", "tok");
+    for attempt in 0..40 {
+        let worst = jittered(
+            reconnect_delay(
+                attempt,
+                config.reconnect_base_delay,
+                config.reconnect_max_delay,
+            ),
+            RECONNECT_JITTER,
+        );
+        assert!(worst <= Duration::from_millis(2500), "{attempt}: {worst:?}");
+        let post = post_delay(
+            attempt,
+            config.post_base_delay,
+            config.post_max_delay,
+            config.post_max_jitter,
+        );
+        assert!(post <= Duration::from_secs(3), "{attempt}: {post:?}");
+    }
+    // The budget stays the official 10 minutes.
+    assert_eq!(config.reconnect_budget, Duration::from_secs(600));
+}
+
+#[tokio::test]
+async fn a_going_away_close_is_retried_at_once() -> anyhow::Result<()> {
+    let (base, mut connections) = ws_server().await?;
+    let mut config = fast_config(&base, "tok");
+    config.reconnect_base_delay = Duration::from_secs(30);
+    config.reconnect_max_delay = Duration::from_secs(30);
+    let (transport, _messages) = IngressTransport::connect(config).await?;
+    let mut server = next_connection(&mut connections).await?;
+
+    let lost = tokio::time::Instant::now();
+    close_with(&mut server.ws, 1001).await?;
+    let _again = next_connection(&mut connections).await?;
+
+    assert!(lost.elapsed() < Duration::from_secs(5), "{:?}", lost.elapsed());
+    transport.close().await;
+    Ok(())
+}
+
+#[test]
 fn jitter_stays_within_a_quarter() {
     let delay = Duration::from_secs(4);
     assert_eq!(jittered(delay, -0.25), Duration::from_secs(3));

@@ -89,6 +89,7 @@ impl Fake {
     fn config(&self) -> ViewerConfig {
         let mut config = ViewerConfig::new(&self.base_url, "session_abcd", "key");
         config.reconnect_delay = SHORT;
+        config.reconnect_jitter = 0.0;
         config.session_not_found_delay = SHORT;
         config
     }
@@ -326,10 +327,12 @@ async fn close_code_4001_is_retried_three_times_with_growing_delays() -> anyhow:
 }
 
 #[tokio::test]
-async fn reconnects_stop_after_five_failed_attempts_in_a_row() -> anyhow::Result<()> {
+async fn reconnects_stop_after_the_configured_failed_attempts_in_a_row() -> anyhow::Result<()> {
     // The server takes one connection, drops it, and refuses every later attempt.
     let fake = Fake::start(1, |_, ws| close_with(ws, 1011)).await?;
-    let (_viewer, mut events) = ViewerSocket::connect(fake.config())?;
+    let mut config = fake.config();
+    config.max_reconnect_attempts = 5;
+    let (_viewer, mut events) = ViewerSocket::connect(config)?;
 
     let seen = until_closed(&mut events).await?;
 
@@ -513,4 +516,59 @@ async fn unreadable_frames_and_keep_alives_do_not_end_the_stream() -> anyhow::Re
     assert_eq!(next(&mut events).await?, ViewerEvent::Message(event(1)));
     viewer.close().await;
     Ok(())
+}
+
+#[tokio::test]
+async fn a_going_away_close_is_retried_at_once() -> anyhow::Result<()> {
+    // A server restarting closes with 1001; the viewer does not wait its usual delay.
+    let fake = Fake::start(2, |n, ws| async move {
+        if n == 0 {
+            close_with(ws, 1001).await;
+        } else {
+            hold(ws).await;
+        }
+    })
+    .await?;
+    let mut config = fake.config();
+    config.reconnect_delay = Duration::from_secs(30);
+    let (viewer, mut events) = ViewerSocket::connect(config)?;
+    assert_eq!(next(&mut events).await?, ViewerEvent::Connected);
+    let lost = tokio::time::Instant::now();
+
+    let retry = next(&mut events).await?;
+    let back = next(&mut events).await?;
+
+    assert_eq!(
+        retry,
+        ViewerEvent::Reconnecting {
+            attempt: 1,
+            delay: Duration::ZERO
+        }
+    );
+    assert_eq!(back, ViewerEvent::Connected);
+    assert!(lost.elapsed() < Duration::from_secs(5), "{:?}", lost.elapsed());
+    viewer.close().await;
+    Ok(())
+}
+
+#[test]
+fn default_reconnect_delays_are_short_and_jittered() {
+    let config = ViewerConfig::new("http://h", "session_a", "k");
+    let delays: Vec<Duration> = (0..200)
+        .map(|_| transient_delay(Some(1006), config.reconnect_delay, config.reconnect_jitter))
+        .collect();
+
+    // Back about a second after the server, never more than 1.25 s.
+    assert!(delays.iter().all(|d| *d >= Duration::from_millis(750)
+        && *d <= Duration::from_millis(1250)));
+    // Spread out, so the viewers of a restarted server do not all arrive at once.
+    assert!(delays.iter().any(|d| *d != delays[0]), "{delays:?}");
+    assert_eq!(
+        transient_delay(Some(CLOSE_GOING_AWAY), config.reconnect_delay, 0.25),
+        Duration::ZERO
+    );
+    // The 4001 rule keeps the official 2 s unit.
+    assert_eq!(config.session_not_found_delay, Duration::from_secs(2));
+    // About 10 s of patience by default.
+    assert_eq!(config.max_reconnect_attempts, 10);
 }

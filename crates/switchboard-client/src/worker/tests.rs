@@ -813,3 +813,40 @@ async fn register_worker_returns_the_bumped_epoch() -> anyhow::Result<()> {
     assert_eq!(sent.header("content-type"), Some("application/json"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_stream_the_server_ended_is_reopened_at_once() -> anyhow::Result<()> {
+    let server = CcrServer::start().await?;
+    let mut config = config(&server, "tok")?;
+    // A backoff that a test would notice: only an immediate retry passes.
+    config.timings.stream_reconnect_base_delay = Duration::from_secs(60);
+    config.timings.stream_reconnect_max_delay = Duration::from_secs(60);
+    let (transport, _messages) = WorkerTransport::start(config).await?;
+    let stream = server.next_stream().await?;
+
+    // A server going away ends its streams cleanly.
+    drop(stream);
+    let reopened = server.next_stream().await;
+
+    assert!(reopened.is_ok(), "the stream was not reopened at once");
+    transport.close().await;
+    Ok(())
+}
+
+#[test]
+fn default_backoffs_bring_a_worker_back_within_seconds() {
+    let timings = WorkerTimings::default();
+    for attempt in 0..40 {
+        let stream = exponential(
+            attempt,
+            timings.stream_reconnect_base_delay,
+            timings.stream_reconnect_max_delay,
+        )
+        .mul_f64(1.0 + timings.stream_reconnect_jitter);
+        let upload = exponential(attempt, timings.upload_base_delay, timings.upload_max_delay)
+            + timings.upload_max_jitter;
+        assert!(stream <= Duration::from_millis(2500), "{attempt}: {stream:?}");
+        assert!(upload <= Duration::from_millis(2500), "{attempt}: {upload:?}");
+    }
+    assert_eq!(timings.stream_reconnect_budget, Duration::from_secs(600));
+}
