@@ -248,6 +248,7 @@ async fn without_the_ca_every_client_says_the_certificate_is_not_trusted() -> an
         "{rest:?}"
     );
     let ingress = ingress.to_string();
+    eprintln!("v1 without the CA: {ingress}");
     assert!(
         ingress.contains("the server's certificate is not trusted"),
         "{ingress}"
@@ -309,6 +310,7 @@ async fn the_sessions_command_trusts_a_ca_given_by_flag_or_ssl_cert_file() -> an
         assert!(stdout.contains("Listed over TLS"), "{stdout}");
     }
     let stderr = String::from_utf8_lossy(&without.stderr);
+    eprintln!("without the CA: {stderr}");
     assert!(!without.status.success());
     assert!(
         stderr.contains("the server's certificate is not trusted"),

@@ -319,10 +319,7 @@ fn classify(error: &rustls::Error) -> TlsFailure {
 fn describe_certificate(error: &rustls::CertificateError) -> String {
     use rustls::CertificateError as E;
     match error {
-        E::UnknownIssuer => {
-            "it was issued by an unknown certificate authority (a private CA must be given)"
-                .to_owned()
-        }
+        E::UnknownIssuer => "it was issued by an unknown certificate authority".to_owned(),
         E::Expired | E::ExpiredContext { .. } => "it has expired".to_owned(),
         E::NotValidYet | E::NotValidYetContext { .. } => "it is not valid yet".to_owned(),
         E::NotValidForName | E::NotValidForNameContext { .. } => {
