@@ -546,6 +546,8 @@ const RECONNECT_NOTE_EVERY: u32 = 10;
 
 /// What to say about a reconnect attempt: the first one says the connection was lost and
 /// how to leave, then every tenth that it is still trying; the rest pass quietly.
+// `is_multiple_of` needs Rust 1.87; the workspace supports 1.85.
+#[allow(clippy::manual_is_multiple_of)]
 fn reconnecting_note(attempt: u32, delay: Duration) -> Option<String> {
     let delay = render::duration(delay.as_millis().try_into().unwrap_or(u64::MAX));
     if attempt == 1 {
@@ -797,7 +799,10 @@ mod tests {
                  (Ctrl-C twice or /quit leaves)"
             )
         );
-        assert_eq!(notes[9].as_deref(), Some("· still reconnecting (attempt 10)"));
+        assert_eq!(
+            notes[9].as_deref(),
+            Some("· still reconnecting (attempt 10)")
+        );
         assert_eq!(notes.iter().flatten().count(), 3);
     }
 }

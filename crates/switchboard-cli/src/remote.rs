@@ -185,7 +185,10 @@ mod tests {
         let missing = format!("{:#}", missing.token().unwrap_err());
         let empty = format!("{:#}", empty.token().unwrap_err());
 
-        assert!(missing.starts_with("cannot read the API key file"), "{missing}");
+        assert!(
+            missing.starts_with("cannot read the API key file"),
+            "{missing}"
+        );
         assert!(missing.contains("No such file"), "{missing}");
         assert!(empty.contains("is empty"), "{empty}");
         Ok(())

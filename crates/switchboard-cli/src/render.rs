@@ -659,9 +659,18 @@ mod tests {
             }
         }
         let shown: Vec<String> = lines.iter().map(|l| paint(l, false)).collect();
-        assert!(shown.contains(&"hello^[]52;c;ZWNobyBwd25lZA==^G".to_owned()), "{shown:?}");
-        assert!(shown.contains(&"  ⎿ ^[[2J^[[Hcleared".to_owned()), "{shown:?}");
-        assert!(shown.contains(&"  ^[[8mhidden^[[28m".to_owned()), "{shown:?}");
+        assert!(
+            shown.contains(&"hello^[]52;c;ZWNobyBwd25lZA==^G".to_owned()),
+            "{shown:?}"
+        );
+        assert!(
+            shown.contains(&"  ⎿ ^[[2J^[[Hcleared".to_owned()),
+            "{shown:?}"
+        );
+        assert!(
+            shown.contains(&"  ^[[8mhidden^[[28m".to_owned()),
+            "{shown:?}"
+        );
     }
 
     #[test]

@@ -81,8 +81,7 @@ async fn received(inbound: &mut mpsc::Receiver<Value>, uuid: &str) -> anyhow::Re
 }
 
 #[tokio::test]
-async fn workers_and_viewers_are_back_within_seconds_of_a_restarted_server() -> anyhow::Result<()>
-{
+async fn workers_and_viewers_are_back_within_seconds_of_a_restarted_server() -> anyhow::Result<()> {
     let mut served = Served::start().await?;
     let (v1_session, v1, mut v1_inbound) = v1_worker(&served).await?;
     let (v2, mut v2_inbound) =
@@ -101,7 +100,9 @@ async fn workers_and_viewers_are_back_within_seconds_of_a_restarted_server() -> 
     let (v1_uuid, v1_prompt) = prompt("after the restart, v1");
     let (v2_uuid, v2_prompt) = prompt("after the restart, v2");
     sessions.send_events(&v1_session, vec![v1_prompt]).await?;
-    sessions.send_events(v2.session_id(), vec![v2_prompt]).await?;
+    sessions
+        .send_events(v2.session_id(), vec![v2_prompt])
+        .await?;
 
     let mut v1_state = v1.state_changes();
     let viewer_back = async {
@@ -132,8 +133,15 @@ async fn workers_and_viewers_are_back_within_seconds_of_a_restarted_server() -> 
     let (viewer_back, v1_back, v2_back) = (viewer_back?, v1_back?, v2_back?);
 
     eprintln!("back after the server: viewer {viewer_back:?}, v1 {v1_back:?}, v2 {v2_back:?}");
-    for (who, took) in [("viewer", viewer_back), ("v1 worker", v1_back), ("v2 worker", v2_back)] {
-        assert!(took < BACK_WITHIN, "the {who} came back {took:?} after the server");
+    for (who, took) in [
+        ("viewer", viewer_back),
+        ("v1 worker", v1_back),
+        ("v2 worker", v2_back),
+    ] {
+        assert!(
+            took < BACK_WITHIN,
+            "the {who} came back {took:?} after the server"
+        );
     }
     v2.teardown().await?;
     v1.close().await;
@@ -161,9 +169,8 @@ fn attach_rides_out_a_long_outage_and_says_it_is_reconnecting() -> anyhow::Resul
     term.exp_string("connection lost; reconnecting")?;
     term.exp_string("reconnected")?;
     term.send_line("still here?")?;
-    let arrived = runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(15), inbound.recv()).await
-    });
+    let arrived = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(15), inbound.recv()).await });
     let prompt = arrived
         .map_err(|_| anyhow::anyhow!("the prompt typed after the outage never arrived"))?
         .context("the worker's inbox ended")?;

@@ -169,15 +169,18 @@ async fn every_client_reaches_the_server_through_tls_when_the_ca_is_given() -> a
     let secret = WorkSecret::decode(&work.secret)?;
 
     // A v1 worker: wss to read, https POSTs to write.
-    let config = IngressConfig::new(https, &work.data.id, secret.session_ingress_token)
-        .with_tls(&tls);
+    let config =
+        IngressConfig::new(https, &work.data.id, secret.session_ingress_token).with_tls(&tls);
     let (worker, mut inbound) = IngressTransport::connect(config).await?;
     assert!(worker.ws_url().as_str().starts_with("wss://"));
 
     // A viewer over wss.
     let config = ViewerConfig::new(https, &session.id, served.key.clone()).with_tls(&tls);
     let (viewer, mut events) = ViewerSocket::connect(config)?;
-    assert_eq!(recv(&mut events, "the viewer's socket").await?, ViewerEvent::Connected);
+    assert_eq!(
+        recv(&mut events, "the viewer's socket").await?,
+        ViewerEvent::Connected
+    );
 
     worker
         .write(vec![json!({
@@ -185,7 +188,10 @@ async fn every_client_reaches_the_server_through_tls_when_the_ca_is_given() -> a
             "message": {"role": "assistant", "content": [{"type": "text", "text": "over TLS"}]},
         })])
         .await?;
-    viewer_message(&mut events, "the worker's message", |m| m["uuid"] == "tls-a1").await?;
+    viewer_message(&mut events, "the worker's message", |m| {
+        m["uuid"] == "tls-a1"
+    })
+    .await?;
     viewer.send_user_message("hello over wss").await?;
     let prompt = recv(&mut inbound, "the viewer's prompt").await?;
     assert_eq!(prompt["message"]["content"], "hello over wss");
@@ -200,7 +206,10 @@ async fn every_client_reaches_the_server_through_tls_when_the_ca_is_given() -> a
     sessions
         .send_events(
             v2.session_id(),
-            vec![switchboard_client::viewer::user_message(&uuid, "hello over sse")],
+            vec![switchboard_client::viewer::user_message(
+                &uuid,
+                "hello over sse",
+            )],
         )
         .await?;
     let got = recv(&mut v2_inbound, "the prompt over SSE").await?;

@@ -26,7 +26,10 @@ impl AtOnce {
     }
 
     fn allow_at(&mut self, now: Instant) -> bool {
-        if self.last.is_some_and(|at| now.duration_since(at) < AT_ONCE_PERIOD) {
+        if self
+            .last
+            .is_some_and(|at| now.duration_since(at) < AT_ONCE_PERIOD)
+        {
             return false;
         }
         self.last = Some(now);

@@ -364,15 +364,22 @@ mod tests {
 
     #[test]
     fn certificate_errors_read_as_untrusted_inside_io_errors() {
-        let rustls_error = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let rustls_error =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls_error);
         let outer = std::io::Error::other(io);
 
         let failure = tls_failure_in(&outer);
 
-        assert!(matches!(&failure, Some(TlsFailure::Untrusted(_))), "{failure:?}");
+        assert!(
+            matches!(&failure, Some(TlsFailure::Untrusted(_))),
+            "{failure:?}"
+        );
         let text = failure.map(|f| f.to_string()).unwrap_or_default();
-        assert!(text.starts_with("the server's certificate is not trusted"), "{text}");
+        assert!(
+            text.starts_with("the server's certificate is not trusted"),
+            "{text}"
+        );
         assert_eq!(
             tls_failure_in(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
             None

@@ -173,7 +173,11 @@ async fn a_going_away_close_is_retried_at_once() -> anyhow::Result<()> {
     close_with(&mut server.ws, 1001).await?;
     let _again = next_connection(&mut connections).await?;
 
-    assert!(lost.elapsed() < Duration::from_secs(5), "{:?}", lost.elapsed());
+    assert!(
+        lost.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        lost.elapsed()
+    );
     transport.close().await;
     Ok(())
 }

@@ -547,7 +547,11 @@ async fn a_going_away_close_is_retried_at_once() -> anyhow::Result<()> {
         }
     );
     assert_eq!(back, ViewerEvent::Connected);
-    assert!(lost.elapsed() < Duration::from_secs(5), "{:?}", lost.elapsed());
+    assert!(
+        lost.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        lost.elapsed()
+    );
     viewer.close().await;
     Ok(())
 }
@@ -560,8 +564,9 @@ fn default_reconnect_delays_are_short_and_jittered() {
         .collect();
 
     // Back about a second after the server, never more than 1.25 s.
-    assert!(delays.iter().all(|d| *d >= Duration::from_millis(750)
-        && *d <= Duration::from_millis(1250)));
+    assert!(delays
+        .iter()
+        .all(|d| *d >= Duration::from_millis(750) && *d <= Duration::from_millis(1250)));
     // Spread out, so the viewers of a restarted server do not all arrive at once.
     assert!(delays.iter().any(|d| *d != delays[0]), "{delays:?}");
     assert_eq!(

@@ -845,8 +845,14 @@ fn default_backoffs_bring_a_worker_back_within_seconds() {
         .mul_f64(1.0 + timings.stream_reconnect_jitter);
         let upload = exponential(attempt, timings.upload_base_delay, timings.upload_max_delay)
             + timings.upload_max_jitter;
-        assert!(stream <= Duration::from_millis(2500), "{attempt}: {stream:?}");
-        assert!(upload <= Duration::from_millis(2500), "{attempt}: {upload:?}");
+        assert!(
+            stream <= Duration::from_millis(2500),
+            "{attempt}: {stream:?}"
+        );
+        assert!(
+            upload <= Duration::from_millis(2500),
+            "{attempt}: {upload:?}"
+        );
     }
     assert_eq!(timings.stream_reconnect_budget, Duration::from_secs(600));
 }
