@@ -145,7 +145,14 @@ const REFUSING_CLAUDE: &[(&str, &str)] = &[
 async fn a_client_that_refuses_the_server_is_relayed_on_the_v1_plane() -> anyhow::Result<()> {
     let agent = fake_agent()?;
     let (log, output) = full_scenario_with(
-        &["--plane", "v1", "--claude", &agent, "--claude-arg", "--extra"],
+        &[
+            "--plane",
+            "v1",
+            "--claude",
+            &agent,
+            "--claude-arg",
+            "--extra",
+        ],
         REFUSING_CLAUDE,
     )
     .await?;
@@ -215,8 +222,14 @@ async fn agent_claude_forces_native_mode_even_for_a_refusing_client() -> anyhow:
     let line = bridge
         .wait_for(&format!("{session}: the agent exited"), STEP)
         .await?;
-    assert!(line.contains("not an approved Anthropic endpoint"), "{line}");
-    assert!(line.contains("--agent stream-json"), "what works instead: {line}");
+    assert!(
+        line.contains("not an approved Anthropic endpoint"),
+        "{line}"
+    );
+    assert!(
+        line.contains("--agent stream-json"),
+        "what works instead: {line}"
+    );
     bridge.terminate(STEP).await?;
     Ok(())
 }

@@ -84,7 +84,11 @@ async fn the_first_start_prints_a_key_once_with_the_client_settings() -> anyhow:
         "{}",
         first.banner
     );
-    assert!(first.banner.contains("switchboard bridge"), "{}", first.banner);
+    assert!(
+        first.banner.contains("switchboard bridge"),
+        "{}",
+        first.banner
+    );
     assert!(!first.banner.contains("CLAUDE_BRIDGE_"), "{}", first.banner);
     let key = first
         .banner

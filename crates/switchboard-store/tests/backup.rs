@@ -108,7 +108,11 @@ async fn a_backup_taken_while_a_writer_appends_is_consistent() -> anyhow::Result
         after_seq = last.seq;
         for e in &page {
             let payload: serde_json::Value = serde_json::from_str(&e.payload)?;
-            assert_eq!(payload["n"], e.seq, "event {} holds what was written", e.seq);
+            assert_eq!(
+                payload["n"], e.seq,
+                "event {} holds what was written",
+                e.seq
+            );
         }
         seqs.extend(page.iter().map(|e| e.seq));
     }

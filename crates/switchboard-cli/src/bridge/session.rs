@@ -379,7 +379,10 @@ pub(crate) fn outcome(
         .cloned();
     // Claude Code 2.1.113 and newer refuse a self-hosted server's --sdk-url; say what
     // works instead.
-    let hint = if last.as_deref().is_some_and(|l| l.contains("--sdk-url rejected")) {
+    let hint = if last
+        .as_deref()
+        .is_some_and(|l| l.contains("--sdk-url rejected"))
+    {
         "; this Claude Code does not connect to self-hosted servers: run the bridge with \
          --agent stream-json (or without --agent, which picks it)"
     } else {
