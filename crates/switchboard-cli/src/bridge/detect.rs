@@ -5,18 +5,18 @@
 //! host "…" is not an approved Anthropic endpoint.` A self-hosted server is never on that
 //! list, so such a client runs in stream-json mode, with the bridge relaying its messages.
 //!
-//! The bridge asks the program two things, neither of which touches the network:
+//! The bridge asks the program:
 //!
-//! 1. `claude --version`, for the line that explains the choice;
-//! 2. a dry run, `claude --print --sdk-url URL --output-format text`, once with the URL a
-//!    v1 session would get and once with a v2 one. Every release checks the host of
-//!    `--sdk-url` (if it checks it at all) before anything else, and then refuses the
-//!    text output format (`--sdk-url` needs stream-json in and out), so the dry run ends
-//!    at once either way, with the refusal or with the complaint about the format.
+//! 1. `claude --version`: 2.1.112 or older accepts any URL, so it runs natively;
+//! 2. otherwise a dry run, `claude --print --sdk-url URL --input-format stream-json
+//!    --output-format stream-json` with no input and no credentials, once with the URL a
+//!    v1 session would get and once with a v2 one. These releases check the host before
+//!    anything touches the network (2.1.332 answers in half a second); a client that
+//!    took the URL would only fail to connect, and is stopped after a few seconds.
 //!
-//! A refusal means stream-json; the format complaint on both URLs means native. When the
-//! dry run says neither (an unknown program, a wrapper, a hang), the version decides:
-//! 2.1.112 or older is native, anything else stream-json, which works with every release.
+//! A refusal means stream-json; the complaint of an older release about the formats on
+//! both URLs means native. Anything else (an unknown program, a wrapper, a client that
+//! tried to connect) falls back on stream-json, which works with every release.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -29,7 +29,7 @@ const LAST_OPEN_RELEASE: Version = Version(2, 1, 112);
 
 /// How long `--version` and each dry run may take (2.1.112 is a 10 MB script on node,
 /// which takes a few seconds to start on a busy machine).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Variables that carry the user's credentials; the dry run gets none of them.
 const HIDDEN: &[&str] = &[
@@ -189,13 +189,27 @@ async fn ask(program: &Path, args: &[&str]) -> Option<String> {
 pub(crate) async fn detect(program: &Path, sdk_urls: &[String]) -> Choice {
     let version = ask(program, &["--version"]).await;
     let version = version.as_deref().and_then(parse_version);
+    if let Some(v) = version.filter(|v| *v <= LAST_OPEN_RELEASE) {
+        return Choice {
+            native: true,
+            why: format!(
+                "Claude Code {v} accepts --sdk-url for any server (every release up to \
+                 {LAST_OPEN_RELEASE} does), so it connects to its sessions natively \
+                 (--agent claude)"
+            ),
+        };
+    }
     let runs = futures_util::future::join_all(sdk_urls.iter().map(|url| async move {
-        match ask(
-            program,
-            &["--print", "--sdk-url", url, "--output-format", "text"],
-        )
-        .await
-        {
+        let args = [
+            "--print",
+            "--sdk-url",
+            url,
+            "--input-format",
+            "stream-json",
+            "--output-format",
+            "stream-json",
+        ];
+        match ask(program, &args).await {
             Some(output) => read_dry_run(&output),
             None => DryRun::Unclear(String::new()),
         }
