@@ -15,11 +15,13 @@
 //! - [`session`]: one session's life: workspace, worker registration, the agent process;
 //! - [`agent`]: how an agent is started, natively (`claude --sdk-url`) or as a
 //!   stream-json command;
+//! - [`detect`]: which of the two the installed Claude Code allows (`--agent auto`);
 //! - [`relay`]: carries a stream-json agent's stdio over the session's transport;
 //! - [`workspace`]: git facts and per-session worktrees;
 //! - [`display`]: the status line on a terminal, plain lines otherwise, and the QR code.
 
 mod agent;
+mod detect;
 pub(crate) mod display;
 mod relay;
 mod session;
@@ -68,6 +70,10 @@ pub(crate) enum SpawnMode {
 /// How the agent is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum AgentMode {
+    /// Whichever the installed Claude Code allows: natively when it accepts this server's
+    /// URL for `--sdk-url` (2.1.112 and older), stream-json otherwise (2.1.113 and newer
+    /// refuse every host but Anthropic's).
+    Auto,
     /// Claude Code itself: `claude --print --sdk-url …`, which connects to the session on
     /// its own.
     Claude,
@@ -112,8 +118,10 @@ pub(crate) struct BridgeArgs {
     #[arg(long, env = "SWITCHBOARD_BRIDGE_SESSION_TIMEOUT", value_name = "SECS",
           default_value_t = 24 * 60 * 60, value_parser = clap::value_parser!(u64).range(1..))]
     session_timeout: u64,
-    /// How the agent runs: Claude Code natively, or a stream-json command given after `--`.
-    #[arg(long, value_enum)]
+    /// How the agent runs: Claude Code natively, a stream-json command (the one given
+    /// after `--`, or Claude Code in print mode), or auto: whichever the installed Claude
+    /// Code allows (the default without a command).
+    #[arg(long, env = "SWITCHBOARD_BRIDGE_AGENT", value_enum)]
     agent: Option<AgentMode>,
     /// The Claude Code program (native mode).
     #[arg(
@@ -160,6 +168,9 @@ pub(crate) struct BridgeArgs {
 pub(crate) struct BridgeOptions {
     /// The server's base URL, without trailing slash.
     pub(crate) base_url: String,
+    /// The base of the links the bridge prints: the server's public URL, as the server
+    /// names it when the environment registers (the bridge's own URL until then).
+    pub(crate) web_url: String,
     /// The user's API key.
     pub(crate) api_key: String,
     /// The directory the bridge serves (absolute).
@@ -172,6 +183,8 @@ pub(crate) struct BridgeOptions {
     pub(crate) session_timeout: Duration,
     /// How to start an agent.
     pub(crate) agent: AgentSpec,
+    /// Which agent mode runs and why, in one line.
+    pub(crate) agent_why: String,
     /// How long agents get to stop before SIGKILL.
     pub(crate) shutdown_grace: Duration,
     /// The work heartbeat period, if any.
@@ -224,38 +237,73 @@ impl BridgeArgs {
         })
     }
 
-    /// Checks the flags and the agent program, and builds the options.
-    fn options(&self) -> anyhow::Result<BridgeOptions> {
-        let directory = std::env::current_dir()
-            .context("cannot read the current directory")?
-            .canonicalize()
-            .context("cannot resolve the current directory")?;
+    /// Arguments for Claude Code beyond the bridge's own: `--claude-arg`s and the
+    /// permission mode.
+    fn claude_extra_args(&self) -> Vec<String> {
+        let mut extra = self.claude_args.clone();
+        if let Some(mode) = &self.permission_mode {
+            extra.extend(["--permission-mode".to_owned(), mode.clone()]);
+        }
+        extra
+    }
+
+    /// How the agent runs, and one line saying why.
+    async fn agent(&self, base_url: &str) -> anyhow::Result<(AgentSpec, String)> {
         let mode = match (self.agent, self.command.is_empty()) {
             (Some(AgentMode::Claude), false) => anyhow::bail!(
                 "a command after -- runs in stream-json mode; drop --agent claude or pass \
                  --agent stream-json"
             ),
+            (Some(AgentMode::Auto), false) => anyhow::bail!(
+                "a command after -- runs in stream-json mode; drop --agent auto or pass \
+                 --agent stream-json"
+            ),
             (Some(mode), _) => mode,
-            (None, true) => AgentMode::Claude,
+            (None, true) => AgentMode::Auto,
             (None, false) => AgentMode::StreamJson,
         };
-        let agent = match mode {
-            AgentMode::Claude => {
-                let mut extra = self.claude_args.clone();
-                if let Some(mode) = &self.permission_mode {
-                    extra.extend(["--permission-mode".to_owned(), mode.clone()]);
-                }
-                AgentSpec::native(&self.claude, extra)?
-            }
-            AgentMode::StreamJson => {
-                let command = if self.command.is_empty() {
-                    agent::default_stream_json_command(&self.claude)
-                } else {
-                    self.command.clone()
-                };
-                AgentSpec::stream_json(command)?
+        let (native, why) = match mode {
+            AgentMode::Claude => (
+                true,
+                "Claude Code connects to its sessions natively (--sdk-url), as --agent claude asks"
+                    .to_owned(),
+            ),
+            AgentMode::StreamJson if !self.command.is_empty() => (
+                false,
+                "the command after -- speaks stream-json; the bridge relays it".to_owned(),
+            ),
+            AgentMode::StreamJson => (
+                false,
+                "the bridge relays Claude Code's stream-json, as --agent stream-json asks"
+                    .to_owned(),
+            ),
+            AgentMode::Auto => {
+                // The program must be there before it can be asked anything.
+                let program = agent::find_claude(&self.claude)?;
+                let choice = detect::detect(&program, &probe_urls(base_url)).await;
+                (choice.native, choice.why)
             }
         };
+        let spec = if native {
+            AgentSpec::native(&self.claude, self.claude_extra_args())?
+        } else if self.command.is_empty() {
+            let mut command = agent::default_stream_json_command(&self.claude);
+            command.extend(self.claude_extra_args());
+            AgentSpec::stream_json(command)?
+        } else {
+            AgentSpec::stream_json(self.command.clone())?
+        };
+        Ok((spec, why))
+    }
+
+    /// Checks the flags and the agent program, and builds the options.
+    async fn options(&self) -> anyhow::Result<BridgeOptions> {
+        let directory = std::env::current_dir()
+            .context("cannot read the current directory")?
+            .canonicalize()
+            .context("cannot resolve the current directory")?;
+        let base_url = self.base_url();
+        let (agent, agent_why) = self.agent(&base_url).await?;
         let max_sessions = match self.spawn {
             SpawnMode::SingleSession => 1,
             _ => self.max_sessions,
@@ -274,19 +322,35 @@ impl BridgeArgs {
             );
         }
         Ok(BridgeOptions {
-            base_url: self.base_url(),
+            web_url: base_url.clone(),
+            base_url,
             api_key: self.api_key()?,
             directory,
             spawn: self.spawn,
             max_sessions,
             session_timeout: Duration::from_secs(self.session_timeout),
             agent,
+            agent_why,
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             heartbeat: (self.heartbeat > 0).then(|| Duration::from_secs(self.heartbeat)),
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             at_capacity_poll: Duration::from_secs(self.at_capacity_poll.max(1)),
         })
     }
+}
+
+/// The `--sdk-url`s a native child of this server would get, on either plane, for the
+/// dry runs of [`detect`].
+fn probe_urls(base_url: &str) -> Vec<String> {
+    let probe = "session_0000000000000000";
+    let v1 = switchboard_client::ingress::ws_url(
+        base_url,
+        probe,
+        switchboard_client::ingress::IngressVersion::for_base_url(base_url),
+    )
+    .map(|u| u.to_string());
+    let v2 = switchboard_client::worker::worker_session_url(base_url, "cse_0000000000000000");
+    [v1, v2].into_iter().filter_map(Result::ok).collect()
 }
 
 /// The link to a session's page in the web UI.
@@ -347,10 +411,10 @@ pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<()> {
-    let options = args.options()?;
     // Every client the bridge builds (and the v1/v2 transports of its sessions) trusts
     // these roots.
     args.remote.install_tls()?;
+    let mut options = args.options().await?;
     let first = args.first_session()?;
     let display = Display::new();
     let api = BridgeApiClient::new(&options.base_url, options.api_key.clone())
@@ -372,6 +436,14 @@ pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         .register_environment(&request)
         .await
         .map_err(|e| anyhow::anyhow!(explain(&e, &options.base_url)))?;
+    // Links are for phones and other machines: they use the address the server is
+    // reached at publicly (its --public-url), not necessarily the bridge's own --url.
+    if let Some(web_url) = environment.web_url.as_deref() {
+        let web_url = web_url.trim().trim_end_matches('/');
+        if web_url.starts_with("http://") || web_url.starts_with("https://") {
+            options.web_url = web_url.to_owned();
+        }
+    }
     let shutdown = CancellationToken::new();
     let force = CancellationToken::new();
     supervisor::watch_signals(shutdown.clone(), force.clone())?;
@@ -388,10 +460,10 @@ pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<()> {
     .await;
     match created {
         Ok(Some(id)) => {
-            let link = session_link(&options.base_url, &id);
+            let link = session_link(&options.web_url, &id);
             // A phone that scans the code signs in with a single-use link and lands on
             // the session; the plain link is for browsers that are signed in already.
-            let path = link.strip_prefix(options.base_url.trim_end_matches('/'));
+            let path = link.strip_prefix(options.web_url.as_str());
             let pairing = sessions.create_pairing(path).await.ok();
             display.session_link(&link, pairing.as_deref());
             known_sessions.push(id);

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod attach;
+mod backup;
 mod bridge;
 mod pair;
 mod remote;
@@ -41,6 +42,9 @@ enum Command {
     Bridge(Box<bridge::BridgeArgs>),
     /// Print a single-use link (and QR code) that signs a browser in to the web UI.
     Pair(pair::PairArgs),
+    /// Copy the database to a new file, consistently, while the server runs (SQLite; for
+    /// PostgreSQL it names the pg_dump command).
+    Backup(backup::BackupArgs),
 }
 
 /// Where the server keeps its data; shared by `serve` and the commands that open the
@@ -117,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Attach(args) => attach::run(args).await,
             Command::Bridge(args) => bridge::run(*args).await,
             Command::Pair(args) => pair::run(args).await,
+            Command::Backup(args) => backup::run(args).await,
         }
     })
 }

@@ -72,12 +72,19 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         )
         .await
         .context("failed to create the first API key")?;
+        // What works: `switchboard bridge` runs Claude Code (any release) against this
+        // server. The official `claude remote-control` only talks to Anthropic's servers;
+        // its builds ignore the variables that once pointed it elsewhere.
         println!(
             "Created the first API key. It is shown only this once; keep it somewhere safe.\n\n\
              \x20 {key}\n\n\
-             Point Claude Code at this server with:\n\n\
-             \x20 export CLAUDE_BRIDGE_BASE_URL={public_url}\n\
-             \x20 export CLAUDE_BRIDGE_OAUTH_TOKEN={key}\n"
+             Put Claude Code under remote control through this server: in your project, run\n\n\
+             \x20 export SWITCHBOARD_URL={public_url}\n\
+             \x20 export SWITCHBOARD_TOKEN={key}\n\
+             \x20 switchboard bridge\n\n\
+             and open the link it prints. `switchboard bridge` stands in for `claude \
+             remote-control`,\nwhich connects only to Anthropic's servers (no setting points \
+             it here). `switchboard pair`\nsigns a phone or browser in to the web UI.\n"
         );
     }
     println!("Switchboard listening on http://{addr} (store: {database})");

@@ -36,12 +36,24 @@ fn starts(log: &[Value]) -> Vec<&Value> {
 
 /// Runs the whole scenario through a bridge started with `args`; returns the agent's log.
 async fn full_scenario(args: &[&str]) -> anyhow::Result<Vec<Value>> {
+    Ok(full_scenario_with(args, &[]).await?.0)
+}
+
+/// [`full_scenario`] with extra environment variables for the bridge (and so its
+/// agents); returns the agent's log and what the bridge printed.
+async fn full_scenario_with(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Vec<Value>, String)> {
     let served = Served::start().await?;
     let workdir = tempfile::tempdir()?;
     let scratch = tempfile::tempdir()?;
     let log = scratch.path().join("agent.log");
     let mut command = served.bridge(workdir.path());
     command.args(args).env("FAKE_AGENT_LOG", &log);
+    for (name, value) in env {
+        command.env(name, value);
+    }
     let mut bridge = Bridge::spawn(command)?;
     let session_id = bridge.session_id().await?;
     let mut viewer = Viewer::connect(&served, &session_id).await?;
@@ -56,7 +68,7 @@ async fn full_scenario(args: &[&str]) -> anyhow::Result<Vec<Value>> {
         "{}",
         bridge.output()
     );
-    Ok(agent_log(&log))
+    Ok((agent_log(&log), bridge.output()))
 }
 
 fn fake_agent() -> anyhow::Result<String> {
@@ -66,7 +78,16 @@ fn fake_agent() -> anyhow::Result<String> {
 #[tokio::test]
 async fn a_native_agent_runs_a_session_on_the_v1_plane() -> anyhow::Result<()> {
     let agent = fake_agent()?;
-    let log = full_scenario(&["--plane", "v1", "--claude", &agent]).await?;
+    // No --agent: the bridge asks the program (version 2.1.112, accepting --sdk-url) and
+    // picks native mode, saying so.
+    let (log, output) = full_scenario_with(&["--plane", "v1", "--claude", &agent], &[]).await?;
+    let mode = output
+        .lines()
+        .find(|l| l.contains("agent mode:"))
+        .unwrap_or_default();
+    assert!(mode.contains("Claude Code 2.1.112"), "{output}");
+    assert!(mode.contains("accepts --sdk-url"), "{output}");
+    assert!(mode.contains("natively"), "{output}");
 
     let start = starts(&log)[0];
     let argv: Vec<&str> = start["argv"]
@@ -111,6 +132,136 @@ async fn a_native_agent_runs_a_session_on_the_v2_plane() -> anyhow::Result<()> {
             .is_some_and(|e| e.parse::<u64>().is_ok_and(|e| e >= 1)),
         "{start}"
     );
+    Ok(())
+}
+
+/// A Claude Code that refuses `--sdk-url` for this server, as 2.1.113 and newer do.
+const REFUSING_CLAUDE: &[(&str, &str)] = &[
+    ("FAKE_AGENT_VERSION", "2.1.332 (Claude Code)"),
+    ("FAKE_AGENT_REFUSE_SDK_URL", "1"),
+];
+
+#[tokio::test]
+async fn a_client_that_refuses_the_server_is_relayed_on_the_v1_plane() -> anyhow::Result<()> {
+    let agent = fake_agent()?;
+    let (log, output) = full_scenario_with(
+        &[
+            "--plane",
+            "v1",
+            "--claude",
+            &agent,
+            "--claude-arg",
+            "--extra",
+        ],
+        REFUSING_CLAUDE,
+    )
+    .await?;
+    let mode = output
+        .lines()
+        .find(|l| l.contains("agent mode:"))
+        .unwrap_or_default();
+    assert!(mode.contains("Claude Code 2.1.332"), "{output}");
+    assert!(
+        mode.contains("is not an approved Anthropic endpoint"),
+        "the client's own reason: {output}"
+    );
+    assert!(mode.contains("relays its stream-json"), "{output}");
+    let starts = starts(&log);
+    assert_eq!(starts.len(), 1, "the dry runs start no agent: {log:?}");
+    assert_eq!(
+        starts[0]["argv"],
+        json!([
+            "-p",
+            "--input-format",
+            "stream-json",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--permission-prompt-tool",
+            "stdio",
+            "--extra"
+        ]),
+        "Claude Code in print mode, with the --claude-arg"
+    );
+    assert_eq!(starts[0]["env"], json!({}), "and no session credentials");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_refuses_the_server_is_relayed_on_the_v2_plane() -> anyhow::Result<()> {
+    let agent = fake_agent()?;
+    let (log, output) =
+        full_scenario_with(&["--plane", "v2", "--claude", &agent], REFUSING_CLAUDE).await?;
+    assert!(output.contains("relays its stream-json"), "{output}");
+    assert_eq!(starts(&log)[0]["argv"][0], "-p");
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_claude_forces_native_mode_even_for_a_refusing_client() -> anyhow::Result<()> {
+    let served = Served::start().await?;
+    let workdir = tempfile::tempdir()?;
+    let scratch = tempfile::tempdir()?;
+    let log = scratch.path().join("agent.log");
+    let mut command = served.bridge(workdir.path());
+    command
+        .args(["--agent", "claude", "--claude", &fake_agent()?])
+        .env("FAKE_AGENT_LOG", &log);
+    for (name, value) in REFUSING_CLAUDE {
+        command.env(name, value);
+    }
+    let mut bridge = Bridge::spawn(command)?;
+    bridge.wait_for("agent mode:", STEP).await?;
+    assert!(
+        bridge.output().contains("as --agent claude asks"),
+        "{}",
+        bridge.output()
+    );
+    // The forced child is refused, as the real one would be, and the bridge says so.
+    let session = bridge.session_id().await?;
+    let line = bridge
+        .wait_for(&format!("{session}: the agent exited"), STEP)
+        .await?;
+    assert!(
+        line.contains("not an approved Anthropic endpoint"),
+        "{line}"
+    );
+    assert!(
+        line.contains("--agent stream-json"),
+        "what works instead: {line}"
+    );
+    bridge.terminate(STEP).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn links_use_the_servers_public_url() -> anyhow::Result<()> {
+    let public = "http://phone.example:4321";
+    let served = Served::start_with(&["--public-url", "http://phone.example:4321/"]).await?;
+    let workdir = tempfile::tempdir()?;
+    let mut command = served.bridge(workdir.path());
+    command.args(["--claude", &fake_agent()?]);
+    let mut bridge = Bridge::spawn(command)?;
+    let session = bridge.session_id().await?;
+    let link = bridge.wait_for("session link:", STEP).await?;
+    assert!(
+        link.ends_with(&format!("session link: {public}/s/{session}")),
+        "{link}"
+    );
+    let sign_in = bridge.wait_for("sign-in link", STEP).await?;
+    assert!(sign_in.contains(&format!("{public}/pair/")), "{sign_in}");
+    // A session created elsewhere gets a link of the same kind.
+    let environment = bridge.environment_id().await?;
+    let other = create_session(&served, &environment).await?;
+    let line = bridge.wait_for(&format!("/s/{other}"), STEP).await?;
+    assert!(line.contains(&format!("{public}/s/{other}")), "{line}");
+    // The bridge itself still talks to the server at its own --url.
+    assert!(
+        bridge.output().contains(&format!("server {}", served.url)),
+        "{}",
+        bridge.output()
+    );
+    bridge.terminate(STEP).await?;
     Ok(())
 }
 

@@ -75,15 +75,25 @@ async fn create_key(data_dir: &Path, name: &str) -> anyhow::Result<String> {
 async fn the_first_start_prints_a_key_once_with_the_client_settings() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut first = serve(dir.path()).await?;
+    // It says what works: `switchboard bridge` with this server's URL and the key, and
+    // not the variables official Claude Code builds ignore.
     assert!(
-        first.banner.contains("CLAUDE_BRIDGE_BASE_URL="),
+        first
+            .banner
+            .contains(&format!("export SWITCHBOARD_URL={}", first.url)),
         "{}",
         first.banner
     );
+    assert!(
+        first.banner.contains("switchboard bridge"),
+        "{}",
+        first.banner
+    );
+    assert!(!first.banner.contains("CLAUDE_BRIDGE_"), "{}", first.banner);
     let key = first
         .banner
         .lines()
-        .find_map(|l| l.trim().strip_prefix("export CLAUDE_BRIDGE_OAUTH_TOKEN="))
+        .find_map(|l| l.trim().strip_prefix("export SWITCHBOARD_TOKEN="))
         .expect("the key is printed")
         .to_string();
     // The printed key works.
@@ -100,7 +110,7 @@ async fn the_first_start_prints_a_key_once_with_the_client_settings() -> anyhow:
         !second.banner.contains(&key),
         "the key is never printed again"
     );
-    assert!(!second.banner.contains("CLAUDE_BRIDGE_OAUTH_TOKEN"));
+    assert!(!second.banner.contains("SWITCHBOARD_TOKEN"));
     second.child.kill().await?;
     Ok(())
 }

@@ -4,17 +4,25 @@
 //! runs) and then denies (it does not), an interrupt stops a turn, and the session ends
 //! with its history complete and in order.
 //!
-//! The CLI is the pinned `@anthropic-ai/claude-code` package in `tests/claude` (install
-//! it with `npm ci --prefix crates/switchboard-cli/tests/claude`), or any `claude` program
-//! named by `SWITCHBOARD_TEST_CLAUDE`, so that a newer client can be dropped in. Its model
-//! is the project's fake Messages API (`switchboard_testkit::fake_anthropic`).
+//! Two releases of the `@anthropic-ai/claude-code` package are pinned:
+//!
+//! - `tests/claude`: 2.1.112, the last one that accepts `--sdk-url` for any host, so the
+//!   bridge's default (`--agent auto`) runs it natively; it also runs in stream-json mode
+//!   on request. Install it with `npm ci --prefix crates/switchboard-cli/tests/claude`,
+//!   or name another `claude` program with `SWITCHBOARD_TEST_CLAUDE`.
+//! - `tests/claude-current`: today's release (a native binary), which refuses `--sdk-url`
+//!   for every host but Anthropic's, so `--agent auto` relays its stream-json. Install it
+//!   with `npm ci --prefix crates/switchboard-cli/tests/claude-current`, or name another
+//!   program with `SWITCHBOARD_TEST_CLAUDE_CURRENT`.
+//!
+//! The model is the project's fake Messages API (`switchboard_testkit::fake_anthropic`).
 //!
 //! Nothing the CLI does may leave the machine: each test runs itself again inside a fresh
 //! network namespace that has only a loopback interface (`unshare -n`), where the server,
 //! the fake model, the bridge and the CLI all run, and the CLI runs with a scratch `HOME`,
 //! `DISABLE_TELEMETRY=1` and `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`.
 //!
-//! These tests need node, the package, `unshare` and `ip`. With `SWITCHBOARD_REAL_CLI=1`
+//! These tests need the packages, node (for 2.1.112), `unshare` and `ip`. With `SWITCHBOARD_REAL_CLI=1`
 //! (set by `scripts/test`, and so in CI) a missing piece fails the test with a message
 //! saying what to install; without it the tests say they were skipped and pass.
 
@@ -30,8 +38,11 @@ use switchboard_testkit::fake_anthropic::{FakeAnthropic, HELLO_REPLY};
 /// Set to 1 to make these tests mandatory.
 const REQUIRED: &str = "SWITCHBOARD_REAL_CLI";
 
-/// A `claude` program to test instead of the pinned package.
+/// A `claude` program to test instead of the pinned 2.1.112.
 const CLAUDE: &str = "SWITCHBOARD_TEST_CLAUDE";
+
+/// A `claude` program to test instead of the pinned current release.
+const CLAUDE_CURRENT: &str = "SWITCHBOARD_TEST_CLAUDE_CURRENT";
 
 /// Set in the copy of the test that runs inside the network namespace.
 const IN_NETNS: &str = "SWITCHBOARD_TEST_IN_NETNS";
@@ -54,13 +65,35 @@ const CALLER_SETTINGS: &[&str] = &[
     "CLAUDE_CODE_USE_VERTEX",
 ];
 
-fn claude_program() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os(CLAUDE) {
+/// Which pinned release a test runs.
+#[derive(Clone, Copy)]
+enum Release {
+    /// 2.1.112, in `tests/claude`.
+    Pinned,
+    /// Today's, in `tests/claude-current`.
+    Current,
+}
+
+impl Release {
+    /// The package directory under `tests/`, and the variable that overrides it.
+    fn package(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Pinned => ("claude", CLAUDE),
+            Self::Current => ("claude-current", CLAUDE_CURRENT),
+        }
+    }
+}
+
+fn claude_program(release: Release) -> Option<PathBuf> {
+    let (dir, variable) = release.package();
+    if let Some(path) = std::env::var_os(variable) {
         let path = PathBuf::from(path);
         return path.exists().then_some(path);
     }
-    let pinned =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/claude/node_modules/.bin/claude");
+    let pinned = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(dir)
+        .join("node_modules/.bin/claude");
     pinned.exists().then_some(pinned)
 }
 
@@ -70,15 +103,16 @@ fn on_path(program: &str) -> bool {
 }
 
 /// What is missing to run these tests, if anything.
-fn missing() -> Option<String> {
-    if claude_program().is_none() {
+fn missing(release: Release) -> Option<String> {
+    if claude_program(release).is_none() {
+        let (dir, variable) = release.package();
         return Some(format!(
             "the official Claude Code CLI is not installed: run `npm ci --prefix \
-             crates/switchboard-cli/tests/claude` (or set {CLAUDE} to an existing claude \
+             crates/switchboard-cli/tests/{dir}` (or set {variable} to an existing claude \
              program)"
         ));
     }
-    if !on_path("node") {
+    if matches!(release, Release::Pinned) && !on_path("node") {
         return Some("node is not on PATH; install Node.js 18 or newer".into());
     }
     for tool in ["unshare", "ip"] {
@@ -121,7 +155,7 @@ fn interfaces() -> Vec<String> {
 
 /// Runs `body` inside a loopback-only network namespace: either this process already is
 /// the copy running there, or it starts that copy and reports its result.
-fn in_isolation<F, Fut>(test: &str, body: F) -> anyhow::Result<()>
+fn in_isolation<F, Fut>(test: &str, release: Release, body: F) -> anyhow::Result<()>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -142,7 +176,7 @@ where
                 .context("the test took too long")?
         });
     }
-    if let Some(missing) = missing() {
+    if let Some(missing) = missing(release) {
         if std::env::var(REQUIRED).as_deref() == Ok("1") {
             anyhow::bail!("cannot run the real-CLI test {test}: {missing}");
         }
@@ -175,12 +209,14 @@ where
 /// The agent mode under test.
 #[derive(Clone, Copy)]
 enum Mode {
-    Native,
+    /// The bridge's default, `--agent auto`, which must pick native (`true`) or not.
+    Auto { native: bool },
+    /// `--agent stream-json` with the command given after `--`.
     StreamJson,
 }
 
-async fn official_cli_scenario(mode: Mode, plane: &str) -> anyhow::Result<()> {
-    let claude = claude_program().context("no claude program")?;
+async fn official_cli_scenario(release: Release, mode: Mode, plane: &str) -> anyhow::Result<()> {
+    let claude = claude_program(release).context("no claude program")?;
     let claude = claude.display().to_string();
     let model = FakeAnthropic::start().await?;
     let served = Served::start().await?;
@@ -189,7 +225,7 @@ async fn official_cli_scenario(mode: Mode, plane: &str) -> anyhow::Result<()> {
     let mut command = served.bridge(workdir.path());
     command.args(["--plane", plane]);
     match mode {
-        Mode::Native => {
+        Mode::Auto { .. } => {
             command.args(["--claude", &claude]);
         }
         Mode::StreamJson => {
@@ -221,6 +257,16 @@ async fn official_cli_scenario(mode: Mode, plane: &str) -> anyhow::Result<()> {
         .env("ANTHROPIC_BASE_URL", model.base_url());
     let mut bridge = Bridge::spawn(command)?;
     let session_id = bridge.session_id().await?;
+    if let Mode::Auto { native } = mode {
+        // The bridge asked the client and says in one line what it picked and why.
+        let line = bridge.wait_for("agent mode:", STEP).await?;
+        let picked_native = line.contains("natively");
+        anyhow::ensure!(
+            picked_native == native,
+            "the bridge picked the wrong mode: {line}\n{}",
+            bridge.output()
+        );
+    }
     let mut viewer = Viewer::connect(&served, &session_id).await?;
 
     let expect = Expect {
@@ -243,23 +289,28 @@ async fn official_cli_scenario(mode: Mode, plane: &str) -> anyhow::Result<()> {
 
 #[test]
 fn the_official_cli_runs_natively_on_the_v1_plane() -> anyhow::Result<()> {
-    in_isolation("the_official_cli_runs_natively_on_the_v1_plane", || {
-        official_cli_scenario(Mode::Native, "v1")
-    })
+    in_isolation(
+        "the_official_cli_runs_natively_on_the_v1_plane",
+        Release::Pinned,
+        || official_cli_scenario(Release::Pinned, Mode::Auto { native: true }, "v1"),
+    )
 }
 
 #[test]
 fn the_official_cli_runs_natively_on_the_v2_plane() -> anyhow::Result<()> {
-    in_isolation("the_official_cli_runs_natively_on_the_v2_plane", || {
-        official_cli_scenario(Mode::Native, "v2")
-    })
+    in_isolation(
+        "the_official_cli_runs_natively_on_the_v2_plane",
+        Release::Pinned,
+        || official_cli_scenario(Release::Pinned, Mode::Auto { native: true }, "v2"),
+    )
 }
 
 #[test]
 fn the_official_cli_runs_in_stream_json_mode_on_the_v1_plane() -> anyhow::Result<()> {
     in_isolation(
         "the_official_cli_runs_in_stream_json_mode_on_the_v1_plane",
-        || official_cli_scenario(Mode::StreamJson, "v1"),
+        Release::Pinned,
+        || official_cli_scenario(Release::Pinned, Mode::StreamJson, "v1"),
     )
 }
 
@@ -267,6 +318,25 @@ fn the_official_cli_runs_in_stream_json_mode_on_the_v1_plane() -> anyhow::Result
 fn the_official_cli_runs_in_stream_json_mode_on_the_v2_plane() -> anyhow::Result<()> {
     in_isolation(
         "the_official_cli_runs_in_stream_json_mode_on_the_v2_plane",
-        || official_cli_scenario(Mode::StreamJson, "v2"),
+        Release::Pinned,
+        || official_cli_scenario(Release::Pinned, Mode::StreamJson, "v2"),
+    )
+}
+
+#[test]
+fn todays_cli_runs_under_the_relay_the_bridge_picks_on_the_v1_plane() -> anyhow::Result<()> {
+    in_isolation(
+        "todays_cli_runs_under_the_relay_the_bridge_picks_on_the_v1_plane",
+        Release::Current,
+        || official_cli_scenario(Release::Current, Mode::Auto { native: false }, "v1"),
+    )
+}
+
+#[test]
+fn todays_cli_runs_under_the_relay_the_bridge_picks_on_the_v2_plane() -> anyhow::Result<()> {
+    in_isolation(
+        "todays_cli_runs_under_the_relay_the_bridge_picks_on_the_v2_plane",
+        Release::Current,
+        || official_cli_scenario(Release::Current, Mode::Auto { native: false }, "v2"),
     )
 }

@@ -43,6 +43,10 @@ pub struct RegisterEnvironmentResponse {
     pub environment_id: String,
     /// The credential that polls this environment, and nothing else.
     pub environment_secret: String,
+    /// Switchboard's addition: the server's public base URL (its `--public-url`), for the
+    /// links a bridge prints. The official client ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_url: Option<String>,
 }
 
 /// A work item as `GET …/work/poll` returns it (§5.1).

@@ -76,6 +76,62 @@ impl Readers {
     }
 }
 
+/// Copies the SQLite database a `sqlite://PATH` URL names into the new file `out`, as
+/// one consistent snapshot, while a server may be writing to it (`switchboard backup`).
+///
+/// The copy is made by `VACUUM INTO` on a read-only connection of its own: in WAL mode
+/// that is one read transaction, which sees every transaction committed before it began
+/// and none after, and never blocks the server's writer (nor is blocked by it). `out` is
+/// created here, empty and readable by its owner only (0600), before SQLite fills it; a
+/// file that already exists is refused, not overwritten. The copy is synced and checked
+/// with `PRAGMA quick_check`; on any failure it is removed. Blocking: call it off the
+/// async runtime.
+pub fn backup_to(url: &str, out: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| anyhow::anyhow!("invalid SQLite URL {url:?}: {e}"))?;
+    let path = options.get_filename().to_path_buf();
+    if !path.is_file() {
+        return Err(anyhow::anyhow!("there is no SQLite database at {}", path.display()).into());
+    }
+    let out_text = out
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("the backup path {out:?} is not valid UTF-8"))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                "{} exists already; back up to a new file (nothing was overwritten)",
+                out.display()
+            ),
+            _ => anyhow::anyhow!("cannot create {}: {e}", out.display()),
+        })?;
+    let copied = (|| -> Result<()> {
+        let source = connect(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        source
+            .execute("VACUUM INTO ?1", [out_text])
+            .map_err(|e| anyhow::anyhow!("cannot copy {}: {e}", path.display()))?;
+        drop(source);
+        std::fs::File::open(out)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| anyhow::anyhow!("cannot sync {}: {e}", out.display()))?;
+        let copy = connect(out, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let check: String = copy.query_row("PRAGMA quick_check", [], |row| row.get(0))?;
+        if check != "ok" {
+            return Err(anyhow::anyhow!("the copy failed its check: {check}").into());
+        }
+        Ok(())
+    })();
+    if copied.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    copied
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database a `sqlite://PATH` URL names and migrates it.
     pub async fn open(url: &str) -> Result<Self> {

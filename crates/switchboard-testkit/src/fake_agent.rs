@@ -30,6 +30,14 @@
 //! its start (arguments, working directory, the bridge's environment variables), every
 //! stdin line, and every token update. With `FAKE_AGENT_IGNORE_SIGTERM=1` it ignores
 //! SIGTERM, so a test can see the bridge escalate to SIGKILL.
+//!
+//! It answers the questions `switchboard bridge` asks a Claude Code program before it
+//! picks a mode, as the real CLI does, without logging a start: `--version` prints
+//! `FAKE_AGENT_VERSION` (default `2.1.112 (Claude Code)`), and `--sdk-url` without
+//! `--input-format stream-json` fails at once with the real CLI's complaint about the
+//! formats, or, with `FAKE_AGENT_REFUSE_SDK_URL=1`, with the refusal of Claude Code
+//! 2.1.113 and newer (`--sdk-url rejected: host … is not an approved Anthropic
+//! endpoint`), which it then also gives a real session URL.
 
 use std::collections::VecDeque;
 use std::io::Write as _;
@@ -117,6 +125,9 @@ enum Stop {
 /// Runs the fake agent with the process's arguments and environment; returns its exit
 /// status.
 pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
+    if let Some(status) = answer_cli_checks(&args) {
+        return Ok(status);
+    }
     let log = Log(std::env::var_os("FAKE_AGENT_LOG").map(PathBuf::from));
     let cwd = std::env::current_dir().context("no working directory")?;
     let env: serde_json::Map<String, Value> = BRIDGE_VARIABLES
@@ -152,6 +163,38 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
     let Stop::Exit(status) = agent.serve().await;
     agent.finish().await;
     Ok(status)
+}
+
+/// The version the fake reports unless `FAKE_AGENT_VERSION` says otherwise.
+pub const DEFAULT_VERSION: &str = "2.1.112 (Claude Code)";
+
+/// `--version`, and the real CLI's checks of `--sdk-url` that run before anything else;
+/// `Some(status)` when one of them ends the process.
+fn answer_cli_checks(args: &[String]) -> Option<i32> {
+    if args.first().map(String::as_str) == Some("--version") {
+        let version =
+            std::env::var("FAKE_AGENT_VERSION").unwrap_or_else(|_| DEFAULT_VERSION.to_owned());
+        println!("{version}");
+        return Some(0);
+    }
+    let url = flag_value(args, "--sdk-url")?;
+    if std::env::var("FAKE_AGENT_REFUSE_SDK_URL").as_deref() == Ok("1") {
+        let host = url::Url::parse(&url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        eprintln!(
+            "Error: --sdk-url rejected: host {host:?} is not an approved Anthropic endpoint. \
+             This flag is reserved for Remote Control worker processes connecting to \
+             Anthropic's backend."
+        );
+        return Some(1);
+    }
+    if flag_value(args, "--input-format").as_deref() != Some("stream-json") {
+        eprintln!("Error: --input-format=stream-json requires output-format=stream-json.");
+        return Some(1);
+    }
+    None
 }
 
 fn flag_value(args: &[String], name: &str) -> Option<String> {

@@ -94,18 +94,22 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Where the Claude Code `program` is, or an error that says how to install it.
+pub(crate) fn find_claude(program: &str) -> anyhow::Result<PathBuf> {
+    find_program(program).ok_or_else(|| {
+        anyhow::anyhow!(
+            "cannot find the Claude Code program `{program}`; install it with \
+             `npm install -g @anthropic-ai/claude-code`, or pass its path with --claude \
+             (or SWITCHBOARD_CLAUDE)"
+        )
+    })
+}
+
 impl AgentSpec {
     /// Claude Code at `program`, with `extra_args` after the bridge's own arguments.
     pub(crate) fn native(program: &str, extra_args: Vec<String>) -> anyhow::Result<Self> {
-        let found = find_program(program).ok_or_else(|| {
-            anyhow::anyhow!(
-                "cannot find the Claude Code program `{program}`; install it with \
-                 `npm install -g @anthropic-ai/claude-code`, or pass its path with --claude \
-                 (or SWITCHBOARD_CLAUDE)"
-            )
-        })?;
         Ok(Self::Native {
-            program: found,
+            program: find_claude(program)?,
             extra_args,
         })
     }

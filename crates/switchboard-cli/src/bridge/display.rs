@@ -123,10 +123,11 @@ impl Display {
             }
         };
         self.line(&format!(
-            "Switchboard bridge for {}{branch} on {machine}\n  server {} · environment {environment_id}\n  agent {} · {spawn}",
+            "Switchboard bridge for {}{branch} on {machine}\n  server {} · environment {environment_id}\n  agent {} · {spawn}\n  agent mode: {}",
             options.directory.display(),
             options.base_url,
             options.agent.describe(),
+            options.agent_why,
         ));
     }
 

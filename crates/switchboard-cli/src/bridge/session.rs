@@ -377,10 +377,21 @@ pub(crate) fn outcome(
         .rev()
         .find(|l| !l.trim().is_empty())
         .cloned();
+    // Claude Code 2.1.113 and newer refuse a self-hosted server's --sdk-url; say what
+    // works instead.
+    let hint = if last
+        .as_deref()
+        .is_some_and(|l| l.contains("--sdk-url rejected"))
+    {
+        "; this Claude Code does not connect to self-hosted servers: run the bridge with \
+         --agent stream-json (or without --agent, which picks it)"
+    } else {
+        ""
+    };
     let last = last
         .map(|l| format!("; its last words: {}", l.trim()))
         .unwrap_or_default();
-    Outcome::Failed(format!("the agent {how}{last}"))
+    Outcome::Failed(format!("the agent {how}{last}{hint}"))
 }
 
 #[cfg(test)]

@@ -412,7 +412,7 @@ impl Supervisor {
             return;
         }
         self.acknowledge(&work.id, &token).await;
-        let link = session_link(&self.options.base_url, &work.data.id);
+        let link = session_link(&self.options.web_url, &work.data.id);
         self.known
             .entry(body.clone())
             .or_insert_with(|| work.data.id.clone());

@@ -29,6 +29,8 @@ pub fn switchboard() -> Command {
         "SWITCHBOARD_URL",
         "SWITCHBOARD_TOKEN",
         "SWITCHBOARD_CLAUDE",
+        "SWITCHBOARD_BRIDGE_AGENT",
+        "SWITCHBOARD_PUBLIC_URL",
         "CLAUDE_BRIDGE_BASE_URL",
         "CLAUDE_BRIDGE_OAUTH_TOKEN",
     ] {
@@ -99,6 +101,11 @@ pub struct Served {
 
 impl Served {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a server with extra `serve` flags (e.g. `--public-url`).
+    pub async fn start_with(flags: &[&str]) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
         let out = switchboard()
             .args(["token", "create", "--name", "bridge-test", "--data-dir"])
@@ -111,7 +118,7 @@ impl Served {
             String::from_utf8_lossy(&out.stderr)
         );
         let key = String::from_utf8(out.stdout)?.trim().to_owned();
-        let (child, url) = Self::serve(data.path(), "127.0.0.1:0").await?;
+        let (child, url) = Self::serve(data.path(), "127.0.0.1:0", flags).await?;
         Ok(Self {
             child,
             url,
@@ -125,16 +132,17 @@ impl Served {
         self.child.kill().await?;
         tokio::time::sleep(pause).await;
         let listen = self.url.trim_start_matches("http://").to_owned();
-        let (child, url) = Self::serve(self.data.path(), &listen).await?;
+        let (child, url) = Self::serve(self.data.path(), &listen, &[]).await?;
         anyhow::ensure!(url == self.url, "the server came back at {url}");
         self.child = child;
         Ok(())
     }
 
-    async fn serve(data: &Path, listen: &str) -> anyhow::Result<(Child, String)> {
+    async fn serve(data: &Path, listen: &str, flags: &[&str]) -> anyhow::Result<(Child, String)> {
         let mut child = switchboard()
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data)
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(server_log())
             .spawn()?;

@@ -77,6 +77,7 @@ impl AppState {
         Ok(RegisterEnvironmentResponse {
             environment_id: env.id,
             environment_secret: secret.token,
+            web_url: Some(self.public_url()),
         })
     }
 
