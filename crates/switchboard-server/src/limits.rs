@@ -21,7 +21,7 @@ pub(crate) const MAX_ENVIRONMENT_FIELD_BYTES: usize = 4096;
 /// serialized. The client's are a few hundred bytes.
 pub(crate) const MAX_METADATA_BYTES: usize = 64 * 1024;
 /// Events (or delivery updates) in one POST. The v1 uploader sends at most 500 per
-/// request, the v2 one at most 100 events or 64 delivery updates (PROTOCOL.md §8.3,
+/// request, the v2 one at most 100 events or 64 delivery updates (docs/PROTOCOL.md §8.3,
 /// §9.5, §9.7), and the REPL's history flush 200.
 pub(crate) const MAX_EVENTS_PER_POST: usize = 2000;
 

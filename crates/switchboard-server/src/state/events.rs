@@ -96,7 +96,7 @@ impl AppState {
     /// Messages posted to `POST /v1/sessions/{id}/events`. The owner may send anything
     /// a viewer may. A worker credential (ingress token, worker JWT) may send only what
     /// the protocol has it send there: the answer to a permission request of its own
-    /// session that the local user gave at the terminal (PROTOCOL.md §4.8), never a
+    /// session that the local user gave at the terminal (docs/PROTOCOL.md §4.8), never a
     /// prompt or a control request (which could, say, raise the permission mode: the
     /// agent hands its session token to every command it runs). Each stored event keeps
     /// the class of credential that sent it.
