@@ -51,6 +51,26 @@ pub enum Principal {
 }
 
 impl Principal {
+    /// [`Principal::class`] of an owner's credential.
+    pub const OWNER_CLASS: &'static str = "owner";
+
+    /// The class of credential, as recorded with what it sends (`sent_with`): `owner`
+    /// (an API key or a web session), `environment_secret`, `ingress_token` or
+    /// `worker_jwt`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Principal::Owner { .. } => Self::OWNER_CLASS,
+            Principal::Environment { .. } => "environment_secret",
+            Principal::Ingress { .. } => "ingress_token",
+            Principal::Worker { .. } => "worker_jwt",
+        }
+    }
+
+    /// True for the credentials a session's worker holds (ingress token, worker JWT).
+    pub fn is_worker(&self) -> bool {
+        matches!(self, Principal::Ingress { .. } | Principal::Worker { .. })
+    }
+
     /// The owner behind any credential.
     pub fn owner_id(&self) -> &str {
         match self {

@@ -30,7 +30,14 @@ pub struct WorkerClaims {
     pub iat: i64,
     /// Expiry, seconds since the epoch.
     pub exp: i64,
+    /// Not valid before, seconds since the epoch (we never set it; honoured when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
 }
+
+/// How far in the future a token's `iat` or `nbf` may lie and still be accepted: the
+/// clock skew between servers that share one store (one minute, as is customary).
+pub const CLOCK_SKEW_SECS: i64 = 60;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
@@ -48,6 +55,9 @@ pub enum JwtError {
     /// Past its `exp`.
     #[error("worker token has expired")]
     Expired,
+    /// Issued in the future (`iat` or `nbf` past now and the clock skew allowance).
+    #[error("worker token is not valid yet")]
+    NotYetValid,
     /// Signed with a key this server does not hold (yet): reload the keys and retry.
     #[error("worker token signed with an unknown key")]
     UnknownKey,
@@ -139,6 +149,10 @@ pub fn verify(token: &str, keys: &[SigningKey], now_secs: i64) -> Result<WorkerC
     if claims.exp <= now_secs {
         return Err(JwtError::Expired);
     }
+    let not_before = claims.nbf.unwrap_or(i64::MIN).max(claims.iat);
+    if not_before > now_secs.saturating_add(CLOCK_SKEW_SECS) {
+        return Err(JwtError::NotYetValid);
+    }
     Ok(claims)
 }
 
@@ -163,6 +177,7 @@ mod tests {
             role: "worker".into(),
             iat: 0,
             exp,
+            nbf: None,
         }
     }
 
@@ -192,5 +207,36 @@ mod tests {
         };
         assert_eq!(verify(&forged, &[key("a")], 50), Err(JwtError::Invalid));
         assert_eq!(verify("a.b", &[key("a")], 0), Err(JwtError::Invalid));
+    }
+
+    #[test]
+    fn tokens_issued_in_the_future_are_refused_beyond_the_clock_skew() {
+        let now = 1_000;
+        let at = |iat: i64, nbf: Option<i64>| {
+            let c = WorkerClaims {
+                iat,
+                nbf,
+                ..claims(now + 3600)
+            };
+            verify(&sign(&c, &key("a")), &[key("a")], now)
+        };
+        assert!(at(now, None).is_ok());
+        assert!(at(now + CLOCK_SKEW_SECS, None).is_ok());
+        assert_eq!(
+            at(now + CLOCK_SKEW_SECS + 1, None),
+            Err(JwtError::NotYetValid)
+        );
+        assert_eq!(at(now + 3000, None), Err(JwtError::NotYetValid));
+        assert!(at(now, Some(now + CLOCK_SKEW_SECS)).is_ok());
+        assert_eq!(
+            at(now, Some(now + CLOCK_SKEW_SECS + 1)),
+            Err(JwtError::NotYetValid)
+        );
+        // `nbf` is optional on the wire.
+        let token = sign(&claims(now + 10), &key("a"));
+        let middle = token.split('.').nth(1).unwrap();
+        let read: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(middle).unwrap()).unwrap();
+        assert!(read.get("nbf").is_none());
     }
 }

@@ -16,6 +16,7 @@ mod error;
 mod http;
 mod hub;
 pub mod jwt;
+mod limits;
 mod metrics;
 mod options;
 mod router;

@@ -116,6 +116,22 @@ impl AppState {
             let claims = verified.map_err(|e| ApiError::Unauthorized(e.to_string()))?;
             let session = SessionId::parse(&claims.session_id)
                 .ok_or_else(|| ApiError::Unauthorized("invalid worker token".into()))?;
+            // A JWT belongs to one epoch: once a newer worker took the session over, every
+            // use of it, on any route or socket, is a 409 and changes nothing.
+            let current = match self.store().session(session.body()).await {
+                Ok(s) => s.worker_epoch,
+                Err(StoreError::NotFound) => {
+                    return Err(ApiError::Unauthorized("invalid worker token".into()))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if claims.epoch != current {
+                return Err(ApiError::Conflict(format!(
+                    "worker epoch {} was superseded (current: {current}); this worker token \
+                     is no longer valid",
+                    claims.epoch
+                )));
+            }
             return Ok(Principal::Worker {
                 owner_id: claims.owner,
                 session_id: session.body().to_string(),

@@ -86,6 +86,9 @@ pub trait Store: Send + Sync + 'static {
         scope: &str,
         now: Millis,
     ) -> Result<u64>;
+    /// Revokes the live ingress tokens of a session that were minted for work items now
+    /// stopped (tokens of its unfinished work items stay valid); returns how many.
+    async fn revoke_stopped_work_credentials(&self, session_id: &str, now: Millis) -> Result<u64>;
     /// Revokes one live credential; true when this call revoked it (so a single-use
     /// credential is consumed exactly once, even by concurrent callers).
     async fn consume_credential(&self, id: &str, now: Millis) -> Result<bool>;

@@ -287,6 +287,9 @@ pub struct NewEvent {
     pub payload: String,
     /// The `request_id` of a control request, response or cancel.
     pub request_id: Option<String>,
+    /// For inbound events, the class of credential that sent it (`owner`,
+    /// `ingress_token`, `worker_jwt`): the audit of who answered a permission request.
+    pub sent_with: Option<String>,
 }
 
 /// The outcome of appending one event.
@@ -319,6 +322,9 @@ pub struct StoredEvent {
     pub request_id: Option<String>,
     /// How far a worker got with it (inbound events only).
     pub delivery: Option<DeliveryStatus>,
+    /// For inbound events, the class of credential that sent it (see [`NewEvent`]);
+    /// `None` for worker output and for events stored before it was recorded.
+    pub sent_with: Option<String>,
 }
 
 /// How far a worker got with an inbound event (docs/PROTOCOL.md §9.7). Only moves forward.

@@ -208,6 +208,7 @@ fn event_from_row(row: &PgRow) -> Result<StoredEvent> {
             .try_get::<Option<String>, _>("delivery")?
             .as_deref()
             .and_then(DeliveryStatus::parse),
+        sent_with: row.try_get("sent_with")?,
     })
 }
 
@@ -282,6 +283,21 @@ impl Store for PgStore {
         .bind(now)
         .bind(kind.as_str())
         .bind(scope)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    #[instrument(skip_all)]
+    async fn revoke_stopped_work_credentials(&self, session_id: &str, now: Millis) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE credentials SET revoked_at = $1 \
+             WHERE kind = 'ingress_token' AND scope = $2 AND revoked_at IS NULL \
+             AND work_id IN (SELECT id FROM work_items \
+                 WHERE session_id = $2 AND state = 'stopped')",
+        )
+        .bind(now)
+        .bind(session_id)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
@@ -755,7 +771,7 @@ impl Store for PgStore {
             seq += 1;
             sqlx::query(
                 "INSERT INTO events (session_id, seq, direction, kind, uuid, payload, \
-                 created_at, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 created_at, request_id, sent_with) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(session_id)
             .bind(to_i64(seq))
@@ -765,6 +781,7 @@ impl Store for PgStore {
             .bind(&event.payload)
             .bind(now)
             .bind(&event.request_id)
+            .bind(&event.sent_with)
             .execute(&mut *tx)
             .await?;
             out.push(Appended {

@@ -328,6 +328,7 @@ fn event_from_row(row: &Row<'_>) -> Result<StoredEvent> {
             .get::<_, Option<String>>("delivery")?
             .as_deref()
             .and_then(DeliveryStatus::parse),
+        sent_with: row.get("sent_with")?,
     })
 }
 
@@ -473,6 +474,23 @@ impl Store for SqliteStore {
                 "UPDATE credentials SET revoked_at = ?1 \
                  WHERE kind = ?2 AND scope = ?3 AND revoked_at IS NULL",
                 params![now, kind.as_str(), scope],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn revoke_stopped_work_credentials(&self, session_id: &str, now: Millis) -> Result<u64> {
+        let session_id = session_id.to_owned();
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "UPDATE credentials SET revoked_at = ?1 \
+                 WHERE kind = 'ingress_token' AND scope = ?2 AND revoked_at IS NULL \
+                 AND work_id IN (SELECT id FROM work_items \
+                     WHERE session_id = ?2 AND state = 'stopped')",
+                params![now, session_id],
             )?;
             Ok(n as u64)
         })
@@ -979,7 +997,7 @@ impl Store for SqliteStore {
                     let inserted = exec(
                         c,
                         "INSERT INTO events (session_id, seq, direction, kind, uuid, payload, \
-                     created_at, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                     created_at, request_id, sent_with) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
                      ON CONFLICT (session_id, uuid) WHERE uuid IS NOT NULL DO NOTHING",
                         params![
                             session_id,
@@ -990,6 +1008,7 @@ impl Store for SqliteStore {
                             event.payload,
                             now,
                             event.request_id,
+                            event.sent_with,
                         ],
                     )?;
                     if inserted == 1 {

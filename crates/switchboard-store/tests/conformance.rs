@@ -156,6 +156,7 @@ fn event(direction: Direction, uuid: Option<&str>, text: &str) -> NewEvent {
         uuid: uuid.map(str::to_string),
         payload: json!({"type":"user","text":text}).to_string(),
         request_id: None,
+        sent_with: None,
     }
 }
 
@@ -226,7 +227,7 @@ async fn story(store: &dyn Store) -> anyhow::Result<()> {
         id: "k1".into(),
         kind: CredentialKind::ApiKey,
         scope: None,
-        ..cred
+        ..cred.clone()
     };
     store.insert_credential(&key).await?;
     assert_eq!(store.api_keys().await?.len(), 1);
@@ -351,7 +352,22 @@ async fn story(store: &dyn Store) -> anyhow::Result<()> {
     store
         .enqueue_work(&work("w2", "env_1", "s1", now + 700))
         .await?;
+    // Ingress tokens of stopped work are revoked; those of unfinished work are not.
+    let ingress = |id: &str, work: &str| Credential {
+        id: id.into(),
+        kind: CredentialKind::IngressToken,
+        scope: Some("s1".into()),
+        work_id: Some(work.into()),
+        ..key.clone()
+    };
+    store.insert_credential(&ingress("i1", "w1")).await?;
+    store.insert_credential(&ingress("i2", "w2")).await?;
+    assert_eq!(store.revoke_stopped_work_credentials("s1", now).await?, 1);
+    assert_eq!(store.credential("i1").await?.revoked_at, Some(now));
+    assert_eq!(store.credential("i2").await?.revoked_at, None);
     assert_eq!(store.stop_session_work("s1", now + 800).await?, 1);
+    assert_eq!(store.revoke_stopped_work_credentials("s1", now).await?, 1);
+    assert_eq!(store.credential("i2").await?.revoked_at, Some(now));
 
     // The log: ordered, gap-free sequence numbers; uuids deduplicated.
     let first = store
@@ -494,6 +510,7 @@ async fn story(store: &dyn Store) -> anyhow::Result<()> {
     let answer = NewEvent {
         request_id: Some("r1".into()),
         kind: "control_response".into(),
+        sent_with: Some("ingress_token".into()),
         ..event(Direction::Inbound, None, "a")
     };
     store.append_events("s1", &[control, answer], now).await?;
@@ -505,6 +522,9 @@ async fn story(store: &dyn Store) -> anyhow::Result<()> {
             .collect::<Vec<_>>(),
         [(4, "control_request"), (5, "control_response")]
     );
+    // Who sent an inbound event is kept with it.
+    assert_eq!(found[0].sent_with, None);
+    assert_eq!(found[1].sent_with.as_deref(), Some("ingress_token"));
     assert!(store.events_by_request("s1", "r2").await?.is_empty());
 
     // Worker epochs: bumped per worker; state is applied only with the current epoch.

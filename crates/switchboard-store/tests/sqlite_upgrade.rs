@@ -60,6 +60,7 @@ async fn logs_written_before_migration_2_survive_it() -> anyhow::Result<()> {
                     uuid: Some("u2".into()),
                     payload: "{}".into(),
                     request_id: None,
+                    sent_with: None,
                 },
                 NewEvent {
                     direction: Direction::Outbound,
@@ -67,6 +68,7 @@ async fn logs_written_before_migration_2_survive_it() -> anyhow::Result<()> {
                     uuid: Some("u3".into()),
                     payload: "{}".into(),
                     request_id: None,
+                    sent_with: None,
                 },
             ],
             30,

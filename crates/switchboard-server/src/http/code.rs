@@ -20,8 +20,8 @@ fn epoch(body: &Map<String, Value>) -> Result<u64, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("worker_epoch: {e}")))
 }
 
-/// Loads the session a worker writes to and refuses the write (409) unless its
-/// `worker_epoch` is the current one.
+/// Loads the session a worker writes to and refuses the write (409) when the session is
+/// archived or its `worker_epoch` is not the current one.
 async fn fenced(
     state: &AppState,
     principal: &crate::auth::Principal,
@@ -29,6 +29,7 @@ async fn fenced(
     body: &Map<String, Value>,
 ) -> Result<switchboard_store::Session, ApiError> {
     let session = state.authorize_session(principal, id, true).await?;
+    AppState::refuse_archived(&session)?;
     AppState::check_epoch(principal, &session, epoch(body)?)?;
     Ok(session)
 }

@@ -84,7 +84,7 @@ pub(crate) async fn archive(
 }
 
 /// `POST /v1/sessions/{id}/events`: prompts and control messages for the worker. The
-/// owner's key may send them; so may the session's ingress token (permission answers).
+/// owner's key may send them; the session's worker credentials only permission answers.
 pub(crate) async fn post_events(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -92,7 +92,9 @@ pub(crate) async fn post_events(
     Json(req): Json<EventsRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let session = state.authorize_session(&principal, &id, true).await?;
-    let appended = state.append_inbound(&session, req.events).await?;
+    let appended = state
+        .post_session_events(&principal, &session, req.events)
+        .await?;
     let events: Vec<Value> = appended
         .iter()
         .map(|a| match a {

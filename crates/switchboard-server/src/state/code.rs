@@ -12,6 +12,7 @@ use super::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::jwt::{self, WorkerClaims};
+use crate::limits;
 use crate::time::now_ms;
 
 /// The event id a worker acknowledges a streamed event by: the message's `uuid` (so the
@@ -62,6 +63,16 @@ impl AppState {
         title: Option<String>,
         tags: Vec<String>,
     ) -> Result<Session, ApiError> {
+        if tags.len() > limits::MAX_TAGS {
+            return Err(ApiError::BadRequest(format!(
+                "{} tags; at most {} are accepted",
+                tags.len(),
+                limits::MAX_TAGS
+            )));
+        }
+        for tag in &tags {
+            limits::check_len("a tag", tag, limits::MAX_TAG_BYTES)?;
+        }
         let req = switchboard_proto::sessions::CreateSessionRequest {
             title,
             session_context: json!({ "tags": tags }),
@@ -92,6 +103,7 @@ impl AppState {
             role: "worker".into(),
             iat: now,
             exp: now + i64::try_from(ttl).unwrap_or(i64::MAX / 2),
+            nbf: None,
         };
         let token = jwt::sign(&claims, &keys[0]);
         Ok(json!({
@@ -214,6 +226,7 @@ impl AppState {
         session: &Session,
         events: Vec<Value>,
     ) -> Result<(), ApiError> {
+        limits::check_count("events", events.len())?;
         let mut payloads = Vec::with_capacity(events.len());
         for (i, event) in events.into_iter().enumerate() {
             match event {
@@ -238,6 +251,7 @@ impl AppState {
         session: &Session,
         updates: Vec<(String, String)>,
     ) -> Result<(), ApiError> {
+        limits::check_count("delivery updates", updates.len())?;
         let mut parsed = Vec::with_capacity(updates.len());
         for (id, status) in updates {
             let status = DeliveryStatus::parse(&status).ok_or_else(|| {
@@ -254,6 +268,7 @@ impl AppState {
         session: &Session,
         events: Vec<Value>,
     ) -> Result<(), ApiError> {
+        limits::check_count("events", events.len())?;
         let mut stored = Vec::with_capacity(events.len());
         for (i, event) in events.into_iter().enumerate() {
             let payload = event

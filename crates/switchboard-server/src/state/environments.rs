@@ -13,6 +13,7 @@ use switchboard_store::{CredentialKind, Environment, StoreError, WorkItem, WorkS
 use super::{check_safe_id, parse_session_id, AppState};
 use crate::auth::{self, Principal};
 use crate::error::ApiError;
+use crate::limits;
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::time::{iso, now_ms};
 
@@ -28,6 +29,14 @@ impl AppState {
         owner_id: &str,
         req: RegisterEnvironmentRequest,
     ) -> Result<RegisterEnvironmentResponse, ApiError> {
+        let max = limits::MAX_ENVIRONMENT_FIELD_BYTES;
+        limits::check_len("machine_name", &req.machine_name, max)?;
+        limits::check_len("directory", &req.directory, max)?;
+        limits::check_len("branch", &req.branch, max)?;
+        if let Some(url) = &req.git_repo_url {
+            limits::check_len("git_repo_url", url, max)?;
+        }
+        limits::check_json_len("metadata", &req.metadata, limits::MAX_METADATA_BYTES)?;
         let now = now_ms();
         let reattach = match req.environment_id.as_deref() {
             Some(id) if switchboard_proto::is_safe_id(id) => {
@@ -337,7 +346,15 @@ impl AppState {
                 .await
         };
         match stopped {
-            Ok(_) => Ok(()),
+            Ok(work) => {
+                // The ingress tokens of the session's stopped work stop working with it.
+                // (A reconnect stops the older items without this, so their worker keeps
+                // its token until the new item's token reaches it.)
+                self.store()
+                    .revoke_stopped_work_credentials(&work.session_id, now)
+                    .await?;
+                Ok(())
+            }
             Err(StoreError::NotFound) => {
                 Err(ApiError::NotFound(format!("work {work_id} not found")))
             }

@@ -6,8 +6,10 @@ use switchboard_proto::sessions::SEQUENCE_FIELD;
 use switchboard_store::{Appended, Direction, NewEvent, Session, SessionStatus};
 
 use super::AppState;
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::hub::LogEvent;
+use crate::limits;
 use crate::metrics::Metrics;
 use crate::time::now_ms;
 
@@ -25,6 +27,8 @@ impl AppState {
         session: &Session,
         messages: Vec<Value>,
     ) -> Result<Vec<Appended>, ApiError> {
+        Self::refuse_archived(session)?;
+        limits::check_count("events", messages.len())?;
         let mut events = Vec::with_capacity(messages.len());
         let mut status = None;
         for (i, message) in messages.into_iter().enumerate() {
@@ -56,10 +60,10 @@ impl AppState {
         &self,
         session: &Session,
         messages: Vec<Value>,
+        sent_with: &str,
     ) -> Result<Vec<Accepted>, ApiError> {
-        if session.status == SessionStatus::Archived {
-            return Err(ApiError::Conflict("session is archived".into()));
-        }
+        Self::refuse_archived(session)?;
+        limits::check_count("events", messages.len())?;
         let mut events = Vec::with_capacity(messages.len());
         for (i, message) in messages.into_iter().enumerate() {
             if is_keep_alive(&message) {
@@ -68,7 +72,8 @@ impl AppState {
             let message =
                 messages::normalize_inbound(message, &mut || uuid::Uuid::new_v4().to_string())
                     .map_err(|e| ApiError::BadRequest(format!("event {i}: {e}")))?;
-            let event = new_event(Direction::Inbound, message);
+            let mut event = new_event(Direction::Inbound, message);
+            event.sent_with = Some(sent_with.to_string());
             if event.payload.len() > MAX_INBOUND_EVENT_BYTES {
                 return Err(ApiError::TooLarge(format!(
                     "event {i} is {} bytes; a message for the worker may be at most {MAX_INBOUND_EVENT_BYTES}",
@@ -78,6 +83,47 @@ impl AppState {
             events.push(event);
         }
         self.append_checked(session, events, None, true).await
+    }
+
+    /// An archived session takes no more writes, from its worker or anyone (409).
+    pub(crate) fn refuse_archived(session: &Session) -> Result<(), ApiError> {
+        if session.status == SessionStatus::Archived || session.archived_at.is_some() {
+            return Err(ApiError::Conflict("session is archived".into()));
+        }
+        Ok(())
+    }
+
+    /// Messages posted to `POST /v1/sessions/{id}/events`. The owner may send anything
+    /// a viewer may. A worker credential (ingress token, worker JWT) may send only what
+    /// the protocol has it send there: the answer to a permission request of its own
+    /// session that the local user gave at the terminal (docs/PROTOCOL.md §4.8), never a
+    /// prompt or a control request (which could, say, raise the permission mode: the
+    /// agent hands its session token to every command it runs). Each stored event keeps
+    /// the class of credential that sent it.
+    pub(crate) async fn post_session_events(
+        &self,
+        principal: &Principal,
+        session: &Session,
+        messages: Vec<Value>,
+    ) -> Result<Vec<Accepted>, ApiError> {
+        if principal.is_worker() {
+            for (i, message) in messages.iter().enumerate() {
+                if is_keep_alive(message) {
+                    continue;
+                }
+                if message_type(message) != Some("control_response")
+                    || messages::control_request_id(message).is_none()
+                {
+                    return Err(ApiError::Forbidden(format!(
+                        "event {i}: a worker credential may only post answers to permission \
+                         requests (control_response with a request_id) here; prompts and \
+                         control requests need the owner's API key"
+                    )));
+                }
+            }
+        }
+        self.append_inbound(session, messages, principal.class())
+            .await
     }
 
     async fn append(
@@ -274,6 +320,7 @@ fn new_event(direction: Direction, mut message: Value) -> NewEvent {
         uuid: message_uuid(&message).map(str::to_string),
         request_id: messages::control_request_id(&message).map(str::to_string),
         payload: message.to_string(),
+        sent_with: None,
     }
 }
 

@@ -4,12 +4,15 @@
 use serde_json::Value;
 use switchboard_proto::sessions::{CreateSessionRequest, Page, SessionResource};
 use switchboard_proto::SessionId;
-use switchboard_store::{Direction, EventQuery, Session, SessionStatus, StoreError};
+use switchboard_store::{
+    CredentialKind, Direction, EventQuery, Session, SessionStatus, StoreError,
+};
 
 use super::{check_safe_id, AppState};
 use crate::auth;
 use crate::error::ApiError;
 use crate::hub::with_sequence;
+use crate::limits;
 use crate::metrics::Metrics;
 use crate::time::{iso, now_ms};
 
@@ -21,6 +24,10 @@ use crate::time::{iso, now_ms};
 /// child appends its v2 paths to that URL (`…/session_ingress/ws/cse_…/worker/…`) and
 /// fails. Switchboard's own bridge asks for a plane explicitly.
 pub(crate) const DEFAULT_PLANE_V2: bool = true;
+
+/// The field a history item carries the class of credential that sent it in (inbound
+/// events only): `owner`, `ingress_token` or `worker_jwt`.
+pub(crate) const SENT_WITH_FIELD: &str = "sent_with";
 
 /// The most events one history page returns.
 pub(crate) const MAX_PAGE: u32 = 1000;
@@ -56,6 +63,15 @@ impl AppState {
         owner_id: &str,
         req: CreateSessionRequest,
     ) -> Result<Session, ApiError> {
+        if let Some(title) = &req.title {
+            limits::check_len("title", title, limits::MAX_TITLE_BYTES)?;
+        }
+        limits::check_json_len(
+            "session_context",
+            &req.session_context,
+            limits::MAX_METADATA_BYTES,
+        )?;
+        limits::check_count("events", req.events.len())?;
         if let Some(env_id) = req.environment_id.as_deref() {
             check_safe_id("environment id", env_id)?;
             let env = match self.store().environment(env_id).await {
@@ -120,7 +136,8 @@ impl AppState {
         self.store().create_session(&session).await?;
         Metrics::add(&self.metrics().sessions_created, 1);
         if !initial.is_empty() {
-            self.append_inbound(&session, initial).await?;
+            self.append_inbound(&session, initial, crate::auth::Principal::OWNER_CLASS)
+                .await?;
         }
         if let Some(env_id) = &session.environment_id {
             self.queue_work(env_id, &session.id).await?;
@@ -201,6 +218,7 @@ impl AppState {
         session: &Session,
         title: &str,
     ) -> Result<Session, ApiError> {
+        limits::check_len("title", title, limits::MAX_TITLE_BYTES)?;
         self.store()
             .set_session_title(&session.id, title, now_ms())
             .await?;
@@ -217,6 +235,10 @@ impl AppState {
             }
             Err(e) => return Err(e.into()),
         }
+        // Its workers' ingress tokens stop working with it.
+        self.store()
+            .revoke_credentials(CredentialKind::IngressToken, &session.id, now_ms())
+            .await?;
         self.hub().close(&session.id);
         tracing::info!(session = %session.id, "session archived");
         Ok(())
@@ -250,8 +272,15 @@ impl AppState {
         }
         let data = events
             .iter()
-            .map(|e| serde_json::from_str(&with_sequence(&e.payload, e.seq)))
-            .collect::<Result<Vec<Value>, _>>()
+            .map(|e| {
+                let mut item: Value = serde_json::from_str(&with_sequence(&e.payload, e.seq))?;
+                // The audit: which class of credential sent an inbound event.
+                if let (Some(class), Some(obj)) = (&e.sent_with, item.as_object_mut()) {
+                    obj.insert(SENT_WITH_FIELD.into(), Value::String(class.clone()));
+                }
+                Ok(item)
+            })
+            .collect::<Result<Vec<Value>, serde_json::Error>>()
             .map_err(|e| anyhow::anyhow!("stored event is not JSON: {e}"))?;
         Ok(Page {
             first_id: events.first().map(|e| e.seq.to_string()),

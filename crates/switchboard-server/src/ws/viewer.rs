@@ -16,7 +16,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::Instrument as _;
 
 use super::{close, close_code_for, reject, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SESSION_GONE};
-use crate::auth;
+use crate::auth::{self, Principal};
 use crate::error::{ApiError, Path, Query};
 use crate::hub::{with_sequence, SessionChannel};
 use crate::metrics::{GaugeGuard, Metrics};
@@ -262,7 +262,10 @@ async fn accept_viewer_text(state: &AppState, session: &Session, text: &str) -> 
             ))))
         }
     };
-    match state.append_inbound(session, vec![message]).await {
+    match state
+        .append_inbound(session, vec![message], Principal::OWNER_CLASS)
+        .await
+    {
         Ok(_) => None,
         Err(e) => Some(error_frame(&e)),
     }

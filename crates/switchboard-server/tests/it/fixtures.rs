@@ -176,7 +176,10 @@ async fn the_v1_hybrid_capture_replays_against_switchboard() -> anyhow::Result<(
         .data
         .into_iter()
         .map(|mut v| {
-            v.as_object_mut().unwrap().remove("sequence_num");
+            let v_obj = v.as_object_mut().unwrap();
+            v_obj.remove("sequence_num");
+            // The audit field the server adds to inbound events, like the sequence number.
+            v_obj.remove("sent_with");
             v
         })
         .collect();
@@ -341,7 +344,9 @@ async fn replay_v2(name: &str) -> anyhow::Result<()> {
         .data
         .into_iter()
         .map(|mut v| {
-            v.as_object_mut().expect("object").remove("sequence_num");
+            let v_obj = v.as_object_mut().expect("object");
+            v_obj.remove("sequence_num");
+            v_obj.remove("sent_with");
             v
         })
         .collect();

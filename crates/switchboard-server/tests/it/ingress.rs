@@ -178,8 +178,11 @@ async fn wrong_credentials_close_with_4003_and_unknown_sessions_with_4001() -> a
     let code = refusal_code(ingress_config(&server, "cse_doesnotexist", &server.key)).await?;
     assert_eq!(code, 4001);
     server.sessions().archive_session(&d.session_id).await?;
-    let code = refusal_code(ingress_config(&server, &d.work.data.id, &d.ingress_token)).await?;
+    let code = refusal_code(ingress_config(&server, &d.work.data.id, &server.key)).await?;
     assert_eq!(code, 4001);
+    // Archiving revoked the session's ingress token.
+    let code = refusal_code(ingress_config(&server, &d.work.data.id, &d.ingress_token)).await?;
+    assert_eq!(code, 4003);
     Ok(())
 }
 

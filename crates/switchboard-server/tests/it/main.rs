@@ -5,11 +5,13 @@
 // library APIs.
 #![allow(unreachable_pub)]
 
+mod access; // Every route and socket × every credential class (routes read from router.rs).
 mod bridge; // EnvLessBridge against the real server: refreshes, teardown.
 mod common; // TestServer: start, URLs, clients, extra keys.
 mod environments; // The standalone environment flow: register, poll, ack, stop, deregister.
 mod errors; // JSON error bodies: bad ids, bad JSON, oversized bodies, unknown routes.
 mod fixtures; // Replays of the official CLI's wire captures.
+mod hardening; // Issue #12: worker credentials, epoch fencing, revocation, size caps.
 mod ingress; // The v1 session-ingress WebSocket and POST.
 mod isolation; // Token classes and owners never reach each other's data.
 mod official; // The official `claude remote-control`: its plane, restarts, answer echoes.

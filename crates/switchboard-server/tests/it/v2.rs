@@ -121,20 +121,24 @@ async fn code_sessions_issue_credentials_and_every_bridge_call_bumps_the_epoch(
         serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(middle)?)?;
     assert!(claims["exp"].as_i64().unwrap() > claims["iat"].as_i64().unwrap());
     // The worker token is not a user key: it cannot create sessions or mint credentials.
-    let (status, _) = post(&server, "/v1/code/sessions", &first.jwt, json!({})).await?;
+    let current = second["worker_jwt"].as_str().unwrap().to_string();
+    let (status, _) = post(&server, "/v1/code/sessions", &current, json!({})).await?;
     assert_eq!(status, 403);
     let (status, _) = post(
         &server,
         &format!("/v1/code/sessions/{}/bridge", first.id),
-        &first.jwt,
+        &current,
         json!({}),
     )
     .await?;
     assert_eq!(status, 403);
     // Nor reach another session.
     let other = code_session(&server).await?;
-    let (status, _) = get(&server, &worker_path(&other.id, ""), &first.jwt).await?;
+    let (status, _) = get(&server, &worker_path(&other.id, ""), &current).await?;
     assert_eq!(status, 403);
+    // The first token's epoch was superseded: any use of it is a 409.
+    let (status, _) = post(&server, "/v1/code/sessions", &first.jwt, json!({})).await?;
+    assert_eq!(status, 409);
     Ok(())
 }
 
