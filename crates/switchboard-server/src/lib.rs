@@ -18,6 +18,8 @@ mod hub;
 pub mod jwt;
 mod metrics;
 mod options;
+mod ratelimit;
+mod revocation;
 mod router;
 mod shutdown;
 mod sse;
@@ -32,7 +34,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
-pub use options::ServerOptions;
+pub use options::{MetricsAccess, ServerOptions};
 pub use shutdown::Shutdown;
 pub use state::AppState;
 
