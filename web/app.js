@@ -1,7 +1,7 @@
 // Switchboard web UI: sign-in, the session list and (in session.js) one session.
 // Plain ES modules, no build step. Routes: /, /s/<session id>, /pair/<token>.
 
-import { h, ago } from "./dom.js";
+import { h, ago, uuid } from "./dom.js";
 import { sessionView } from "./session.js";
 
 const root = document.getElementById("app");
@@ -196,6 +196,67 @@ function listView() {
     route();
   }
 
+  async function signOutEverywhere() {
+    try {
+      await api("/web/logout/all", { method: "POST" });
+    } catch (e) {
+      warn.textContent = `Couldn't sign out everywhere: ${e.message}`;
+      warn.hidden = false;
+      return;
+    }
+    route();
+  }
+
+  // "New session": pick an online environment, type the first prompt, start it there.
+  const newPanel = h("form", { class: "card new-session", hidden: true, "aria-label": "New session" });
+  async function newSession() {
+    newPanel.hidden = false;
+    newPanel.replaceChildren(h("p", null, "Loading environments…"));
+    let envs;
+    try {
+      envs = ((await api("/v1/environments"))?.data || []).filter((e) => e.online);
+    } catch (e) {
+      newPanel.replaceChildren(h("p", { class: "error" }, `Couldn't load environments: ${e.message}`));
+      return;
+    }
+    const close = h("button", { type: "button", class: "ghost", onclick: () => { newPanel.hidden = true; } }, "Close");
+    const head = h("div", { class: "row" }, h("strong", null, "Start a session"), h("div", { class: "spacer" }), close);
+    if (!envs.length) {
+      newPanel.replaceChildren(head, h("p", { class: "muted" },
+        "No environment is online. Run `claude remote-control` (or `switchboard bridge`) on a machine pointed at this server; it shows up here."));
+      return;
+    }
+    const select = h("select", { name: "environment", "aria-label": "Environment" },
+      envs.map((e) => h("option", { value: e.id }, `${e.machine_name}:${e.directory}${e.branch ? ` (${e.branch})` : ""}`)));
+    const input = h("textarea", { name: "prompt", rows: 3, required: true, placeholder: "What should Claude do?", "aria-label": "First prompt" });
+    const error = h("p", { class: "error", role: "alert", hidden: true });
+    const start = h("button", { class: "primary", type: "submit" }, "Start");
+    newPanel.onsubmit = async (e) => {
+      e.preventDefault();
+      const text = input.value.trim();
+      if (!text) return;
+      start.disabled = true;
+      error.hidden = true;
+      try {
+        const message = { type: "user", uuid: uuid(), parent_tool_use_id: null, message: { role: "user", content: text } };
+        const s = await api("/v1/sessions", {
+          body: { environment_id: select.value, title: text.split("\n")[0].slice(0, 80), events: [{ type: "event", data: message }] },
+        });
+        navigate(`/s/${encodeURIComponent(s.id)}`);
+      } catch (err) {
+        error.textContent = `Couldn't start the session: ${err.message}`;
+        error.hidden = false;
+        start.disabled = false;
+      }
+    };
+    newPanel.replaceChildren(head,
+      h("label", null, "Environment", select),
+      h("label", null, "First prompt", input),
+      error,
+      h("div", { class: "row" }, h("div", { class: "spacer" }), start));
+    input.focus();
+  }
+
   function render(sessions) {
     // Waiting for approval first, archived last, otherwise the most recent first.
     const rank = (s) => (s.session_status === "requires_action" ? 0 : s.session_status === "archived" ? 2 : 1);
@@ -263,11 +324,13 @@ function listView() {
   root.replaceChildren(
     h("div", { class: "page" },
       topBar(
+        h("button", { type: "button", class: "ghost", onclick: newSession }, "New session"),
         h("button", { type: "button", class: "ghost", onclick: pairDevice }, "Pair device"),
-        h("button", { type: "button", class: "ghost", onclick: signOut }, "Sign out")),
+        h("button", { type: "button", class: "ghost", onclick: signOut }, "Sign out"),
+        h("button", { type: "button", class: "ghost", onclick: signOutEverywhere }, "Sign out everywhere")),
       h("main", { class: "content" },
         h("h1", { class: "page-title" }, "Sessions"),
-        pairPanel, warn, status, list)),
+        newPanel, pairPanel, warn, status, list)),
   );
   poll();
   return {

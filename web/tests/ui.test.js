@@ -395,6 +395,86 @@ describe("a session", () => {
   });
 });
 
+describe("from the phone", () => {
+  test("start a session on an online environment: pick it, type the first prompt, land on the session", async () => {
+    // A bridge that keeps polling (online) and one that stopped long ago is not offered;
+    // its own server, so the list holds only these.
+    const own = await Server.start();
+    const ctx = await browser.newContext({ viewport: PHONE });
+    let polling = true;
+    try {
+      const env = await own.api("POST", "/v1/environments/bridge", {
+        machine_name: "workstation", directory: "/home/dev/app", branch: "main", max_sessions: 4,
+        metadata: { worker_type: "claude_code" },
+      });
+      const works = [];
+      (async () => {
+        for (let n = 0; polling && n < 100; n++) {
+          try {
+            const w = await own.api("GET", `/v1/environments/${env.environment_id}/work/poll`, undefined, env.environment_secret);
+            if (w) works.push(w);
+          } catch { await sleep(100); }
+        }
+      })();
+      const p = watch(await ctx.newPage());
+      await p.goto(await own.pairingUrl());
+      await p.waitForURL(`${own.url}/`);
+      await p.getByRole("button", { name: "New session" }).click();
+      const select = p.getByLabel("Environment");
+      await select.waitFor();
+      assert.deepEqual(await select.locator("option").allInnerTexts(), ["workstation:/home/dev/app (main)"]);
+      await p.getByLabel("First prompt").fill("Fix the flaky test in ci.yml\nand explain why it flaked");
+      await p.getByRole("button", { name: "Start" }).click();
+      await p.waitForURL(/\/s\/session_[A-Za-z0-9]+$/);
+      const id = new URL(p.url()).pathname.split("/").pop();
+      await p.locator(".msg.user", { hasText: "Fix the flaky test" }).waitFor();
+      assert.equal(await p.locator("h1.title").innerText(), "Fix the flaky test in ci.yml");
+      // The environment got the session as work, with the prompt waiting in its log.
+      const work = await eventually(() => works.find((w) => w.data.id.replace(/^(cse|session)_/, "") === id.replace(/^(cse|session)_/, "")), { what: "the work item" });
+      assert.ok(work);
+      const events = await own.api("GET", `/v1/sessions/${id}/events`);
+      const prompts = (events.data || []).filter((e) => e.type === "user");
+      assert.equal(prompts.length, 1);
+      assert.match(JSON.stringify(prompts[0]), /Fix the flaky test in ci\.yml\\nand explain/);
+      assert.deepEqual(p.errors, []);
+    } finally {
+      polling = false;
+      await ctx.close();
+      await own.stop();
+    }
+  });
+
+  test("sign out everywhere signs every browser of the owner out", async () => {
+    const own = await Server.start();
+    const one = await browser.newContext({ viewport: PHONE });
+    const two = await browser.newContext({ viewport: DESKTOP });
+    try {
+      const a = watch(await one.newPage());
+      const b = watch(await two.newPage());
+      for (const p of [a, b]) {
+        await p.goto(await own.pairingUrl());
+        await p.waitForURL(`${own.url}/`);
+        await p.locator("h1.page-title").waitFor();
+      }
+      // The other browser watches a session: its live socket is what tells it.
+      const { session } = await own.session({ title: "Watched elsewhere" });
+      await b.goto(`${own.url}/s/${session.id}`);
+      await b.locator('.conn[data-state="live"]').waitFor();
+      await a.getByRole("button", { name: "Sign out everywhere" }).click();
+      await a.getByLabel("API key").waitFor();
+      // Its socket is closed (4003) at once, and the page goes back to signing in.
+      await b.getByLabel("API key").waitFor({ timeout: 5000 });
+      const me = await b.evaluate(async () => (await fetch("/web/me")).status);
+      assert.equal(me, 401);
+      assert.deepEqual([...a.errors, ...b.errors], []);
+    } finally {
+      await one.close();
+      await two.close();
+      await own.stop();
+    }
+  });
+});
+
 describe("connection", () => {
   test("after the server dies and comes back, the page reconnects; every message shows once, in order", async () => {
     const own = await Server.start();

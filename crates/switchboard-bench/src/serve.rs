@@ -28,7 +28,9 @@ pub(crate) fn switchboard(dir: &Path) -> anyhow::Result<()> {
         .init();
     let url = format!("sqlite://{}", dir.join("switchboard.db").display());
     runtime()?.block_on(async move {
-        let options = switchboard_server::ServerOptions::new(url);
+        let mut options = switchboard_server::ServerOptions::new(url);
+        // The benchmark reads its gauges off /metrics without a key.
+        options.metrics = switchboard_server::MetricsAccess::Public;
         let server = Arc::new(switchboard_server::Server::new(options).await?);
         let token = switchboard_server::auth::create_api_key(
             server.state().store().as_ref(),

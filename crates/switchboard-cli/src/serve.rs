@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use switchboard_server::{Server, ServerOptions};
+use switchboard_server::{MetricsAccess, Server, ServerOptions};
 
 use crate::StoreArgs;
 
@@ -36,6 +36,18 @@ pub(crate) struct ServeArgs {
     /// events of the history (default: all of it).
     #[arg(long, env = "SWITCHBOARD_VIEWER_BACKLOG", value_name = "EVENTS")]
     viewer_backlog: Option<u32>,
+    /// Who may read /metrics: `off` (404), `public` (anyone who can reach the server) or
+    /// `token` (callers with an API key).
+    #[arg(long, env = "SWITCHBOARD_METRICS", value_enum, default_value = "token")]
+    metrics: MetricsFlag,
+}
+
+/// Values of `--metrics`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum MetricsFlag {
+    Off,
+    Public,
+    Token,
 }
 
 impl ServeArgs {
@@ -46,6 +58,11 @@ impl ServeArgs {
         options.max_body_bytes = self.max_body_bytes;
         options.poll_timeout = Duration::from_millis(self.poll_timeout_ms);
         options.viewer_backlog = self.viewer_backlog;
+        options.metrics = match self.metrics {
+            MetricsFlag::Off => MetricsAccess::Off,
+            MetricsFlag::Public => MetricsAccess::Public,
+            MetricsFlag::Token => MetricsAccess::Token,
+        };
         Ok(options)
     }
 }

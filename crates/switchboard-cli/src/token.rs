@@ -24,6 +24,14 @@ pub(crate) enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Revoke an API key, by id or by name: requests with it get 401 at once, and a
+    /// running server closes the connections opened with it within seconds.
+    Revoke {
+        /// The key's id (from `token list`) or its name.
+        key: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Start signing worker tokens with a new key (running servers pick it up within a
     /// minute).
     RotateSigningKey {
@@ -72,6 +80,45 @@ pub(crate) async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 ""
             };
             println!("New signing key {}{retired}", key.id);
+        }
+        TokenCommand::Revoke { key, store } => {
+            let store = open(&store).await?;
+            let keys = store.api_keys().await?;
+            let by_id: Vec<_> = keys.iter().filter(|k| k.id == key).collect();
+            let matches = if by_id.is_empty() {
+                keys.iter()
+                    .filter(|k| k.name == key && k.revoked_at.is_none())
+                    .collect()
+            } else {
+                by_id
+            };
+            let found = match matches.as_slice() {
+                [] => anyhow::bail!(
+                    "no API key with the id or name {key:?} (see `switchboard token list`)"
+                ),
+                [one] => *one,
+                several => anyhow::bail!(
+                    "{} API keys are named {key:?}; revoke one by its id: {}",
+                    several.len(),
+                    several
+                        .iter()
+                        .map(|k| k.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            if store
+                .consume_credential(&found.id, crate::serve::now_ms_pub())
+                .await
+                .context("failed to revoke the key")?
+            {
+                println!("Revoked API key {} ({:?})", found.id, found.name);
+            } else {
+                println!(
+                    "API key {} ({:?}) was already revoked",
+                    found.id, found.name
+                );
+            }
         }
         TokenCommand::List { store } => {
             let store = open(&store).await?;

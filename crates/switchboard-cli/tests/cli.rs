@@ -142,6 +142,74 @@ async fn token_create_refuses_an_empty_name_and_an_unknown_database() -> anyhow:
 }
 
 #[tokio::test]
+async fn token_revoke_by_name_or_id_cuts_a_running_servers_key_off() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let phone = create_key(dir.path(), "phone").await?;
+    let laptop = create_key(dir.path(), "laptop").await?;
+    let _twin = create_key(dir.path(), "laptop").await?;
+    let mut served = serve(dir.path()).await?;
+    let http = reqwest::Client::new();
+    let status = |key: String| {
+        let http = http.clone();
+        let url = format!("{}/v1/sessions", served.url);
+        async move { anyhow::Ok(http.get(url).bearer_auth(key).send().await?.status()) }
+    };
+    assert_eq!(status(phone.clone()).await?, 200);
+    let revoke = |what: String| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            anyhow::Ok(
+                switchboard()
+                    .args(["token", "revoke", &what, "--data-dir"])
+                    .arg(dir)
+                    .output()
+                    .await?,
+            )
+        }
+    };
+    // By name, while the server runs: the next request with it is refused.
+    let out = revoke("phone".into()).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Revoked API key"));
+    assert_eq!(status(phone.clone()).await?, 401);
+    assert_eq!(status(laptop.clone()).await?, 200);
+    // Two keys share a name: the command asks for an id instead of guessing.
+    let out = revoke("laptop".into()).await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revoke one by its id"));
+    assert_eq!(status(laptop.clone()).await?, 200);
+    let id = laptop.split('_').nth(1).unwrap().to_string();
+    let out = revoke(id.clone()).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(status(laptop).await?, 401);
+    // Unknown keys are an error; `token list` shows what is revoked.
+    let out = revoke("nope".into()).await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no API key"));
+    let list = switchboard()
+        .args(["token", "list", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .await?;
+    let list = String::from_utf8(list.stdout)?;
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&id) && l.ends_with("revoked")),
+        "{list}"
+    );
+    served.child.kill().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_server_killed_with_sigkill_keeps_every_acknowledged_event_in_order() -> anyhow::Result<()>
 {
     let dir = tempfile::tempdir()?;

@@ -277,20 +277,32 @@ pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
         })
 }
 
-/// For a cookie-authenticated request: true unless an `Origin` header names another
-/// site (browsers always send it on cross-site requests and WebSocket upgrades).
-pub fn same_origin(headers: &axum::http::HeaderMap) -> bool {
-    let Some(origin) = headers
-        .get(axum::http::header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-    else {
+/// True unless the request carries an `Origin` header naming another site: the origin
+/// must be the server's public URL or the scheme and authority the request was sent to
+/// (`host`, as the listener believes it). Browsers send `Origin` on every cross-site
+/// request, every `POST` and every WebSocket upgrade, so a request without one did not
+/// come from another site's page; `Origin: null` (sandboxed frames, some redirects) is
+/// never same-origin.
+pub fn origin_matches(headers: &axum::http::HeaderMap, public_url: &str, host: &str) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
         return true;
     };
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    origin.split_once("://").map(|(_, rest)| rest) == Some(host)
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/');
+    if origin.eq_ignore_ascii_case(public_url.trim_end_matches('/')) {
+        return true;
+    }
+    matches!(origin.split_once("://"), Some((scheme, authority))
+        if (scheme == "http" || scheme == "https") && !host.is_empty()
+            && authority.eq_ignore_ascii_case(host))
+}
+
+/// The class and public id of a stored credential's token (`None` for a worker JWT or
+/// anything that is not one of ours).
+pub(crate) fn credential_ref(token: &str) -> Option<(CredentialKind, &str)> {
+    parse_token(token).map(|(kind, id, _)| (kind, id))
 }
 
 /// Reads `Authorization: Bearer <token>`.

@@ -35,6 +35,9 @@ pub enum ApiError {
     /// 413: body over the configured limit.
     #[error("{0}")]
     TooLarge(String),
+    /// 429: too many attempts; try again after this many seconds.
+    #[error("{0}")]
+    TooManyRequests(String, u64),
     /// 503: shutting down or temporarily unable.
     #[error("{0}")]
     Unavailable(String),
@@ -53,6 +56,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, kinds::NOT_FOUND),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, kinds::CONFLICT),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, kinds::TOO_LARGE),
+            ApiError::TooManyRequests(..) => (StatusCode::TOO_MANY_REQUESTS, kinds::RATE_LIMIT),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, kinds::OVERLOADED),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, kinds::API),
         }
@@ -75,7 +79,14 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (status, axum::Json(ErrorBody::new(kind, message))).into_response()
+        let mut response = (status, axum::Json(ErrorBody::new(kind, message))).into_response();
+        if let ApiError::TooManyRequests(_, after) = self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(after),
+            );
+        }
+        response
     }
 }
 

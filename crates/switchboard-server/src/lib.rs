@@ -19,6 +19,8 @@ pub mod jwt;
 mod limits;
 mod metrics;
 mod options;
+mod ratelimit;
+mod revocation;
 mod router;
 mod shutdown;
 mod sse;
@@ -33,7 +35,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
-pub use options::ServerOptions;
+pub use options::{MetricsAccess, ServerOptions};
 pub use shutdown::Shutdown;
 pub use state::AppState;
 

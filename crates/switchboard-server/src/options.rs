@@ -54,6 +54,28 @@ pub struct ServerOptions {
     /// disconnected (it resumes by sequence number when it reconnects), so a viewer that
     /// stops reading cannot keep more than about this much of the session in memory.
     pub viewer_max_lag_bytes: u64,
+    /// Who may read `/metrics`.
+    pub metrics: MetricsAccess,
+    /// How often connections opened with a credential that was revoked elsewhere (e.g.
+    /// `switchboard token revoke` on the store) are looked for and closed.
+    pub revocation_check_interval: Duration,
+    /// Sign-in and pairing attempts (`/web/login`, `/web/pair`) one client address may
+    /// make at once…
+    pub sign_in_burst: u32,
+    /// …and then one more every this long.
+    pub sign_in_refill: Duration,
+}
+
+/// Who may read `/metrics` (`switchboard serve --metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetricsAccess {
+    /// Nobody: `/metrics` answers 404.
+    Off,
+    /// Anyone who can reach the server.
+    Public,
+    /// Callers with an API key (the default).
+    #[default]
+    Token,
 }
 
 impl Default for ServerOptions {
@@ -80,6 +102,10 @@ impl Default for ServerOptions {
             viewer_write_timeout: Duration::from_secs(10),
             worker_write_timeout: Duration::from_secs(10),
             viewer_max_lag_bytes: 16 * 1024 * 1024,
+            metrics: MetricsAccess::Token,
+            revocation_check_interval: Duration::from_secs(5),
+            sign_in_burst: 10,
+            sign_in_refill: Duration::from_secs(6),
         }
     }
 }

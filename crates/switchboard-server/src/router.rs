@@ -16,7 +16,8 @@ pub(crate) fn build(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/health", get(health::get))
         .route("/metrics", get(health::metrics))
-        // Environments API (docs/PROTOCOL.md §4).
+        // Environments API (docs/PROTOCOL.md §4), and the owner's list of them for the web UI.
+        .route("/v1/environments", get(environments::list))
         .route("/v1/environments/bridge", post(environments::register))
         .route(
             "/v1/environments/bridge/{environment_id}",
@@ -85,6 +86,7 @@ pub(crate) fn build(state: AppState) -> Router {
         .route("/web/login", post(web::login))
         .route("/web/pair", post(web::pair))
         .route("/web/logout", post(web::logout))
+        .route("/web/logout/all", post(web::logout_all))
         .route("/web/me", get(web::me))
         .route("/web/pairings", post(web::create_pairing))
         // Viewers (§13.1).
@@ -109,6 +111,8 @@ pub(crate) fn build(state: AppState) -> Router {
         .fallback_service(ui)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        // No response is ever to be sniffed into another type (JSON rendered as HTML).
+        .layer(axum::middleware::map_response(nosniff))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req
                 .extensions()
@@ -144,4 +148,12 @@ pub(crate) fn normalize_path(mut req: Request) -> Request {
         }
     }
     req
+}
+
+async fn nosniff(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    response
 }

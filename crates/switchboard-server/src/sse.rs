@@ -13,6 +13,7 @@ use tracing::Instrument as _;
 
 use crate::hub::LogEvent;
 use crate::metrics::{GaugeGuard, Metrics};
+use crate::revocation::{self, Watch};
 use crate::state::{event_id, AppState};
 use crate::time::iso;
 
@@ -23,11 +24,17 @@ const PAGE: u32 = 100;
 
 /// Starts streaming inbound events after `from` (or, for a fresh worker, every inbound
 /// event a worker has not yet received, and prompts not yet processed).
-pub(crate) fn worker_stream(state: AppState, session: Session, from: Option<u64>) -> Response {
+/// The stream ends when `watch`'s credential is revoked.
+pub(crate) fn worker_stream(
+    state: AppState,
+    session: Session,
+    from: Option<u64>,
+    watch: Option<Watch>,
+) -> Response {
     let (tx, mut rx) = mpsc::channel::<Event>(STREAM_BUFFER);
     let keepalive = state.options().sse_keepalive;
     let span = tracing::info_span!("worker_sse", session = %session.id);
-    tokio::spawn(run(state, session, from, tx).instrument(span));
+    tokio::spawn(run(state, session, from, tx, watch).instrument(span));
     let stream = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|e| e.map(Ok::<_, Infallible>))
     });
@@ -36,7 +43,13 @@ pub(crate) fn worker_stream(state: AppState, session: Session, from: Option<u64>
         .into_response()
 }
 
-async fn run(state: AppState, session: Session, from: Option<u64>, tx: mpsc::Sender<Event>) {
+async fn run(
+    state: AppState,
+    session: Session,
+    from: Option<u64>,
+    tx: mpsc::Sender<Event>,
+    watch: Option<Watch>,
+) {
     let channel = state.hub().channel(&session.id);
     let mut worker = channel.attach_worker();
     channel.heartbeat();
@@ -74,6 +87,7 @@ async fn run(state: AppState, session: Session, from: Option<u64>, tx: mpsc::Sen
             }
             _ = worker.superseded() => break "replaced by a newer worker",
             _ = channel.closed.cancelled() => break "session archived",
+            _ = revocation::revoked(watch.as_ref()) => break "credential revoked",
             _ = state.shutdown().wait() => break "server shutting down",
             _ = tx.closed() => break "worker disconnected",
         };

@@ -12,13 +12,12 @@ mod web;
 pub(crate) use code::event_id;
 pub(crate) use events::Accepted;
 pub(crate) use sessions::HistoryQuery;
-pub(crate) use web::WEB_SESSION_TTL;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use switchboard_proto::SessionId;
-use switchboard_store::{ArcStore, Session, StoreError};
+use switchboard_store::{ArcStore, CredentialKind, Session, StoreError};
 
 use crate::auth::{self, Principal};
 use crate::dispatch::Dispatcher;
@@ -26,6 +25,8 @@ use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::options::ServerOptions;
+use crate::ratelimit::RateLimiter;
+use crate::revocation::Revocations;
 use crate::shutdown::Shutdown;
 use crate::time::now_ms;
 
@@ -45,6 +46,10 @@ struct Inner {
     local_addr: OnceLock<SocketAddr>,
     /// Live signing keys, newest first; loaded (or first created) on first use.
     signing_keys: tokio::sync::RwLock<Vec<switchboard_store::SigningKey>>,
+    /// The credential each live viewer socket and worker stream was opened with.
+    revocations: Revocations,
+    /// Sign-in and pairing attempts per client address.
+    sign_in_limiter: RateLimiter,
 }
 
 impl AppState {
@@ -56,10 +61,12 @@ impl AppState {
                 hub: Hub::new(options.channel_capacity),
                 dispatcher: Dispatcher::default(),
                 metrics: Metrics::default(),
-                options,
                 shutdown: Shutdown::default(),
                 local_addr: OnceLock::new(),
                 signing_keys: tokio::sync::RwLock::new(Vec::new()),
+                revocations: Revocations::default(),
+                sign_in_limiter: RateLimiter::new(options.sign_in_burst, options.sign_in_refill),
+                options,
             }),
         }
     }
@@ -141,6 +148,61 @@ impl AppState {
         auth::verify(self.store().as_ref(), token, now_ms()).await
     }
 
+    /// Authenticates a request from its headers: the bearer token, or else the session
+    /// cookie, which a browser attaches to any request, so one that another site started
+    /// (see [`AppState::same_origin`]) is refused. Also says which stored credential it
+    /// was (`None` for a worker JWT), for [`AppState::watch_revocation`].
+    pub(crate) async fn authenticate_request(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<(Principal, Option<(CredentialKind, String)>), ApiError> {
+        let (token, source) = auth::request_token(headers)?;
+        if source == auth::Source::Cookie && !self.same_origin(headers) {
+            return Err(ApiError::Forbidden("cross-site request refused".into()));
+        }
+        let principal = self.authenticate(token).await?;
+        let credential = auth::credential_ref(token).map(|(kind, id)| (kind, id.to_string()));
+        Ok((principal, credential))
+    }
+
+    /// Whether a request came from a page of this server (or from no page at all): its
+    /// `Origin`, if any, is the public URL or the host the request was addressed to. The
+    /// one place the server decides what "same origin" means.
+    pub(crate) fn same_origin(&self, headers: &axum::http::HeaderMap) -> bool {
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        auth::origin_matches(headers, &self.public_url(), host)
+    }
+
+    /// Registers a live connection opened with `credential`, to be closed when that
+    /// credential is revoked.
+    pub(crate) fn watch_revocation(
+        &self,
+        credential: Option<&(CredentialKind, String)>,
+    ) -> Option<crate::revocation::Watch> {
+        credential.map(|(_, id)| self.inner.revocations.watch(id))
+    }
+
+    /// Closes the live connections opened with these credentials (just revoked).
+    pub(crate) fn close_revoked<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        for id in ids {
+            self.inner.revocations.revoke(id);
+        }
+    }
+
+    /// Takes one sign-in attempt for the client at `addr` (429 when it made too many).
+    pub(crate) fn sign_in_attempt(&self, addr: Option<std::net::IpAddr>) -> Result<(), ApiError> {
+        let Some(addr) = addr else { return Ok(()) };
+        self.inner.sign_in_limiter.check(addr).map_err(|after| {
+            ApiError::TooManyRequests(
+                format!("too many sign-in attempts from this address; try again in {after} s"),
+                after,
+            )
+        })
+    }
+
     /// Loads a session named in either costume and checks that `principal` may act on
     /// it: its owner's API key, or an ingress token issued for it (when `worker` is true).
     pub(crate) async fn authorize_session(
@@ -185,6 +247,26 @@ impl AppState {
     /// Starts the periodic collection of idle environments and unused channels.
     pub(crate) fn spawn_background_tasks(&self) -> tokio::task::JoinHandle<()> {
         let state = self.clone();
+        // Connections whose credential was revoked elsewhere (the store) are closed here.
+        let sweeper = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(sweeper.options().revocation_check_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = sweeper.shutdown().wait() => return,
+                }
+                if !sweeper.inner.revocations.is_empty() {
+                    let store = sweeper.store().clone();
+                    sweeper
+                        .inner
+                        .revocations
+                        .sweep(store.as_ref(), now_ms())
+                        .await;
+                }
+            }
+        });
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(state.options().gc_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -92,6 +92,14 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes one live credential; true when this call revoked it (so a single-use
     /// credential is consumed exactly once, even by concurrent callers).
     async fn consume_credential(&self, id: &str, now: Millis) -> Result<bool>;
+    /// Revokes every live credential of `kind` that belongs to `owner_id` ("sign out
+    /// everywhere"); returns the ids it revoked.
+    async fn revoke_owner_credentials(
+        &self,
+        owner_id: &str,
+        kind: CredentialKind,
+        now: Millis,
+    ) -> Result<Vec<String>>;
     /// Lists API keys, newest first.
     async fn api_keys(&self) -> Result<Vec<Credential>>;
 
@@ -100,6 +108,8 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a new environment or, when the id exists, re-registers it: its fields are
     /// replaced, it is marked live again and its poll time is reset.
     async fn upsert_environment(&self, env: &Environment) -> Result<()>;
+    /// The live (not deregistered) environments of an owner, most recently polled first.
+    async fn live_environments(&self, owner_id: &str) -> Result<Vec<Environment>>;
     /// Looks an environment up.
     async fn environment(&self, id: &str) -> Result<Environment>;
     /// Records a poll (the environment's liveness signal).

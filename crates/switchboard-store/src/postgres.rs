@@ -316,6 +316,27 @@ impl Store for PgStore {
     }
 
     #[instrument(skip_all)]
+    async fn revoke_owner_credentials(
+        &self,
+        owner_id: &str,
+        kind: CredentialKind,
+        now: Millis,
+    ) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "UPDATE credentials SET revoked_at = $1 \
+             WHERE owner_id = $2 AND kind = $3 AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(now)
+        .bind(owner_id)
+        .bind(kind.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get::<String, _>(0)?))
+            .collect()
+    }
+
+    #[instrument(skip_all)]
     async fn api_keys(&self) -> Result<Vec<Credential>> {
         let rows =
             sqlx::query("SELECT * FROM credentials WHERE kind = $1 ORDER BY created_at DESC")
@@ -350,6 +371,18 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn live_environments(&self, owner_id: &str) -> Result<Vec<Environment>> {
+        let rows = sqlx::query(
+            "SELECT * FROM environments WHERE owner_id = $1 AND deregistered_at IS NULL \
+             ORDER BY last_poll_at DESC LIMIT 500",
+        )
+        .bind(owner_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(environment_from_row).collect()
     }
 
     #[instrument(skip_all)]

@@ -512,6 +512,26 @@ impl Store for SqliteStore {
     }
 
     #[instrument(skip_all)]
+    async fn revoke_owner_credentials(
+        &self,
+        owner_id: &str,
+        kind: CredentialKind,
+        now: Millis,
+    ) -> Result<Vec<String>> {
+        let owner_id = owner_id.to_owned();
+        self.write(move |c| {
+            query_all(
+                c,
+                "UPDATE credentials SET revoked_at = ?1 \
+                 WHERE owner_id = ?2 AND kind = ?3 AND revoked_at IS NULL RETURNING id",
+                params![now, owner_id, kind.as_str()],
+                |row| Ok(row.get(0)?),
+            )
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
     async fn api_keys(&self) -> Result<Vec<Credential>> {
         self.read(|c| {
             query_all(
@@ -553,6 +573,21 @@ impl Store for SqliteStore {
                 ],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn live_environments(&self, owner_id: &str) -> Result<Vec<Environment>> {
+        let owner_id = owner_id.to_owned();
+        self.read(move |c| {
+            query_all(
+                c,
+                "SELECT * FROM environments WHERE owner_id = ?1 AND deregistered_at IS NULL \
+                 ORDER BY last_poll_at DESC LIMIT 500",
+                [&owner_id],
+                environment_from_row,
+            )
         })
         .await
     }

@@ -231,6 +231,31 @@ async fn story(store: &dyn Store) -> anyhow::Result<()> {
     };
     store.insert_credential(&key).await?;
     assert_eq!(store.api_keys().await?.len(), 1);
+    // Signing an owner out everywhere: its live web sessions, no one else's, no other
+    // class, each reported once.
+    for (id, owner) in [("w1", &alice.id), ("w2", &alice.id), ("w3", &bob.id)] {
+        let web = Credential {
+            id: id.into(),
+            kind: CredentialKind::WebSession,
+            owner_id: owner.clone(),
+            scope: None,
+            ..key.clone()
+        };
+        store.insert_credential(&web).await?;
+    }
+    assert!(store.consume_credential("w2", now).await?);
+    let ended = store
+        .revoke_owner_credentials(&alice.id, CredentialKind::WebSession, now + 1)
+        .await?;
+    assert_eq!(ended, vec!["w1".to_string()]);
+    assert_eq!(store.credential("w1").await?.revoked_at, Some(now + 1));
+    assert_eq!(store.credential("w2").await?.revoked_at, Some(now));
+    assert_eq!(store.credential("w3").await?.revoked_at, None);
+    assert_eq!(store.credential("k1").await?.revoked_at, None);
+    assert!(store
+        .revoke_owner_credentials(&alice.id, CredentialKind::WebSession, now + 2)
+        .await?
+        .is_empty());
 
     // Environments: upsert, touch, idle detection, deregistration.
     let env = Environment {
@@ -248,6 +273,8 @@ async fn story(store: &dyn Store) -> anyhow::Result<()> {
     };
     store.upsert_environment(&env).await?;
     assert_eq!(store.environment("env_1").await?, env);
+    assert_eq!(store.live_environments(&alice.id).await?, vec![env.clone()]);
+    assert!(store.live_environments(&bob.id).await?.is_empty());
     store.touch_environment("env_1", now + 10).await?;
     assert!(store.idle_environments(now + 5).await?.is_empty());
     assert_eq!(
@@ -662,6 +689,7 @@ async fn story(store: &dyn Store) -> anyhow::Result<()> {
         store.environment("env_1").await?.deregistered_at,
         Some(now + 2000)
     );
+    assert!(store.live_environments(&alice.id).await?.is_empty());
     assert_eq!(
         store.work_item("env_1", "w4").await?.state,
         WorkState::Stopped

@@ -7,7 +7,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::Auth;
+use super::{Auth, AuthWith};
 use crate::error::{ApiError, Json, OptionalJson, Path, Query};
 use crate::state::AppState;
 
@@ -207,7 +207,7 @@ pub(crate) struct StreamQuery {
 /// `GET /v1/code/sessions/{id}/worker/events/stream`: SSE of inbound events.
 pub(crate) async fn stream(
     State(state): State<AppState>,
-    Auth(principal): Auth,
+    AuthWith(principal, credential): AuthWith,
     Path(id): Path<String>,
     Query(q): Query<StreamQuery>,
     headers: HeaderMap,
@@ -221,5 +221,6 @@ pub(crate) async fn stream(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let from = q.from_sequence_num.max(last_event_id);
-    Ok(crate::sse::worker_stream(state, session, from))
+    let watch = state.watch_revocation(credential.as_ref());
+    Ok(crate::sse::worker_stream(state, session, from, watch))
 }

@@ -26,6 +26,38 @@ pub(crate) async fn register(
     Ok(axum::Json(state.register_environment(owner_id, req).await?))
 }
 
+/// An environment that polled this recently is shown as online.
+const ONLINE_WITHIN_MS: i64 = 60_000;
+
+/// `GET /v1/environments`: the caller's live environments (for the web UI's "new
+/// session"), most recently polled first; `online` when one polled in the last minute.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+) -> Result<axum::Json<Value>, ApiError> {
+    let owner_id = AppState::require_owner(&principal)?;
+    let now = crate::time::now_ms();
+    let data: Vec<Value> = state
+        .store()
+        .live_environments(owner_id)
+        .await?
+        .into_iter()
+        .map(|e| {
+            json!({
+                "id": e.id,
+                "machine_name": e.machine_name,
+                "directory": e.directory,
+                "branch": e.branch,
+                "git_repo_url": e.git_repo_url,
+                "max_sessions": e.max_sessions,
+                "last_poll_at": crate::time::iso(e.last_poll_at),
+                "online": now - e.last_poll_at < ONLINE_WITHIN_MS,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "data": data })))
+}
+
 /// Query of a work poll.
 #[derive(Debug, Deserialize)]
 pub(crate) struct PollQuery {

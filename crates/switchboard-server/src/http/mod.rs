@@ -11,11 +11,14 @@ pub(crate) mod web;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
-use crate::auth::{self, Principal};
+use switchboard_store::CredentialKind;
+
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The caller, established from `Authorization: Bearer …`.
+/// The caller, established from `Authorization: Bearer …` or the session cookie (see
+/// [`AppState::authenticate_request`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Auth(pub(crate) Principal);
 
@@ -23,13 +26,41 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let (token, source) = auth::request_token(&parts.headers)?;
-        // A cookie rides along on any request the browser makes; refuse it on requests
-        // another site started.
-        if source == auth::Source::Cookie && !auth::same_origin(&parts.headers) {
-            return Err(ApiError::Forbidden("cross-site request refused".into()));
-        }
-        Ok(Auth(state.authenticate(token).await?))
+        Ok(Auth(state.authenticate_request(&parts.headers).await?.0))
+    }
+}
+
+/// The caller, and the stored credential it used (`None` for a worker JWT): for
+/// connections that must end when that credential is revoked.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthWith(
+    pub(crate) Principal,
+    pub(crate) Option<(CredentialKind, String)>,
+);
+
+impl FromRequestParts<AppState> for AuthWith {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let (principal, credential) = state.authenticate_request(&parts.headers).await?;
+        Ok(AuthWith(principal, credential))
+    }
+}
+
+/// The client's address, when the server knows it (not in router tests without a socket).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub(crate) Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip()),
+        ))
     }
 }
 

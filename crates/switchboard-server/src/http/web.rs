@@ -1,5 +1,6 @@
-//! `/web/*`: browser sign-in with an API key or a pairing link, and sign-out. The
-//! browser gets an HttpOnly, SameSite=Strict session cookie (Secure behind https).
+//! `/web/*`: browser sign-in with an API key or a pairing link, and sign-out (of this
+//! browser, or of every browser of the owner). The browser gets an HttpOnly,
+//! SameSite=Strict session cookie (Secure behind https).
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -7,10 +8,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::Auth;
+use switchboard_store::CredentialKind;
+
+use super::{Auth, AuthWith, ClientAddr};
 use crate::auth::{self, SESSION_COOKIE};
 use crate::error::{ApiError, Json, OptionalJson};
-use crate::state::{AppState, WEB_SESSION_TTL};
+use crate::state::AppState;
 
 fn with_cookie(state: &AppState, value: &str, max_age: u64, body: serde_json::Value) -> Response {
     let secure = if state.public_url().starts_with("https://") {
@@ -31,6 +34,32 @@ fn with_cookie(state: &AppState, value: &str, max_age: u64, body: serde_json::Va
     response
 }
 
+/// Sign-in requests (`/web/login`, `/web/pair`) must come from this server's own page:
+/// a JSON body (which another site's form cannot send without a CORS preflight, which
+/// this server never grants) and no foreign `Origin`; otherwise any page could sign a
+/// visitor's browser in to the attacker's owner. Each attempt also counts against the
+/// client address's sign-in budget.
+fn sign_in_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    addr: ClientAddr,
+) -> Result<(), ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::BadRequest(
+            "sign-in takes a JSON body (content-type: application/json)".into(),
+        ));
+    }
+    if !state.same_origin(headers) {
+        return Err(ApiError::Forbidden("cross-site sign-in refused".into()));
+    }
+    state.sign_in_attempt(addr.0)
+}
+
 /// Body of `POST /web/login`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Login {
@@ -40,13 +69,16 @@ pub(crate) struct Login {
 /// `POST /web/login`: an API key, pasted once, becomes a session cookie.
 pub(crate) async fn login(
     State(state): State<AppState>,
+    addr: ClientAddr,
+    headers: HeaderMap,
     Json(req): Json<Login>,
 ) -> Result<Response, ApiError> {
-    let token = state.web_login(&req.key).await?;
+    sign_in_request(&state, &headers, addr)?;
+    let (token, ttl) = state.web_login(&req.key).await?;
     Ok(with_cookie(
         &state,
         &token,
-        WEB_SESSION_TTL.as_secs(),
+        ttl.as_secs(),
         json!({ "signed_in": true }),
     ))
 }
@@ -60,18 +92,21 @@ pub(crate) struct Pair {
 /// `POST /web/pair`: a pairing link's token, redeemed once, becomes a session cookie.
 pub(crate) async fn pair(
     State(state): State<AppState>,
+    addr: ClientAddr,
+    headers: HeaderMap,
     Json(req): Json<Pair>,
 ) -> Result<Response, ApiError> {
-    let token = state.redeem_pairing(&req.token).await?;
+    sign_in_request(&state, &headers, addr)?;
+    let (token, ttl) = state.redeem_pairing(&req.token).await?;
     Ok(with_cookie(
         &state,
         &token,
-        WEB_SESSION_TTL.as_secs(),
+        ttl.as_secs(),
         json!({ "signed_in": true }),
     ))
 }
 
-/// `POST /web/logout`.
+/// `POST /web/logout`: this browser's web session ends, and the sockets it opened close.
 pub(crate) async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -80,6 +115,23 @@ pub(crate) async fn logout(
         state.web_logout(token).await?;
     }
     Ok(with_cookie(&state, "", 0, json!({ "signed_in": false })))
+}
+
+/// `POST /web/logout/all`: "sign out everywhere": every web session of the caller's
+/// owner ends (this browser's too), its unused pairing links stop working, and the
+/// sockets they opened close. Works with an API key as well, to cut off a stolen cookie.
+pub(crate) async fn logout_all(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+) -> Result<Response, ApiError> {
+    let owner_id = AppState::require_owner(&principal)?;
+    let revoked = state.web_logout_everywhere(owner_id).await?;
+    Ok(with_cookie(
+        &state,
+        "",
+        0,
+        json!({ "signed_in": false, "revoked": revoked }),
+    ))
 }
 
 /// `GET /web/me`: who the browser is signed in as (401 when it is not).
@@ -98,11 +150,17 @@ pub(crate) struct NewPairing {
 /// `POST /web/pairings`: a single-use sign-in link for another browser.
 pub(crate) async fn create_pairing(
     State(state): State<AppState>,
-    Auth(principal): Auth,
+    AuthWith(principal, credential): AuthWith,
     OptionalJson(req): OptionalJson<NewPairing>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let owner_id = AppState::require_owner(&principal)?;
-    let (mut url, expires_at) = state.create_pairing(owner_id).await?;
+    // A link made by a web session signs the other browser in only until that web
+    // session itself ends (no self-renewal); one made with an API key, for the full time.
+    let parent = match credential {
+        Some((CredentialKind::WebSession, id)) => Some(id),
+        _ => None,
+    };
+    let (mut url, expires_at) = state.create_pairing(owner_id, parent.as_deref()).await?;
     if let Some(next) = req.next {
         // Only a page of this app: a path of safe characters, never another site.
         let safe = next.starts_with('/')

@@ -20,7 +20,6 @@ use tracing::Instrument as _;
 
 use super::viewer::CLOSE_TOO_SLOW;
 use super::{close, close_code_for, reject, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SESSION_GONE};
-use crate::auth;
 use crate::error::{ApiError, Path};
 use crate::hub::{LogEvent, SessionChannel, WorkerGuard};
 use crate::metrics::{GaugeGuard, Metrics};
@@ -55,11 +54,7 @@ pub(crate) async fn upgrade(
 }
 
 async fn authorize(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Session, ApiError> {
-    let (token, source) = auth::request_token(headers)?;
-    if source == auth::Source::Cookie && !auth::same_origin(headers) {
-        return Err(ApiError::Forbidden("cross-site WebSocket refused".into()));
-    }
-    let principal = state.authenticate(token).await?;
+    let (principal, _) = state.authenticate_request(headers).await?;
     let session = state.authorize_session(&principal, id, true).await?;
     if session.status == SessionStatus::Archived {
         return Err(ApiError::NotFound("session is archived".into()));

@@ -15,11 +15,15 @@ use switchboard_store::{EventQuery, Session};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::Instrument as _;
 
-use super::{close, close_code_for, reject, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SESSION_GONE};
+use super::{
+    close, close_code_for, reject, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SESSION_GONE,
+    CLOSE_UNAUTHORIZED,
+};
 use crate::auth::{self, Principal};
 use crate::error::{ApiError, Path, Query};
 use crate::hub::{with_sequence, SessionChannel};
 use crate::metrics::{GaugeGuard, Metrics};
+use crate::revocation::{self, Watch};
 use crate::state::AppState;
 
 /// Close code for a viewer that fell too far behind; it reconnects and resumes from
@@ -52,7 +56,9 @@ pub(crate) async fn upgrade(
         .on_upgrade(move |socket| {
             async move {
                 match checked {
-                    Ok(session) => run(state, socket, session, q.from_sequence_num).await,
+                    Ok((session, watch)) => {
+                        run(state, socket, session, q.from_sequence_num, watch).await
+                    }
                     Err(e) => {
                         tracing::info!(error = %e, "refusing viewer connection");
                         reject(socket, close_code_for(&e), e.to_string()).await
@@ -63,13 +69,15 @@ pub(crate) async fn upgrade(
         })
 }
 
-async fn authorize(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Session, ApiError> {
-    let (token, source) = auth::request_token(headers)?;
-    if source == auth::Source::Cookie && !auth::same_origin(headers) {
-        return Err(ApiError::Forbidden("cross-site WebSocket refused".into()));
-    }
-    let principal = state.authenticate(token).await?;
-    state.authorize_session(&principal, id, false).await
+async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(Session, Option<Watch>), ApiError> {
+    let (principal, credential) = state.authenticate_request(headers).await?;
+    let session = state.authorize_session(&principal, id, false).await?;
+    // Registered before the upgrade completes, so a revocation in between is not missed.
+    Ok((session, state.watch_revocation(credential.as_ref())))
 }
 
 struct Ended(u16, String);
@@ -95,7 +103,13 @@ impl Lag {
     }
 }
 
-async fn run(state: AppState, socket: WebSocket, session: Session, from: Option<u64>) {
+async fn run(
+    state: AppState,
+    socket: WebSocket,
+    session: Session,
+    from: Option<u64>,
+    watch: Option<Watch>,
+) {
     let channel = state.hub().channel(&session.id);
     let gauge = GaugeGuard::new(&state.metrics().viewer_connections);
     // Everything published from here on counts against the viewer until it takes it.
@@ -153,6 +167,7 @@ async fn run(state: AppState, socket: WebSocket, session: Session, from: Option<
                     Some(Err(_)) => return Ok(()),
                 },
                 _ = channel.closed.cancelled() => return Err(Ended(CLOSE_SESSION_GONE, "session archived".into())),
+                _ = revocation::revoked(watch.as_ref()) => return Err(Ended(CLOSE_UNAUTHORIZED, "credential revoked".into())),
                 _ = state.shutdown().wait() => return Err(Ended(CLOSE_GOING_AWAY, "server shutting down".into())),
             }
         }

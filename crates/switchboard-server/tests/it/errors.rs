@@ -141,6 +141,7 @@ async fn unknown_routes_and_methods_answer_with_the_error_body() -> anyhow::Resu
     let metrics = server
         .http()
         .get(format!("{}/metrics", server.url()))
+        .bearer_auth(&server.key)
         .send()
         .await?
         .text()

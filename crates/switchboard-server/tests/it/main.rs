@@ -19,4 +19,5 @@ mod sessions; // The Sessions API: create, get, patch, list, archive, history.
 mod v2; // The CCR v2 plane: code sessions, epochs, worker state, SSE, delivery.
 mod viewer_client;
 mod viewers;
-mod web; // Browser sign-in, the session cookie, and the embedded UI. // The viewer subscribe socket: fan-out, permission answers, slow viewers. // switchboard_client::ViewerSocket against the viewer WebSocket.
+mod web;
+mod websec; // CSRF on sign-in, rate limits, revocation closing sockets, nosniff, /metrics. // Browser sign-in, the session cookie, and the embedded UI. // The viewer subscribe socket: fan-out, permission answers, slow viewers. // switchboard_client::ViewerSocket against the viewer WebSocket.
