@@ -28,7 +28,10 @@ pub(crate) fn switchboard(dir: &Path) -> anyhow::Result<()> {
         .init();
     let url = format!("sqlite://{}", dir.join("switchboard.db").display());
     runtime()?.block_on(async move {
-        let options = switchboard_server::ServerOptions::new(url);
+        let mut options = switchboard_server::ServerOptions::new(url);
+        // Every simulated client connects from 127.0.0.1, tens of thousands at once.
+        options.limits.max_connections = None;
+        options.limits.max_connections_per_client = None;
         let server = Arc::new(switchboard_server::Server::new(options).await?);
         let token = switchboard_server::auth::create_api_key(
             server.state().store().as_ref(),

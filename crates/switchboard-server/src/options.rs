@@ -54,6 +54,12 @@ pub struct ServerOptions {
     /// disconnected (it resumes by sequence number when it reconnects), so a viewer that
     /// stops reading cannot keep more than about this much of the session in memory.
     pub viewer_max_lag_bytes: u64,
+    /// Terminate TLS with this certificate and key (reloaded when the files change).
+    pub tls: Option<crate::TlsFiles>,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Header and body read timeouts, connection caps, the shutdown deadline.
+    pub limits: crate::ConnectionLimits,
 }
 
 impl Default for ServerOptions {
@@ -80,6 +86,9 @@ impl Default for ServerOptions {
             viewer_write_timeout: Duration::from_secs(10),
             worker_write_timeout: Duration::from_secs(10),
             viewer_max_lag_bytes: 16 * 1024 * 1024,
+            tls: None,
+            trusted_proxies: Vec::new(),
+            limits: crate::ConnectionLimits::default(),
         }
     }
 }

@@ -7,6 +7,10 @@
 
 mod bridge; // EnvLessBridge against the real server: refreshes, teardown.
 mod common; // TestServer: start, URLs, clients, extra keys.
+mod connections; // Slow and half-sent requests are cut; caps on connections; accepting goes on.
+mod full_disk; // A full disk answers 503 with a message; reads go on; writes recover.
+mod proxy; // Forwarded headers believed from trusted proxies only.
+mod tls; // TLS termination: https, wss, certificates reloaded.
 mod environments; // The standalone environment flow: register, poll, ack, stop, deregister.
 mod errors; // JSON error bodies: bad ids, bad JSON, oversized bodies, unknown routes.
 mod fixtures; // Replays of the official CLI's wire captures.
