@@ -99,9 +99,8 @@ fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
             .mode()
             & 0o777;
         if mode & 0o077 != 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(
-                || format!("cannot make data directory {} private", dir.display()),
-            )?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot make data directory {} private", dir.display()))?;
             tracing::warn!(
                 dir = %dir.display(),
                 "the data directory was open to other users (mode {mode:03o}); it is 0700 now"

@@ -40,10 +40,20 @@ pub(crate) struct ServeArgs {
     viewer_backlog: Option<u32>,
     /// Serve https with this PEM certificate chain (needs --tls-key). Both files are
     /// read again when they change, without a restart.
-    #[arg(long, env = "SWITCHBOARD_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
     tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert.
-    #[arg(long, env = "SWITCHBOARD_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
     tls_key: Option<PathBuf>,
     /// A reverse proxy (address or CIDR range) whose Forwarded / X-Forwarded-* headers
     /// are believed; repeatable (env: comma-separated).
@@ -59,16 +69,30 @@ pub(crate) struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     body_timeout: u64,
     /// Most connections open at once (0: no cap).
-    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", value_name = "N", default_value_t = 4096)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 4096
+    )]
     max_connections: usize,
     /// Most connections open at once from one client address (0: no cap); trusted
     /// proxies are exempt.
-    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_CLIENT", value_name = "N",
-          default_value_t = 256)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS_PER_CLIENT",
+        value_name = "N",
+        default_value_t = 256
+    )]
     max_connections_per_client: usize,
     /// Seconds a shutdown waits for requests in flight before it closes their
     /// connections and exits.
-    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", value_name = "SECS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SHUTDOWN_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 10
+    )]
     shutdown_timeout: u64,
 }
 
@@ -107,14 +131,20 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("failed to listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let public_url = args
         .public_url
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{addr}"));
-    if let Some(warning) =
-        plain_http_warning(addr, args.tls_cert.is_some(), !args.trusted_proxies.is_empty())
-    {
+    if let Some(warning) = plain_http_warning(
+        addr,
+        args.tls_cert.is_some(),
+        !args.trusted_proxies.is_empty(),
+    ) {
         tracing::warn!("{warning}");
     }
     // Each connection holds a file descriptor: let the connection caps, not the soft

@@ -34,7 +34,11 @@ async fn listening(stdout: ChildStdout) -> anyhow::Result<(String, BufReader<Chi
                 "serve exited before listening"
             );
             if let Some(rest) = line.trim().strip_prefix("Switchboard listening on http://") {
-                return Ok(rest.split_whitespace().next().unwrap_or_default().to_string());
+                return Ok(rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string());
             }
         }
     })
@@ -43,7 +47,9 @@ async fn listening(stdout: ChildStdout) -> anyhow::Result<(String, BufReader<Chi
 }
 
 fn sigterm(child: &Child) -> anyhow::Result<()> {
-    let pid = child.id().ok_or_else(|| anyhow::anyhow!("already exited"))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("already exited"))?;
     kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGTERM)?;
     Ok(())
 }
@@ -65,7 +71,9 @@ async fn sigterm_ends_serve_even_when_its_output_pipes_are_closed() -> anyhow::R
     sigterm(&child)?;
     let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
         .await
-        .map_err(|_| anyhow::anyhow!("serve still running 15 s after SIGTERM with closed output"))??;
+        .map_err(|_| {
+            anyhow::anyhow!("serve still running 15 s after SIGTERM with closed output")
+        })??;
     assert!(status.success(), "{status}");
     Ok(())
 }
@@ -150,7 +158,9 @@ async fn plain_http_on_a_non_loopback_address_starts_with_a_warning() -> anyhow:
     let dir = tempfile::tempdir()?;
     // 0.0.0.0 inside a network namespace of its own (only a loopback interface, down):
     // a real non-loopback listen that nothing outside can reach.
-    let probe = std::process::Command::new("unshare").args(["-n", "true"]).status();
+    let probe = std::process::Command::new("unshare")
+        .args(["-n", "true"])
+        .status();
     if !probe.map(|s| s.success()).unwrap_or(false) {
         anyhow::ensure!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -173,10 +183,16 @@ async fn plain_http_on_a_non_loopback_address_starts_with_a_warning() -> anyhow:
     };
     let log = startup_log(in_netns(&[])).await?;
     assert!(log.contains(WARNING), "{log}");
-    assert!(log.contains("--tls-cert"), "the warning says what to do: {log}");
+    assert!(
+        log.contains("--tls-cert"),
+        "the warning says what to do: {log}"
+    );
 
     let log = startup_log(in_netns(&["--trusted-proxy", "10.0.0.0/8"])).await?;
-    assert!(!log.contains(WARNING), "a trusted proxy terminates TLS: {log}");
+    assert!(
+        !log.contains(WARNING),
+        "a trusted proxy terminates TLS: {log}"
+    );
 
     let mut loopback = switchboard();
     loopback
@@ -201,7 +217,11 @@ async fn the_data_directory_is_0700_and_the_database_0600() -> anyhow::Result<()
         command
     };
     let out = list().output().await?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join("switchboard.db")), 0o600);
 
@@ -216,6 +236,9 @@ async fn the_data_directory_is_0700_and_the_database_0600() -> anyhow::Result<()
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join("switchboard.db")), 0o600);
-    assert!(log.contains("0700 now") && log.contains("0600 now"), "{log}");
+    assert!(
+        log.contains("0700 now") && log.contains("0600 now"),
+        "{log}"
+    );
     Ok(())
 }

@@ -99,7 +99,8 @@ impl Server {
         self.state.set_local_addr(addr);
         let background = self.state.spawn_background_tasks();
         // Paths are normalized before routing, so the layer wraps the whole router.
-        let normalize: fn(axum::extract::Request) -> axum::extract::Request = router::normalize_path;
+        let normalize: fn(axum::extract::Request) -> axum::extract::Request =
+            router::normalize_path;
         let app = tower::Layer::layer(
             &tower::util::MapRequestLayer::new(normalize),
             router::build(self.state.clone()),

@@ -68,7 +68,8 @@ impl Default for ConnectionLimits {
 }
 
 /// The router as the accept loop calls it.
-pub(crate) type App = tower::util::MapRequest<axum::Router, fn(axum::extract::Request) -> axum::extract::Request>;
+pub(crate) type App =
+    tower::util::MapRequest<axum::Router, fn(axum::extract::Request) -> axum::extract::Request>;
 
 /// Serves `listener` until the shutdown, then waits for open connections up to the
 /// deadline and closes whatever remains.
@@ -115,7 +116,10 @@ pub(crate) async fn run(state: AppState, listener: TcpListener, app: App, tls: O
         // Small frames must leave at once: with Nagle's algorithm a second small write
         // waits for the peer's delayed ACK (40 ms on Linux).
         let _ = tcp.set_nodelay(true);
-        let io = Guarded { io: tcp, _guard: guard };
+        let io = Guarded {
+            io: tcp,
+            _guard: guard,
+        };
         let connection = Connection {
             state: state.clone(),
             app: app.clone(),
@@ -133,7 +137,9 @@ pub(crate) async fn run(state: AppState, listener: TcpListener, app: App, tls: O
                 connections.spawn(async move {
                     match tokio::time::timeout(timeout, acceptor.accept(io)).await {
                         Ok(Ok(stream)) => connection.serve(stream, true).await,
-                        Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
                     }
                 });
@@ -144,7 +150,10 @@ pub(crate) async fn run(state: AppState, listener: TcpListener, app: App, tls: O
     drop(listener);
     connections.close();
     let deadline = limits.shutdown_timeout;
-    if tokio::time::timeout(deadline, connections.wait()).await.is_err() {
+    if tokio::time::timeout(deadline, connections.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             connections = connections.len(),
             "closing connections still open {}s after the shutdown started",
@@ -178,18 +187,23 @@ impl Connection {
         } = self;
         let shutdown = state.shutdown().clone();
         let body_timeout = limits.body_read_timeout;
-        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let origin = RequestOrigin::of(peer, tls, req.headers(), &state.options().trusted_proxies);
-            let mut req = req.map(|body| axum::body::Body::new(DeadlineBody::new(body, body_timeout)));
-            req.extensions_mut().insert(ConnectInfo(origin.client));
-            req.extensions_mut().insert(origin.clone());
-            let app = app.clone();
-            origin.scope(async move { app.oneshot(req).await })
-        });
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let origin =
+                    RequestOrigin::of(peer, tls, req.headers(), &state.options().trusted_proxies);
+                let mut req =
+                    req.map(|body| axum::body::Body::new(DeadlineBody::new(body, body_timeout)));
+                req.extensions_mut().insert(ConnectInfo(origin.client));
+                req.extensions_mut().insert(origin.clone());
+                let app = app.clone();
+                origin.scope(async move { app.oneshot(req).await })
+            });
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout);
-        let conn = http.serve_connection(TokioIo::new(io), service).with_upgrades();
+        let conn = http
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
             result = conn.as_mut() => {

@@ -219,7 +219,9 @@ mod tests {
     }
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
-        list.iter().map(|s| parse_trusted_proxy(s).unwrap()).collect()
+        list.iter()
+            .map(|s| parse_trusted_proxy(s).unwrap())
+            .collect()
     }
 
     const PROXY: &str = "10.0.0.2:40000";
@@ -231,7 +233,12 @@ mod tests {
             ("x-forwarded-for", "203.0.113.9"),
             ("x-forwarded-host", "evil.example"),
         ]);
-        let o = RequestOrigin::of(PROXY.parse().unwrap(), false, &h, &nets(&["192.168.0.0/16"]));
+        let o = RequestOrigin::of(
+            PROXY.parse().unwrap(),
+            false,
+            &h,
+            &nets(&["192.168.0.0/16"]),
+        );
         assert_eq!(o.client, PROXY.parse().unwrap());
         assert!(!o.https);
         assert_eq!(o.forwarded_host, None);

@@ -101,7 +101,10 @@ impl AppState {
         let origin = crate::origin::current();
         let https = origin.as_ref().is_some_and(|o| o.https) || self.inner.options.tls.is_some();
         let scheme = if https { "https" } else { "http" };
-        match (origin.and_then(|o| o.forwarded_host), self.inner.local_addr.get()) {
+        match (
+            origin.and_then(|o| o.forwarded_host),
+            self.inner.local_addr.get(),
+        ) {
             (Some(host), _) => format!("{scheme}://{host}"),
             (None, Some(addr)) => format!("{scheme}://{addr}"),
             (None, None) => format!("{scheme}://127.0.0.1:8787"),

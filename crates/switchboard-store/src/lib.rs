@@ -65,9 +65,7 @@ impl From<sqlx::Error> for StoreError {
 fn is_disk_full_code(code: Option<&str>) -> bool {
     match code {
         Some(PG_DISK_FULL) => true,
-        Some(code) => code
-            .parse::<i32>()
-            .is_ok_and(|c| c & 0xff == SQLITE_FULL),
+        Some(code) => code.parse::<i32>().is_ok_and(|c| c & 0xff == SQLITE_FULL),
         None => false,
     }
 }
@@ -332,14 +330,20 @@ mod tests {
     fn full_disks_are_recognized_by_their_codes() {
         assert!(super::is_disk_full_code(Some("53100")));
         assert!(super::is_disk_full_code(Some("13")));
-        assert!(!super::is_disk_full_code(Some("53200")), "out of memory is not a full disk");
+        assert!(
+            !super::is_disk_full_code(Some("53200")),
+            "out of memory is not a full disk"
+        );
         assert!(!super::is_disk_full_code(Some("5")));
         assert!(!super::is_disk_full_code(None));
         let full = rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
             None,
         );
-        assert!(matches!(super::StoreError::from(full), super::StoreError::StorageFull));
+        assert!(matches!(
+            super::StoreError::from(full),
+            super::StoreError::StorageFull
+        ));
     }
 
     #[test]

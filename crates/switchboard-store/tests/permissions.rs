@@ -24,8 +24,16 @@ async fn a_new_database_and_its_wal_and_shm_are_private() -> anyhow::Result<()> 
     let store = SqliteStore::open(&format!("sqlite://{}", db.display())).await?;
     // A write, so the WAL has frames in it.
     store.ensure_owner("alice", 1).await?;
-    for file in [db.clone(), with_suffix(&db, "-wal"), with_suffix(&db, "-shm")] {
-        assert!(file.exists(), "{} exists while the store is open", file.display());
+    for file in [
+        db.clone(),
+        with_suffix(&db, "-wal"),
+        with_suffix(&db, "-shm"),
+    ] {
+        assert!(
+            file.exists(),
+            "{} exists while the store is open",
+            file.display()
+        );
         assert_eq!(mode(&file), 0o600, "{}", file.display());
     }
     Ok(())

@@ -75,11 +75,17 @@ async fn half_sent_requests_are_cut_and_a_well_behaved_client_is_still_served() 
     for s in &mut slow[20..] {
         refused += usize::from(closed_within(s, Duration::from_millis(500)).await);
     }
-    assert_eq!(refused, 15, "connections over the per-client cap are closed at once");
+    assert_eq!(
+        refused, 15,
+        "connections over the per-client cap are closed at once"
+    );
 
     // Another client is served at once, caps and slow connections notwithstanding.
     assert_eq!(health(&server).await?, 200);
-    assert!(started.elapsed() < timeout, "served before any timeout fired");
+    assert!(
+        started.elapsed() < timeout,
+        "served before any timeout fired"
+    );
 
     // The admitted slow connections are still open, then cut by their timeouts.
     for s in &mut slow[..20] {

@@ -98,12 +98,18 @@ async fn a_trusted_proxy_makes_the_cookie_secure_and_the_urls_https() -> anyhow:
     );
     let (cookie, pairing, _) = handed_out(&server, h).await?;
     assert!(cookie.contains("; Secure"), "{cookie}");
-    assert!(pairing.starts_with("https://other.example.org/pair/"), "{pairing}");
+    assert!(
+        pairing.starts_with("https://other.example.org/pair/"),
+        "{pairing}"
+    );
 
     // Without forwarded headers, the same proxy's request is plain http to its Host.
     let (cookie, pairing, _) = handed_out(&server, Default::default()).await?;
     assert!(!cookie.contains("Secure"), "{cookie}");
-    assert!(pairing.starts_with(&format!("{}/pair/", server.url())), "{pairing}");
+    assert!(
+        pairing.starts_with(&format!("{}/pair/", server.url())),
+        "{pairing}"
+    );
     Ok(())
 }
 
@@ -115,7 +121,10 @@ async fn forwarded_headers_from_an_untrusted_peer_are_ignored() -> anyhow::Resul
     .await?;
     let (cookie, pairing, api_base) = handed_out(&server, https_headers()).await?;
     assert!(!cookie.contains("Secure"), "{cookie}");
-    assert!(pairing.starts_with(&format!("{}/pair/", server.url())), "{pairing}");
+    assert!(
+        pairing.starts_with(&format!("{}/pair/", server.url())),
+        "{pairing}"
+    );
     assert_eq!(api_base, server.url());
     let _: SocketAddr = server.addr();
     Ok(())
@@ -130,7 +139,10 @@ async fn a_configured_public_url_wins_over_what_a_proxy_says() -> anyhow::Result
     .await?;
     let (cookie, pairing, api_base) = handed_out(&server, Default::default()).await?;
     assert!(cookie.contains("; Secure"), "{cookie}");
-    assert!(pairing.starts_with("https://configured.example.net/pair/"), "{pairing}");
+    assert!(
+        pairing.starts_with("https://configured.example.net/pair/"),
+        "{pairing}"
+    );
     assert_eq!(api_base, "https://configured.example.net");
     Ok(())
 }

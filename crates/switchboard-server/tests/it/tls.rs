@@ -86,7 +86,12 @@ async fn connect(
 
 /// The leaf certificate the server presented.
 fn presented(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
-    stream.get_ref().1.peer_certificates().expect("a certificate")[0].clone()
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .expect("a certificate")[0]
+        .clone()
 }
 
 /// One HTTP/1.1 request over TLS: (status, body as JSON or null).
@@ -144,13 +149,22 @@ async fn https_and_a_wss_viewer_work_on_a_certificate_made_here() -> anyhow::Res
     let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
     assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
 
-    let (status, session) = https(addr, &roots, "POST", "/v1/sessions", &server.key, Some(json!({}))).await?;
+    let (status, session) = https(
+        addr,
+        &roots,
+        "POST",
+        "/v1/sessions",
+        &server.key,
+        Some(json!({})),
+    )
+    .await?;
     assert_eq!(status, 200, "{session}");
     let id = session["id"].as_str().expect("a session id").to_string();
 
     // A viewer over wss.
     let stream = connect(addr, &roots).await?;
-    let mut request = format!("wss://localhost/v1/sessions/ws/{id}/subscribe").into_client_request()?;
+    let mut request =
+        format!("wss://localhost/v1/sessions/ws/{id}/subscribe").into_client_request()?;
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {}", server.key).parse()?);
@@ -206,8 +220,8 @@ async fn https_and_a_wss_viewer_work_on_a_certificate_made_here() -> anyhow::Res
 }
 
 #[tokio::test]
-async fn a_replaced_certificate_is_served_to_new_connections_and_a_bad_one_is_not() -> anyhow::Result<()>
-{
+async fn a_replaced_certificate_is_served_to_new_connections_and_a_bad_one_is_not(
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ca = Authority::new()?;
     let tls = files(dir.path());
@@ -222,10 +236,17 @@ async fn a_replaced_certificate_is_served_to_new_connections_and_a_bad_one_is_no
     let second = ca.issue(&tls)?;
     assert_ne!(first, second);
     let renewed = connect(addr, &roots).await?;
-    assert_eq!(presented(&renewed), second, "the renewed certificate, without a restart");
+    assert_eq!(
+        presented(&renewed),
+        second,
+        "the renewed certificate, without a restart"
+    );
 
     // A half-written or broken file keeps the last good certificate in service.
-    std::fs::write(&tls.cert, b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n")?;
+    std::fs::write(
+        &tls.cert,
+        b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n",
+    )?;
     let still = connect(addr, &roots).await?;
     assert_eq!(presented(&still), second);
     let (status, _) = https(addr, &roots, "GET", "/health", "", None).await?;

@@ -218,7 +218,8 @@ const DISK_FULL: &str =
 
 /// Logs that a write failed on a full disk, once per [`FULL_DISK_WARNING_EVERY`].
 fn warn_disk_full() {
-    static WARNING: std::sync::Mutex<Every> = std::sync::Mutex::new(Every::new(FULL_DISK_WARNING_EVERY));
+    static WARNING: std::sync::Mutex<Every> =
+        std::sync::Mutex::new(Every::new(FULL_DISK_WARNING_EVERY));
     let due = WARNING.lock().unwrap_or_else(|e| e.into_inner()).due();
     if let Some(suppressed) = due {
         tracing::warn!(failed_since_last_warning = suppressed, "{DISK_FULL}");
@@ -278,7 +279,10 @@ fn checkpoint(conn: Connection, writer_alive: std::sync::mpsc::Receiver<()>) {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             if let Some(suppressed) = warning.due() {
                 if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
-                    tracing::warn!(failed_since_last_warning = suppressed, "SQLite checkpoint failed: {DISK_FULL}");
+                    tracing::warn!(
+                        failed_since_last_warning = suppressed,
+                        "SQLite checkpoint failed: {DISK_FULL}"
+                    );
                 } else {
                     tracing::warn!(error = %e, failed_since_last_warning = suppressed, "SQLite checkpoint failed");
                 }
