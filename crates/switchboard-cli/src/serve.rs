@@ -168,13 +168,16 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
              \x20 export CLAUDE_BRIDGE_OAUTH_TOKEN={key}\n\n"
         ));
     }
+    // Handlers are installed before the server says it is listening, so a signal sent
+    // as soon as it does is not the default action (death without a graceful shutdown).
+    let signals = wait_for_signal()?;
     say(&format!(
         "Switchboard listening on {scheme}://{addr} (store: {database})\n"
     ));
 
     let shutdown = server.state().shutdown().clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.await;
         // Shut down first: whatever happens to the log (a closed pipe under `| tee`),
         // the signal has done its work.
         shutdown.trigger();
@@ -203,25 +206,24 @@ fn plain_http_warning(addr: SocketAddr, tls: bool, behind_proxy: bool) -> Option
     })
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves on either.
+fn wait_for_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
+        })
     }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 pub(crate) fn now_ms_pub() -> i64 {
