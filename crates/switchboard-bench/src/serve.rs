@@ -31,6 +31,9 @@ pub(crate) fn switchboard(dir: &Path) -> anyhow::Result<()> {
         let mut options = switchboard_server::ServerOptions::new(url);
         // The benchmark reads its gauges off /metrics without a key.
         options.metrics = switchboard_server::MetricsAccess::Public;
+        // Every simulated client connects from 127.0.0.1, tens of thousands at once.
+        options.limits.max_connections = None;
+        options.limits.max_connections_per_client = None;
         let server = Arc::new(switchboard_server::Server::new(options).await?);
         let token = switchboard_server::auth::create_api_key(
             server.state().store().as_ref(),

@@ -15,6 +15,7 @@ mod serve;
 mod sessions;
 mod token;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -77,10 +78,43 @@ impl StoreArgs {
                 .context("cannot find the user's data directory; pass --data-dir")?
                 .join("switchboard"),
         };
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("failed to create data directory {}", dir.display()))?;
+        private_dir(&dir)?;
         Ok(format!("sqlite://{}", dir.join("switchboard.db").display()))
     }
+}
+
+/// Creates the data directory readable by its owner only (0700), or tightens an existing
+/// one that others may read, with a warning: it holds every key's hash and transcript.
+fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("failed to create data directory {}", dir.display()))?;
+        }
+        let mode = std::fs::metadata(dir)
+            .with_context(|| format!("cannot read data directory {}", dir.display()))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot make data directory {} private", dir.display()))?;
+            tracing::warn!(
+                dir = %dir.display(),
+                "the data directory was open to other users (mode {mode:03o}); it is 0700 now"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("failed to create data directory {}", dir.display()))?;
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -96,16 +130,34 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| default_filter.into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
+        .log_internal_errors(false)
         .init();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line with the whole cause chain: a person reads it, and a backtrace
             // (which anyhow adds under RUST_BACKTRACE) says nothing about a refused key.
-            eprintln!("switchboard: {e:#}");
+            let _ = writeln!(std::io::stderr(), "switchboard: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// stderr for the log, where a failed write (a closed pipe: `serve 2>&1 | tee log` after
+/// Ctrl-C) is dropped instead of failing or panicking; the process must go on to shut
+/// down.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 
@@ -113,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Token(cmd) => token::run(cmd).await,
@@ -123,7 +175,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Pair(args) => pair::run(args).await,
             Command::Backup(args) => backup::run(args).await,
         }
-    })
+    });
+    // Tasks still running (a socket the server's deadline closed, a blocking read) get
+    // a moment, not a veto over exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 #[cfg(test)]

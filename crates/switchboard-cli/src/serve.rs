@@ -1,11 +1,13 @@
 //! `switchboard serve`.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use switchboard_server::{MetricsAccess, Server, ServerOptions};
+use switchboard_server::{ConnectionLimits, MetricsAccess, Server, ServerOptions, TlsFiles};
 
 use crate::StoreArgs;
 
@@ -40,6 +42,62 @@ pub(crate) struct ServeArgs {
     /// `token` (callers with an API key).
     #[arg(long, env = "SWITCHBOARD_METRICS", value_enum, default_value = "token")]
     metrics: MetricsFlag,
+    /// Serve https with this PEM certificate chain (needs --tls-key). Both files are
+    /// read again when they change, without a restart.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// A reverse proxy (address or CIDR range) whose Forwarded / X-Forwarded-* headers
+    /// are believed; repeatable (env: comma-separated).
+    #[arg(long = "trusted-proxy", env = "SWITCHBOARD_TRUSTED_PROXIES", value_name = "CIDR",
+          value_delimiter = ',', value_parser = switchboard_server::parse_trusted_proxy)]
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// Seconds a connection may take to send a request's headers (and its TLS handshake).
+    #[arg(long, env = "SWITCHBOARD_HEADER_TIMEOUT", value_name = "SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// Seconds a request body may take to arrive.
+    #[arg(long, env = "SWITCHBOARD_BODY_TIMEOUT", value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout: u64,
+    /// Most connections open at once (0: no cap).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 4096
+    )]
+    max_connections: usize,
+    /// Most connections open at once from one client address (0: no cap); trusted
+    /// proxies are exempt.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS_PER_CLIENT",
+        value_name = "N",
+        default_value_t = 256
+    )]
+    max_connections_per_client: usize,
+    /// Seconds a shutdown waits for requests in flight before it closes their
+    /// connections and exits.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SHUTDOWN_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 10
+    )]
+    shutdown_timeout: u64,
 }
 
 /// Values of `--metrics`.
@@ -63,6 +121,21 @@ impl ServeArgs {
             MetricsFlag::Public => MetricsAccess::Public,
             MetricsFlag::Token => MetricsAccess::Token,
         };
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            options.tls = Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        options.trusted_proxies = self.trusted_proxies.clone();
+        let cap = |n: usize| (n > 0).then_some(n);
+        let mut limits = ConnectionLimits::default();
+        limits.header_read_timeout = Duration::from_secs(self.header_timeout);
+        limits.body_read_timeout = Duration::from_secs(self.body_timeout);
+        limits.max_connections = cap(self.max_connections);
+        limits.max_connections_per_client = cap(self.max_connections_per_client);
+        limits.shutdown_timeout = Duration::from_secs(self.shutdown_timeout);
+        options.limits = limits;
         Ok(options)
     }
 }
@@ -75,10 +148,25 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("failed to listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let public_url = args
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
+    if let Some(warning) = plain_http_warning(
+        addr,
+        args.tls_cert.is_some(),
+        !args.trusted_proxies.is_empty(),
+    ) {
+        tracing::warn!("{warning}");
+    }
+    // Each connection holds a file descriptor: let the connection caps, not the soft
+    // limit's usual 1024, decide how many there may be.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
 
     if server.state().store().api_keys().await?.is_empty() {
         let key = switchboard_server::auth::create_api_key(
@@ -92,7 +180,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         // What works: `switchboard bridge` runs Claude Code (any release) against this
         // server. The official `claude remote-control` only talks to Anthropic's servers;
         // its builds ignore the variables that once pointed it elsewhere.
-        println!(
+        say(&format!(
             "Created the first API key. It is shown only this once; keep it somewhere safe.\n\n\
              \x20 {key}\n\n\
              Put Claude Code under remote control through this server: in your project, run\n\n\
@@ -102,38 +190,64 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
              and open the link it prints. `switchboard bridge` stands in for `claude \
              remote-control`,\nwhich connects only to Anthropic's servers (no setting points \
              it here). `switchboard pair`\nsigns a phone or browser in to the web UI.\n"
-        );
+        ));
     }
-    println!("Switchboard listening on http://{addr} (store: {database})");
+    // Handlers are installed before the server says it is listening, so a signal sent
+    // as soon as it does is not the default action (death without a graceful shutdown).
+    let signals = wait_for_signal()?;
+    say(&format!(
+        "Switchboard listening on {scheme}://{addr} (store: {database})\n"
+    ));
 
     let shutdown = server.state().shutdown().clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
+        signals.await;
+        // Shut down first: whatever happens to the log (a closed pipe under `| tee`),
+        // the signal has done its work.
         shutdown.trigger();
+        tracing::info!("shutting down");
     });
     server.listen(listener).await
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Prints to stdout; a closed stdout (the reader of a pipe gone) is not an error.
+fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// The warning for plain HTTP where others can reach it: keys, cookies and transcripts
+/// would cross the network readable by anyone on the path. Behind a trusted proxy the
+/// proxy is assumed to terminate TLS.
+fn plain_http_warning(addr: SocketAddr, tls: bool, behind_proxy: bool) -> Option<String> {
+    (!addr.ip().is_loopback() && !tls && !behind_proxy).then(|| {
+        format!(
+            "serving plain HTTP on {addr}, which is reachable from other machines: API keys, \
+             session cookies and transcripts travel unencrypted. Use --tls-cert/--tls-key, or \
+             put a TLS-terminating reverse proxy in front and name it with --trusted-proxy."
+        )
+    })
+}
+
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves on either.
+fn wait_for_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
+        })
     }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 pub(crate) fn now_ms_pub() -> i64 {

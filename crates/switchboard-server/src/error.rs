@@ -95,6 +95,12 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::NotFound("not found".into()),
             StoreError::Conflict(m) => ApiError::Conflict(m),
+            // The store logs it (once per interval); the client learns what is wrong.
+            StoreError::StorageFull => ApiError::Unavailable(
+                "the server's storage is full: nothing can be saved until its operator frees \
+                 disk space (reading still works)"
+                    .into(),
+            ),
             StoreError::Other(e) => ApiError::Internal(e),
         }
     }

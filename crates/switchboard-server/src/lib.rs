@@ -17,8 +17,10 @@ mod http;
 mod hub;
 pub mod jwt;
 mod limits;
+mod listener;
 mod metrics;
 mod options;
+mod origin;
 mod ratelimit;
 mod revocation;
 mod router;
@@ -26,6 +28,7 @@ mod shutdown;
 mod sse;
 mod state;
 mod time;
+mod tls;
 mod ui;
 mod ws;
 
@@ -35,9 +38,12 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
+pub use listener::ConnectionLimits;
 pub use options::{MetricsAccess, ServerOptions};
+pub use origin::parse_trusted_proxy;
 pub use shutdown::Shutdown;
 pub use state::AppState;
+pub use tls::TlsFiles;
 
 /// A configured server, ready to listen.
 pub struct Server {
@@ -82,36 +88,29 @@ impl Server {
     }
 
     /// Serves on a bound listener until [`Server::shutdown`] is called; then stops
-    /// accepting, closes every WebSocket with a reason, ends long-polls, and waits for
-    /// requests in flight to finish.
+    /// accepting, closes every WebSocket with a reason, ends long-polls, waits for
+    /// requests in flight to finish up to the shutdown deadline, and closes what remains.
+    /// With [`ServerOptions::tls`] set, every connection is TLS.
     pub async fn listen(&self, listener: TcpListener) -> anyhow::Result<()> {
         let addr = listener
             .local_addr()
             .context("listener has no local address")?;
+        let tls = match &self.state.options().tls {
+            Some(files) => Some(std::sync::Arc::new(tls::Tls::load(files.clone())?)),
+            None => None,
+        };
         self.state.set_local_addr(addr);
         let background = self.state.spawn_background_tasks();
         // Paths are normalized before routing, so the layer wraps the whole router.
+        let normalize: fn(axum::extract::Request) -> axum::extract::Request =
+            router::normalize_path;
         let app = tower::Layer::layer(
-            &tower::util::MapRequestLayer::new(router::normalize_path),
+            &tower::util::MapRequestLayer::new(normalize),
             router::build(self.state.clone()),
         );
-        let shutdown = self.state.shutdown().clone();
-        // Small frames must leave at once: with Nagle's algorithm a second small write
-        // waits for the peer's delayed ACK (40 ms on Linux).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let result = axum::serve(
-            listener,
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                SocketAddr,
-            >(app),
-        )
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
-        .context("server failed");
+        listener::run(self.state.clone(), listener, app, tls).await;
         background.abort();
-        result
+        Ok(())
     }
 
     /// Asks the server to shut down gracefully.

@@ -64,6 +64,12 @@ pub struct ServerOptions {
     pub sign_in_burst: u32,
     /// …and then one more every this long.
     pub sign_in_refill: Duration,
+    /// Terminate TLS with this certificate and key (reloaded when the files change).
+    pub tls: Option<crate::TlsFiles>,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Header and body read timeouts, connection caps, the shutdown deadline.
+    pub limits: crate::ConnectionLimits,
 }
 
 /// Who may read `/metrics` (`switchboard serve --metrics`).
@@ -106,6 +112,9 @@ impl Default for ServerOptions {
             revocation_check_interval: Duration::from_secs(5),
             sign_in_burst: 10,
             sign_in_refill: Duration::from_secs(6),
+            tls: None,
+            trusted_proxies: Vec::new(),
+            limits: crate::ConnectionLimits::default(),
         }
     }
 }

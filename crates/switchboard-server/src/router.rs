@@ -119,7 +119,12 @@ pub(crate) fn build(state: AppState) -> Router {
                 .get::<MatchedPath>()
                 .map_or("unmatched", MatchedPath::as_str)
                 .to_owned();
-            tracing::info_span!("http", method = %req.method(), route = %route)
+            let client = req
+                .extensions()
+                .get::<crate::origin::RequestOrigin>()
+                .map(|o| o.client.ip().to_string())
+                .unwrap_or_default();
+            tracing::info_span!("http", method = %req.method(), route = %route, client = %client)
         }))
         .with_state(state)
 }

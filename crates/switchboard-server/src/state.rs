@@ -98,15 +98,33 @@ impl AppState {
         let _ = self.inner.local_addr.set(addr);
     }
 
-    /// The base URL clients reach the server at.
+    /// The base URL clients reach the server at: `--public-url` when configured; else,
+    /// for a request through a trusted proxy, the scheme and host it forwarded; else
+    /// this server's own address.
     pub fn public_url(&self) -> String {
-        match &self.inner.options.public_url {
-            Some(url) => url.trim_end_matches('/').to_string(),
-            None => match self.inner.local_addr.get() {
-                Some(addr) => format!("http://{addr}"),
-                None => "http://127.0.0.1:8787".to_string(),
-            },
+        if let Some(url) = &self.inner.options.public_url {
+            return url.trim_end_matches('/').to_string();
         }
+        let origin = crate::origin::current();
+        let https = origin.as_ref().is_some_and(|o| o.https) || self.inner.options.tls.is_some();
+        let scheme = if https { "https" } else { "http" };
+        match (
+            origin.and_then(|o| o.forwarded_host),
+            self.inner.local_addr.get(),
+        ) {
+            (Some(host), _) => format!("{scheme}://{host}"),
+            (None, Some(addr)) => format!("{scheme}://{addr}"),
+            (None, None) => format!("{scheme}://127.0.0.1:8787"),
+        }
+    }
+
+    /// True when the request being handled reached the client's side over https (TLS
+    /// here, a trusted proxy's word, or a configured https public URL): the one place
+    /// that decides the cookie's `Secure` flag.
+    pub(crate) fn request_is_https(&self) -> bool {
+        crate::origin::current().is_some_and(|o| o.https)
+            || self.inner.options.tls.is_some()
+            || self.public_url().starts_with("https://")
     }
 
     /// Checks a bearer token: a worker JWT against the signing keys, anything else

@@ -33,17 +33,40 @@ pub enum StoreError {
     /// The row exists in a state that forbids the change (e.g. already archived).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The disk holding the database is full (`SQLITE_FULL`, PostgreSQL's SQLSTATE
+    /// 53100): writes fail until space is freed; reads go on.
+    #[error("the server's storage is full")]
+    StorageFull,
     /// Anything else: the database failed.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
 
+/// SQLite's primary result code for a full disk (`SQLITE_FULL`); sqlx reports the
+/// extended code, whose low byte is the primary one.
+const SQLITE_FULL: i32 = 13;
+/// PostgreSQL's SQLSTATE `disk_full`.
+const PG_DISK_FULL: &str = "53100";
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db) if is_disk_full_code(db.code().as_deref()) => {
+                StoreError::StorageFull
+            }
             other => StoreError::Other(other.into()),
         }
+    }
+}
+
+/// True for the error codes of a full disk: `SQLITE_FULL` (any extended code of it)
+/// and PostgreSQL's `53100`.
+fn is_disk_full_code(code: Option<&str>) -> bool {
+    match code {
+        Some(PG_DISK_FULL) => true,
+        Some(code) => code.parse::<i32>().is_ok_and(|c| c & 0xff == SQLITE_FULL),
+        None => false,
     }
 }
 
@@ -51,6 +74,9 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match e {
             rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
+            e if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) => {
+                StoreError::StorageFull
+            }
             other => StoreError::Other(other.into()),
         }
     }
@@ -313,6 +339,26 @@ pub(crate) fn to_i64(v: u64) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn full_disks_are_recognized_by_their_codes() {
+        assert!(super::is_disk_full_code(Some("53100")));
+        assert!(super::is_disk_full_code(Some("13")));
+        assert!(
+            !super::is_disk_full_code(Some("53200")),
+            "out of memory is not a full disk"
+        );
+        assert!(!super::is_disk_full_code(Some("5")));
+        assert!(!super::is_disk_full_code(None));
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        assert!(matches!(
+            super::StoreError::from(full),
+            super::StoreError::StorageFull
+        ));
+    }
+
     #[test]
     fn passwords_are_redacted_from_urls() {
         assert_eq!(

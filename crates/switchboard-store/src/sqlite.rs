@@ -132,6 +132,52 @@ pub fn backup_to(url: &str, out: &Path) -> Result<()> {
     copied
 }
 
+/// Keeps the database readable by its owner only: creates the file 0600 before SQLite
+/// does (SQLite gives the `-wal` and `-shm` files it creates the database file's mode),
+/// and tightens an existing database, `-wal` or `-shm` that others may read, with a
+/// warning. In-memory databases have no files.
+#[cfg(unix)]
+fn secure_files(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let name = path.to_string_lossy();
+    if name.is_empty() || name.contains(":memory:") || name.contains("mode=memory") {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(anyhow::anyhow!("cannot create SQLite database {path:?}: {e}").into())
+        }
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{name}{suffix}"));
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| anyhow::anyhow!("cannot make {file:?} private (chmod 600): {e}"))?;
+            tracing::warn!(
+                file = %file.display(),
+                "the database file was readable by other users (mode {mode:03o}); it is 0600 now"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn secure_files(_path: &Path) -> Result<()> {
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database a `sqlite://PATH` URL names and migrates it.
     pub async fn open(url: &str) -> Result<Self> {
@@ -143,6 +189,7 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         let path = options.get_filename().to_path_buf();
+        secure_files(&path)?;
         // The schema is migrated through sqlx, whose migration table earlier versions
         // of this store created; the connection is closed again right after.
         let mut migrator = options

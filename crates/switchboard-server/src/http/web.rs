@@ -16,7 +16,7 @@ use crate::error::{ApiError, Json, OptionalJson};
 use crate::state::AppState;
 
 fn with_cookie(state: &AppState, value: &str, max_age: u64, body: serde_json::Value) -> Response {
-    let secure = if state.public_url().starts_with("https://") {
+    let secure = if state.request_is_https() {
         "; Secure"
     } else {
         ""

@@ -8,14 +8,18 @@
 mod access; // Every route and socket × every credential class (routes read from router.rs).
 mod bridge; // EnvLessBridge against the real server: refreshes, teardown.
 mod common; // TestServer: start, URLs, clients, extra keys.
+mod connections; // Slow and half-sent requests are cut; caps on connections; accepting goes on.
 mod environments; // The standalone environment flow: register, poll, ack, stop, deregister.
 mod errors; // JSON error bodies: bad ids, bad JSON, oversized bodies, unknown routes.
 mod fixtures; // Replays of the official CLI's wire captures.
 mod hardening; // Issue #12: worker credentials, epoch fencing, revocation, size caps.
+mod full_disk; // A full disk answers 503 with a message; reads go on; writes recover.
 mod ingress; // The v1 session-ingress WebSocket and POST.
 mod isolation; // Token classes and owners never reach each other's data.
 mod official; // The official `claude remote-control`: its plane, restarts, answer echoes.
+mod proxy; // Forwarded headers believed from trusted proxies only.
 mod sessions; // The Sessions API: create, get, patch, list, archive, history.
+mod tls; // TLS termination: https, wss, certificates reloaded.
 mod v2; // The CCR v2 plane: code sessions, epochs, worker state, SSE, delivery.
 mod viewer_client;
 mod viewers;

@@ -98,7 +98,7 @@ trait Job: Send {
     /// Runs the write inside the open transaction.
     fn run(&mut self, conn: &Connection, seqs: &mut LastSeqs);
     /// Reports the outcome once the transaction ended (`Err` when the commit failed).
-    fn finish(self: Box<Self>, committed: &Result<(), String>);
+    fn finish(self: Box<Self>, committed: &Result<(), Failed>);
 }
 
 impl std::fmt::Debug for dyn Job {
@@ -128,6 +128,9 @@ where
                         "a database write panicked"
                     )))
                 });
+            if matches!(out, Err(StoreError::StorageFull)) {
+                warn_disk_full();
+            }
             if out.is_err() {
                 // What the job remembered may be rolled back with it.
                 *seqs = LastSeqs::default();
@@ -142,16 +145,84 @@ where
         self.out = Some(out);
     }
 
-    fn finish(self: Box<Self>, committed: &Result<(), String>) {
+    fn finish(self: Box<Self>, committed: &Result<(), Failed>) {
         let out = match (committed, self.out) {
             (Ok(()), Some(out)) => out,
             (Ok(()), None) => Err(StoreError::Other(anyhow::anyhow!("write never ran"))),
-            (Err(e), _) => Err(StoreError::Other(anyhow::anyhow!(
-                "cannot commit to the SQLite database: {e}"
+            (Err(Failed { full: true, .. }), _) => Err(StoreError::StorageFull),
+            (Err(Failed { message, .. }), _) => Err(StoreError::Other(anyhow::anyhow!(
+                "cannot commit to the SQLite database: {message}"
             ))),
         };
         // The caller may have given up waiting; the write stands either way.
         let _ = self.reply.send(out);
+    }
+}
+
+/// Why a transaction did not commit.
+#[derive(Debug)]
+struct Failed {
+    /// The disk is full (`SQLITE_FULL`).
+    full: bool,
+    message: String,
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Self {
+        Self {
+            full: matches!(e, StoreError::StorageFull),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// How often a full disk is reported in the log while it lasts.
+const FULL_DISK_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Lets a condition that repeats many times a second through to the log once per
+/// interval, with the count of what was left out.
+#[derive(Debug)]
+struct Every {
+    interval: std::time::Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Every {
+    const fn new(interval: std::time::Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(how many were left out since the last report)` when one is due.
+    fn due(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.interval)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// The message a full disk is logged with.
+const DISK_FULL: &str =
+    "the disk holding the SQLite database is full: writes are refused until space is freed";
+
+/// Logs that a write failed on a full disk, once per [`FULL_DISK_WARNING_EVERY`].
+fn warn_disk_full() {
+    static WARNING: std::sync::Mutex<Every> =
+        std::sync::Mutex::new(Every::new(FULL_DISK_WARNING_EVERY));
+    let due = WARNING.lock().unwrap_or_else(|e| e.into_inner()).due();
+    if let Some(suppressed) = due {
+        tracing::warn!(failed_since_last_warning = suppressed, "{DISK_FULL}");
     }
 }
 
@@ -173,14 +244,18 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>) {
                 }
                 exec(&conn, "COMMIT", []).map(drop).map_err(|e| {
                     let _ = exec(&conn, "ROLLBACK", []);
-                    e.to_string()
+                    Failed::from(e)
                 })
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(Failed::from(e)),
         };
         if let Err(e) = &committed {
             seqs = LastSeqs::default();
-            tracing::error!(error = %e, jobs = batch.len(), "SQLite transaction failed");
+            if e.full {
+                warn_disk_full();
+            } else {
+                tracing::error!(error = %e.message, jobs = batch.len(), "SQLite transaction failed");
+            }
         }
         for job in batch.drain(..) {
             job.finish(&committed);
@@ -195,11 +270,23 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(1
 /// without blocking the writer (`PASSIVE`), and syncs as `synchronous = NORMAL` says, so
 /// the writer's commits rarely wait for the disk: when it finds the WAL wholly copied it
 /// starts it over without a checkpoint of its own. Ends when the writer thread does.
+/// A failing checkpoint (a full disk, typically) is logged once per
+/// [`FULL_DISK_WARNING_EVERY`], not ten times a second.
 fn checkpoint(conn: Connection, writer_alive: std::sync::mpsc::Receiver<()>) {
     use std::sync::mpsc::RecvTimeoutError;
+    let mut warning = Every::new(FULL_DISK_WARNING_EVERY);
     while let Err(RecvTimeoutError::Timeout) = writer_alive.recv_timeout(CHECKPOINT_EVERY) {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "SQLite checkpoint failed");
+            if let Some(suppressed) = warning.due() {
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+                    tracing::warn!(
+                        failed_since_last_warning = suppressed,
+                        "SQLite checkpoint failed: {DISK_FULL}"
+                    );
+                } else {
+                    tracing::warn!(error = %e, failed_since_last_warning = suppressed, "SQLite checkpoint failed");
+                }
+            }
         }
     }
 }
@@ -266,6 +353,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows, vec!["good".to_string()]);
+    }
+
+    #[test]
+    fn a_repeated_warning_is_let_through_once_per_interval_with_a_count() {
+        let mut every = Every::new(std::time::Duration::from_millis(200));
+        assert_eq!(every.due(), Some(0));
+        for _ in 0..10 {
+            assert_eq!(every.due(), None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert_eq!(every.due(), Some(10));
     }
 
     #[tokio::test]
