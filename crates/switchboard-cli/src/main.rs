@@ -7,9 +7,11 @@
 
 mod attach;
 mod bridge;
+mod notify;
 mod pair;
 mod remote;
 mod render;
+mod review;
 mod serve;
 mod sessions;
 mod token;
@@ -41,6 +43,9 @@ enum Command {
     Bridge(Box<bridge::BridgeArgs>),
     /// Print a single-use link (and QR code) that signs a browser in to the web UI.
     Pair(pair::PairArgs),
+    /// Choose what calls you back (permission requests, finished turns…) and where:
+    /// a webhook, an ntfy topic, browsers.
+    Notify(notify::NotifyArgs),
 }
 
 /// Where the server keeps its data; shared by `serve` and the commands that open the
@@ -117,6 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Attach(args) => attach::run(args).await,
             Command::Bridge(args) => bridge::run(*args).await,
             Command::Pair(args) => pair::run(args).await,
+            Command::Notify(args) => notify::run(args).await,
         }
     })
 }

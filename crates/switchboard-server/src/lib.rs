@@ -17,6 +17,7 @@ mod http;
 mod hub;
 pub mod jwt;
 mod metrics;
+mod notify;
 mod options;
 mod router;
 mod shutdown;
@@ -87,6 +88,7 @@ impl Server {
             .context("listener has no local address")?;
         self.state.set_local_addr(addr);
         let background = self.state.spawn_background_tasks();
+        let notifier = notify::spawn(self.state.clone());
         // Paths are normalized before routing, so the layer wraps the whole router.
         let app = tower::Layer::layer(
             &tower::util::MapRequestLayer::new(router::normalize_path),
@@ -108,6 +110,9 @@ impl Server {
         .await
         .context("server failed");
         background.abort();
+        if let Some(notifier) = notifier {
+            notifier.abort();
+        }
         result
     }
 

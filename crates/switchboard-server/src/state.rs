@@ -6,6 +6,7 @@
 mod code;
 mod environments;
 mod events;
+mod notify;
 mod sessions;
 mod web;
 
@@ -45,6 +46,10 @@ struct Inner {
     local_addr: OnceLock<SocketAddr>,
     /// Live signing keys, newest first; loaded (or first created) on first use.
     signing_keys: tokio::sync::RwLock<Vec<switchboard_store::SigningKey>>,
+    /// The queue to the notifier task (see `notify`).
+    notifier: crate::notify::Notifier,
+    /// The VAPID key pair, loaded (or first made) on first use.
+    vapid: tokio::sync::OnceCell<Arc<crate::notify::webpush::Vapid>>,
 }
 
 impl AppState {
@@ -60,6 +65,8 @@ impl AppState {
                 shutdown: Shutdown::default(),
                 local_addr: OnceLock::new(),
                 signing_keys: tokio::sync::RwLock::new(Vec::new()),
+                notifier: crate::notify::Notifier::default(),
+                vapid: tokio::sync::OnceCell::new(),
             }),
         }
     }
