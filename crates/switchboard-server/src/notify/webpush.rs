@@ -68,7 +68,7 @@ fn expand(prk: &Hkdf<Sha256>, info: &[u8], out: &mut [u8]) {
         .expect("lengths are far below the HKDF limit");
 }
 
-/// Encrypts `payload` for the subscription with keys `p256dh` and `auth` (RFC 8291 §3):
+/// Encrypts `payload` for the subscription with keys `p256dh` and `auth` (RFC 8291 section 3):
 /// a fresh key pair and salt each time, one record, the key id is our public key.
 pub(crate) fn encrypt(payload: &[u8], p256dh: &str, auth: &str) -> Result<Vec<u8>, PushError> {
     if payload.len() > MAX_PAYLOAD {
@@ -111,7 +111,7 @@ pub(crate) fn encrypt(payload: &[u8], p256dh: &str, auth: &str) -> Result<Vec<u8
     Ok(body)
 }
 
-/// The content encryption key and nonce (RFC 8291 §3.3, §3.4; RFC 8188 §2.2, §2.3).
+/// The content encryption key and nonce (RFC 8291 sections 3.3 and 3.4; RFC 8188 sections 2.2 and 2.3).
 pub(crate) fn derive(
     ecdh_secret: &[u8],
     auth_secret: &[u8],
@@ -177,7 +177,7 @@ impl Vapid {
     }
 
     /// The `Authorization` header for a request to `endpoint` at `now` (Unix seconds):
-    /// `vapid t=<JWT>, k=<public key>` (RFC 8292 §3).
+    /// `vapid t=<JWT>, k=<public key>` (RFC 8292 section 3).
     pub(crate) fn authorization(&self, endpoint: &str, now: i64) -> anyhow::Result<String> {
         let url = url::Url::parse(endpoint)?;
         let audience = url.origin().ascii_serialization();
@@ -207,7 +207,7 @@ mod tests {
 
     use super::*;
 
-    /// Decrypts as a browser would (RFC 8291 §3.4 from the receiving side).
+    /// Decrypts as a browser would (RFC 8291 section 3.4, from the receiving side).
     fn decrypt(body: &[u8], ua_secret: &SecretKey, auth: &[u8]) -> Vec<u8> {
         let salt = &body[..16];
         let rs = u32::from_be_bytes(body[16..20].try_into().unwrap());

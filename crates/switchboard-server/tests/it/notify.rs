@@ -58,7 +58,7 @@ impl Browser {
         URL_SAFE_NO_PAD.encode(self.secret.public_key().to_encoded_point(false).as_bytes())
     }
 
-    /// RFC 8291 §3 from the receiving side: ECDH with the key id, the two HKDF steps,
+    /// RFC 8291 section 3 from the receiving side: ECDH with the key id, the two HKDF steps,
     /// AES-128-GCM, then the padding delimiter.
     fn decrypt(&self, body: &[u8]) -> anyhow::Result<Vec<u8>> {
         anyhow::ensure!(body.len() > 21, "body too short");
