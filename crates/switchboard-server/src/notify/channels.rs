@@ -163,11 +163,7 @@ async fn webhook(
 /// Splits an ntfy topic URL into the server's publishing URL and the topic.
 pub(crate) fn ntfy_parts(url: &str) -> Option<(String, String)> {
     let parsed = url::Url::parse(url).ok()?;
-    let topic = parsed
-        .path_segments()?
-        .filter(|s| !s.is_empty())
-        .next_back()?
-        .to_owned();
+    let topic = parsed.path_segments()?.rfind(|s| !s.is_empty())?.to_owned();
     let mut base = parsed.clone();
     {
         let mut segments = base.path_segments_mut().ok()?;
