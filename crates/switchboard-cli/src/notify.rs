@@ -135,8 +135,7 @@ async fn channel(
             println!("{kind}: {}", text(&answer["url"]));
             if let Some(secret) = answer["secret"].as_str() {
                 println!(
-                    "Signing key (verify the {} header with it): {secret}",
-                    "X-Switchboard-Signature"
+                    "Signing key (verify the X-Switchboard-Signature header with it): {secret}"
                 );
             }
         }

@@ -12,8 +12,8 @@ mod errors; // JSON error bodies: bad ids, bad JSON, oversized bodies, unknown r
 mod fixtures; // Replays of the official CLI's wire captures.
 mod ingress; // The v1 session-ingress WebSocket and POST.
 mod isolation; // Token classes and owners never reach each other's data.
-mod official; // The official `claude remote-control`: its plane, restarts, answer echoes.
 mod notify; // Notifications: webhook, ntfy and Web Push against doubles on 127.0.0.1.
+mod official; // The official `claude remote-control`: its plane, restarts, answer echoes.
 mod sessions; // The Sessions API: create, get, patch, list, archive, history.
 mod v2; // The CCR v2 plane: code sessions, epochs, worker state, SSE, delivery.
 mod viewer_client;
