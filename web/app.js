@@ -3,6 +3,7 @@
 
 import { h, ago, uuid } from "./dom.js";
 import { sessionView } from "./session.js";
+import { notifyPanel } from "./notify.js";
 
 const root = document.getElementById("app");
 let current = null; // the mounted view: { destroy() }
@@ -80,13 +81,23 @@ function screen(...kids) {
   root.replaceChildren(h("div", { class: "screen" }, kids));
 }
 
+/** The server can't be reached (offline, or it is restarting): say so and keep trying. */
 function offlineView(err) {
+  const token = routeToken;
+  const offline = err.status === undefined;
   screen(
-    h("div", { class: "card narrow" },
-      h("h1", null, "Can't reach Switchboard"),
-      h("p", { class: "muted" }, err.message || "The server did not answer."),
+    h("div", { class: "card narrow offline", role: "status" },
+      h("h1", null, offline ? "Offline, reconnecting…" : "Can't reach Switchboard"),
+      h("p", { class: "muted" }, offline ? "Switchboard will open as soon as the server answers again." : err.message || "The server did not answer."),
       h("button", { class: "primary", onclick: () => route() }, "Try again")),
   );
+  const again = () => {
+    window.removeEventListener("online", again);
+    clearTimeout(timer);
+    if (token === routeToken) route();
+  };
+  const timer = setTimeout(again, 5000);
+  window.addEventListener("online", again);
 }
 
 function signInView() {
@@ -164,6 +175,7 @@ function listView() {
   const list = h("ul", { class: "sessions", "aria-label": "Sessions" });
   const status = h("p", { class: "muted list-status" }, "Loading sessions…");
   const pairPanel = h("div", { class: "card pairing", hidden: true });
+  const notifyCard = h("div", { class: "card notify-panel", hidden: true });
 
   async function pairDevice() {
     pairPanel.hidden = false;
@@ -325,12 +337,13 @@ function listView() {
     h("div", { class: "page" },
       topBar(
         h("button", { type: "button", class: "ghost", onclick: newSession }, "New session"),
+        h("button", { type: "button", class: "ghost", onclick: () => notifyPanel(notifyCard, api) }, "Notifications"),
         h("button", { type: "button", class: "ghost", onclick: pairDevice }, "Pair device"),
         h("button", { type: "button", class: "ghost", onclick: signOut }, "Sign out"),
         h("button", { type: "button", class: "ghost", onclick: signOutEverywhere }, "Sign out everywhere")),
       h("main", { class: "content" },
         h("h1", { class: "page-title" }, "Sessions"),
-        newPanel, pairPanel, warn, status, list)),
+        newPanel, pairPanel, notifyCard, warn, status, list)),
   );
   poll();
   return {

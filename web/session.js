@@ -7,6 +7,7 @@
 
 import { h, uuid, ago, pretty } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
+import { reviewNode } from "./review.js";
 
 const MODES = ["default", "acceptEdits", "bypassPermissions", "plan", "dontAsk", "auto"];
 const MODELS = ["default", "sonnet", "opus", "haiku"];
@@ -564,7 +565,7 @@ export function sessionView(root, id, app) {
     const el = h("div", { class: "perm", role: "group", "aria-label": `Permission request: ${toolName}`, dataset: { requestId: rid } },
       h("div", { class: "row" }, h("span", { class: "badge warn" }, "Permission"), h("strong", { class: "tool-name" }, toolName)),
       details.map((d) => h("p", { class: "perm-desc" }, d)),
-      h("pre", { class: "json wrap" }, pretty(req.input ?? {})),
+      inputView(req),
       h("div", { class: "perm-actions" }, reason, denyBtn, allowBtn),
       status);
     reason.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); denyBtn.click(); } });
@@ -594,6 +595,13 @@ export function sessionView(root, id, app) {
     sync();
     st.pending.set(rid, card);
     updateTitle();
+  }
+
+  /** An edit's diff or a command in full (raw input one tap away), else the input. */
+  function inputView(req) {
+    const raw = h("pre", { class: "json wrap" }, pretty(req.input ?? {}));
+    const review = reviewNode(String(req.tool_name || ""), req.input);
+    return review ? [review, h("details", { class: "raw-input" }, h("summary", null, "Raw input"), raw)] : raw;
   }
 
   function elicitationCard(ev) {

@@ -4,6 +4,7 @@
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import path from "node:path";
+import { mkdir } from "node:fs/promises";
 import {
   Server, launchBrowser, signedInPage, watch, eventually, sleep, texts, id,
   assistant, prompt, delta, result, canUseTool, PHONE, DESKTOP, SHOTS,
@@ -197,6 +198,10 @@ describe("a session", () => {
     const card = page.locator('.perm[data-request-id="req-allow"]');
     await card.waitFor();
     assert.match(await card.innerText(), /Bash/);
+    // Bash shows its command and description in full; the raw input is one tap away.
+    assert.equal(await card.locator(".review.command pre.cmd").innerText(), "npm test");
+    assert.equal(await card.locator(".review-desc").innerText(), "Run the test suite");
+    await card.locator(".raw-input summary").click();
     assert.equal(JSON.parse(await card.locator("pre.json").innerText()).command, "npm test");
     assert.equal(await page.title(), "(1) Permissions — Switchboard");
     await card.getByRole("button", { name: "Allow" }).click();
@@ -330,6 +335,58 @@ describe("a session", () => {
       assert.ok(rendered.tags.split(",").includes(tag), `${tag} in ${rendered.tags}`);
     }
     assert.ok(!/\bu\b|\bb\b/.test(rendered.tags.replace(/blockquote/g, "")), rendered.tags);
+  });
+
+  test("edit permissions show a diff on a phone: numbered, coloured by sign, long ones collapsed, text never markup", async () => {
+    const { session, worker } = await server.session({ title: "Diffs" });
+    const ctx = await browser.newContext({ viewport: PHONE, deviceScaleFactor: 2, hasTouch: true, isMobile: true });
+    await ctx.addCookies(await context.cookies());
+    const p = watch(await ctx.newPage());
+    await open(p, session);
+    const old = "fn main() {\n    let x = 1;\n    println!(\"{x}\");\n}\n";
+    const neu = "fn main() {\n    let x = 2; // <img src=x onerror=alert(1)>\n    println!(\"{x}\");\n}\n";
+    await worker.post(canUseTool("req-edit", "Edit", { file_path: "/home/ana/src/main.rs", old_string: old, new_string: neu }));
+    const card = p.locator('.perm[data-request-id="req-edit"]');
+    await card.waitFor();
+    assert.equal(await card.locator(".diff-path").innerText(), "/home/ana/src/main.rs");
+    assert.equal(await card.locator(".diff-hunk").innerText(), "@@ -1,4 +1,4 @@");
+    const rows = await card.locator(".diff-line").evaluateAll((els) => els.map((e) => [e.className, [...e.children].map((c) => c.textContent)]));
+    assert.deepEqual(rows, [
+      ["diff-line ctx", ["1", "1", " ", "fn main() {"]],
+      ["diff-line del", ["2", "", "-", "    let x = 1;"]],
+      ["diff-line add", ["", "2", "+", "    let x = 2; // <img src=x onerror=alert(1)>"]],
+      ["diff-line ctx", ["3", "3", " ", "    println!(\"{x}\");"]],
+      ["diff-line ctx", ["4", "4", " ", "}"]],
+    ]);
+    assert.equal(await card.locator(".diff-body img").count(), 0, "the diff is text, never markup");
+    const colours = await card.locator(".diff-line.add, .diff-line.del").evaluateAll((els) => els.map((e) => getComputedStyle(e).backgroundColor));
+    assert.notEqual(colours[0], colours[1], "added and removed lines differ in colour");
+    const overflow = () => p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(await overflow() <= 0, "the card fits the phone's width");
+    await mkdir(SHOTS, { recursive: true });
+    await p.screenshot({ path: path.join(SHOTS, "diff-edit-phone.png") });
+
+    // A long new file: the first lines show, the rest waits behind a button.
+    const content = Array.from({ length: 80 }, (_, i) => `line ${i + 1} ${"x".repeat(i % 7 ? 10 : 120)}`).join("\n");
+    await worker.post(canUseTool("req-write", "Write", { file_path: "/home/ana/src/long.txt", content }));
+    const card2 = p.locator('.perm[data-request-id="req-write"]');
+    await card2.waitFor();
+    assert.equal(await card2.locator(".diff-stat").innerText(), "+80 −0");
+    const shown = await card2.locator(".diff-line").count();
+    assert.ok(shown < 80, `collapsed: ${shown} lines shown`);
+    assert.ok(await overflow() <= 0, "a long line scrolls inside the diff, not the page");
+    await p.screenshot({ path: path.join(SHOTS, "diff-write-phone-collapsed.png") });
+    await card2.getByRole("button", { name: /Show \d+ more lines/ }).click();
+    assert.equal(await card2.locator(".diff-line").count(), 80);
+    assert.equal(await card2.locator(".diff-line .code").last().innerText(), `line 80 ${"x".repeat(10)}`);
+
+    // Allow answers with the input unchanged.
+    await card.getByRole("button", { name: "Allow" }).click();
+    const allow = await worker.waitFor((m) => m.type === "control_response" && m.response?.request_id === "req-edit");
+    assert.equal(allow.response.response.updatedInput.new_string, neu);
+    assert.deepEqual(p.errors, []);
+    assert.deepEqual(p.csp, []);
+    await ctx.close();
   });
 
   test("screenshots: the session list and a pending permission request, phone and desktop, light and dark", async () => {

@@ -8,9 +8,11 @@
 mod attach;
 mod backup;
 mod bridge;
+mod notify;
 mod pair;
 mod remote;
 mod render;
+mod review;
 mod serve;
 mod sessions;
 mod token;
@@ -46,6 +48,9 @@ enum Command {
     /// Copy the database to a new file, consistently, while the server runs (SQLite; for
     /// PostgreSQL it names the pg_dump command).
     Backup(backup::BackupArgs),
+    /// Choose what calls you back (permission requests, finished turns…) and where:
+    /// a webhook, an ntfy topic, browsers.
+    Notify(notify::NotifyArgs),
 }
 
 /// Where the server keeps its data; shared by `serve` and the commands that open the
@@ -174,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Bridge(args) => bridge::run(*args).await,
             Command::Pair(args) => pair::run(args).await,
             Command::Backup(args) => backup::run(args).await,
+            Command::Notify(args) => notify::run(args).await,
         }
     });
     // Tasks still running (a socket the server's deadline closed, a blocking read) get

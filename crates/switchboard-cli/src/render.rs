@@ -356,6 +356,12 @@ pub(crate) fn permission_request(request: &Value) -> Vec<Line> {
         }
     }
     let input = inner.get("input").unwrap_or(&Value::Null);
+    if let Some(review) = str_at(inner, &["tool_name"]).and_then(|t| crate::review::lines(t, input))
+    {
+        lines.extend(review);
+        lines.push(question());
+        return lines;
+    }
     let pretty = serde_json::to_string_pretty(input).unwrap_or_else(|_| input.to_string());
     let all: Vec<&str> = pretty.lines().collect();
     for line in all.iter().take(INPUT_LINES) {

@@ -41,6 +41,7 @@ pub mod environments;
 pub mod error;
 mod http;
 pub mod ingress;
+pub mod notify;
 pub mod sessions;
 #[cfg(test)]
 mod testing;

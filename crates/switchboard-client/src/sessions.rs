@@ -99,7 +99,7 @@ impl HistoryQuery {
 /// ```
 #[derive(Debug, Clone)]
 pub struct SessionsClient {
-    rest: RestClient,
+    pub(crate) rest: RestClient,
 }
 
 impl SessionsClient {

@@ -19,6 +19,7 @@ pub mod jwt;
 mod limits;
 mod listener;
 mod metrics;
+mod notify;
 mod options;
 mod origin;
 mod ratelimit;
@@ -101,6 +102,7 @@ impl Server {
         };
         self.state.set_local_addr(addr);
         let background = self.state.spawn_background_tasks();
+        let notifier = notify::spawn(self.state.clone());
         // Paths are normalized before routing, so the layer wraps the whole router.
         let normalize: fn(axum::extract::Request) -> axum::extract::Request =
             router::normalize_path;
@@ -110,6 +112,9 @@ impl Server {
         );
         listener::run(self.state.clone(), listener, app, tls).await;
         background.abort();
+        if let Some(notifier) = notifier {
+            notifier.abort();
+        }
         Ok(())
     }
 

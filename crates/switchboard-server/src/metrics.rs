@@ -13,6 +13,9 @@ pub(crate) struct Metrics {
     pub(crate) worker_connections: AtomicI64,
     pub(crate) viewer_connections: AtomicI64,
     pub(crate) long_polls_waiting: AtomicI64,
+    pub(crate) notifications_sent: AtomicU64,
+    pub(crate) notifications_failed: AtomicU64,
+    pub(crate) notifications_dropped: AtomicU64,
 }
 
 /// Increments a gauge for as long as the guard lives.
@@ -34,6 +37,16 @@ impl Drop for GaugeGuard<'_> {
 impl Metrics {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A notification reached its webhook, ntfy topic or push service.
+    pub(crate) fn notification_sent(&self) {
+        Self::add(&self.notifications_sent, 1);
+    }
+
+    /// A notification was refused or could not be delivered after its retries.
+    pub(crate) fn notification_failed(&self) {
+        Self::add(&self.notifications_failed, 1);
     }
 
     /// Renders everything; `live_sessions` comes from the hub.
@@ -95,6 +108,26 @@ impl Metrics {
             "Work polls waiting for work.",
             g(&self.long_polls_waiting),
         );
+        for (name, help, counter) in [
+            ("sent", "delivered", &self.notifications_sent),
+            (
+                "failed",
+                "refused or not delivered after retries",
+                &self.notifications_failed,
+            ),
+            (
+                "dropped",
+                "dropped because the notifier's queue was full",
+                &self.notifications_dropped,
+            ),
+        ] {
+            metric(
+                &format!("switchboard_notifications_{name}_total"),
+                "counter",
+                &format!("Notifications {help}."),
+                c(counter),
+            );
+        }
         out
     }
 }

@@ -2,11 +2,11 @@
 //! socket).
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
-use crate::http::{self, code, environments, health, ingress, sessions, web};
+use crate::http::{self, code, environments, health, ingress, notify, sessions, web};
 use crate::state::AppState;
 use crate::ws;
 
@@ -89,6 +89,19 @@ pub(crate) fn build(state: AppState) -> Router {
         .route("/web/logout/all", post(web::logout_all))
         .route("/web/me", get(web::me))
         .route("/web/pairings", post(web::create_pairing))
+        // Notifications: settings, webhook/ntfy channels, Web Push subscriptions.
+        .route("/v1/notify", get(notify::get))
+        .route("/v1/notify/events", put(notify::put_events))
+        .route(
+            "/v1/notify/channels/{kind}",
+            put(notify::put_channel).delete(notify::delete_channel),
+        )
+        .route("/v1/notify/test", post(notify::test))
+        .route("/v1/notify/push/subscriptions", post(notify::subscribe))
+        .route(
+            "/v1/notify/push/subscriptions/{id}",
+            delete(notify::unsubscribe),
+        )
         // Viewers (§13.1).
         .route("/v1/sessions/ws/{id}/subscribe", get(ws::viewer::upgrade));
     // Session ingress v1 (§8), under both version segments the client builds.

@@ -6,6 +6,7 @@
 mod code;
 mod environments;
 mod events;
+mod notify;
 mod sessions;
 mod web;
 
@@ -50,6 +51,10 @@ struct Inner {
     revocations: Revocations,
     /// Sign-in and pairing attempts per client address.
     sign_in_limiter: RateLimiter,
+    /// The queue to the notifier task (see `notify`).
+    notifier: crate::notify::Notifier,
+    /// The VAPID key pair, loaded (or first made) on first use.
+    vapid: tokio::sync::OnceCell<Arc<crate::notify::webpush::Vapid>>,
 }
 
 impl AppState {
@@ -67,6 +72,8 @@ impl AppState {
                 revocations: Revocations::default(),
                 sign_in_limiter: RateLimiter::new(options.sign_in_burst, options.sign_in_refill),
                 options,
+                notifier: crate::notify::Notifier::default(),
+                vapid: tokio::sync::OnceCell::new(),
             }),
         }
     }

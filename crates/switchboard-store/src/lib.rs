@@ -276,6 +276,34 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_signing_key(&self, key: &SigningKey) -> Result<()>;
     /// Retires every live key created before `before`.
     async fn retire_signing_keys(&self, before: Millis, now: Millis) -> Result<u64>;
+
+    // --- notifications ---
+
+    /// The events that notify an owner, as last set; `None` when never set.
+    async fn notify_settings(&self, owner_id: &str) -> Result<Option<Vec<String>>>;
+    /// Sets the events that notify an owner.
+    async fn set_notify_settings(
+        &self,
+        owner_id: &str,
+        events: &[String],
+        now: Millis,
+    ) -> Result<()>;
+    /// An owner's webhook and ntfy channels.
+    async fn notify_channels(&self, owner_id: &str) -> Result<Vec<NotifyChannel>>;
+    /// Sets (or replaces) an owner's channel of `channel.kind`.
+    async fn put_notify_channel(&self, channel: &NotifyChannel) -> Result<()>;
+    /// Removes an owner's channel of `kind`; false when there was none.
+    async fn delete_notify_channel(&self, owner_id: &str, kind: &str) -> Result<bool>;
+    /// Stores a push subscription; one with the same endpoint is replaced (a browser
+    /// that subscribes again keeps one subscription, under the owner signed in now).
+    async fn put_push_subscription(&self, sub: &PushSubscription) -> Result<()>;
+    /// An owner's push subscriptions, oldest first.
+    async fn push_subscriptions(&self, owner_id: &str) -> Result<Vec<PushSubscription>>;
+    /// Removes one of an owner's push subscriptions; false when it was not there.
+    async fn delete_push_subscription(&self, owner_id: &str, id: &str) -> Result<bool>;
+    /// The server's VAPID private key: `candidate` is stored if there is none yet, and
+    /// the stored one is returned (so concurrent first calls agree on one key).
+    async fn vapid_key(&self, candidate: &str, now: Millis) -> Result<String>;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created if missing) is the embedded

@@ -452,3 +452,37 @@ impl Default for EventQuery {
         }
     }
 }
+
+/// Where an owner's notifications go besides browsers: a webhook or an ntfy topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyChannel {
+    /// The owner.
+    pub owner_id: String,
+    /// `webhook` or `ntfy`; one of each per owner.
+    pub kind: String,
+    /// Where to POST.
+    pub url: String,
+    /// The webhook's HMAC key, or the ntfy access token.
+    pub secret: Option<String>,
+    /// When it was set.
+    pub created_at: Millis,
+}
+
+/// A browser's Web Push subscription (RFC 8030), with its RFC 8291 keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushSubscription {
+    /// Our id for it.
+    pub id: String,
+    /// The owner signed in when it subscribed.
+    pub owner_id: String,
+    /// The push service's URL for this subscription; unique.
+    pub endpoint: String,
+    /// The browser's P-256 public key, base64url (uncompressed point).
+    pub p256dh: String,
+    /// The 16-byte authentication secret, base64url.
+    pub auth: String,
+    /// The browser that subscribed, to tell subscriptions apart in a list.
+    pub user_agent: Option<String>,
+    /// When it subscribed.
+    pub created_at: Millis,
+}

@@ -1118,6 +1118,156 @@ impl Store for PgStore {
         .await?;
         Ok(done.rows_affected())
     }
+
+    #[instrument(skip_all)]
+    async fn notify_settings(&self, owner_id: &str) -> Result<Option<Vec<String>>> {
+        let row = sqlx::query("SELECT events FROM notify_settings WHERE owner_id = $1")
+            .bind(owner_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let text: String = r.try_get("events")?;
+            serde_json::from_str(&text).map_err(Into::into)
+        })
+        .transpose()
+    }
+
+    #[instrument(skip_all)]
+    async fn set_notify_settings(
+        &self,
+        owner_id: &str,
+        events: &[String],
+        now: Millis,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO notify_settings (owner_id, events, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (owner_id) DO UPDATE SET events = excluded.events, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(owner_id)
+        .bind(serde_json::to_string(events)?)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn notify_channels(&self, owner_id: &str) -> Result<Vec<NotifyChannel>> {
+        let rows = sqlx::query("SELECT * FROM notify_channels WHERE owner_id = $1 ORDER BY kind")
+            .bind(owner_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(NotifyChannel {
+                    owner_id: row.try_get("owner_id")?,
+                    kind: row.try_get("kind")?,
+                    url: row.try_get("url")?,
+                    secret: row.try_get("secret")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn put_notify_channel(&self, ch: &NotifyChannel) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO notify_channels (owner_id, kind, url, secret, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner_id, kind) DO UPDATE SET \
+             url = excluded.url, secret = excluded.secret, created_at = excluded.created_at",
+        )
+        .bind(&ch.owner_id)
+        .bind(&ch.kind)
+        .bind(&ch.url)
+        .bind(&ch.secret)
+        .bind(ch.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn delete_notify_channel(&self, owner_id: &str, kind: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM notify_channels WHERE owner_id = $1 AND kind = $2")
+            .bind(owner_id)
+            .bind(kind)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    #[instrument(skip_all)]
+    async fn put_push_subscription(&self, sub: &PushSubscription) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO push_subscriptions \
+             (id, owner_id, endpoint, p256dh, auth, user_agent, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (endpoint) DO UPDATE SET \
+             id = excluded.id, owner_id = excluded.owner_id, p256dh = excluded.p256dh, \
+             auth = excluded.auth, user_agent = excluded.user_agent, \
+             created_at = excluded.created_at",
+        )
+        .bind(&sub.id)
+        .bind(&sub.owner_id)
+        .bind(&sub.endpoint)
+        .bind(&sub.p256dh)
+        .bind(&sub.auth)
+        .bind(&sub.user_agent)
+        .bind(sub.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn push_subscriptions(&self, owner_id: &str) -> Result<Vec<PushSubscription>> {
+        let rows = sqlx::query(
+            "SELECT * FROM push_subscriptions WHERE owner_id = $1 ORDER BY created_at, id",
+        )
+        .bind(owner_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PushSubscription {
+                    id: row.try_get("id")?,
+                    owner_id: row.try_get("owner_id")?,
+                    endpoint: row.try_get("endpoint")?,
+                    p256dh: row.try_get("p256dh")?,
+                    auth: row.try_get("auth")?,
+                    user_agent: row.try_get("user_agent")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn delete_push_subscription(&self, owner_id: &str, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM push_subscriptions WHERE owner_id = $1 AND id = $2")
+            .bind(owner_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    #[instrument(skip_all)]
+    async fn vapid_key(&self, candidate: &str, now: Millis) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO vapid_keys (id, private_key, created_at) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(candidate)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT private_key FROM vapid_keys WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("private_key")?)
+    }
 }
 
 #[cfg(test)]

@@ -1407,4 +1407,182 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    #[instrument(skip_all)]
+    async fn notify_settings(&self, owner_id: &str) -> Result<Option<Vec<String>>> {
+        let owner_id = owner_id.to_owned();
+        let text = self
+            .read(move |c| {
+                query_one(
+                    c,
+                    "SELECT events FROM notify_settings WHERE owner_id = ?1",
+                    [&owner_id],
+                    |row| Ok(row.get::<_, String>("events")?),
+                )
+            })
+            .await?;
+        text.map(|t| serde_json::from_str(&t).map_err(Into::into))
+            .transpose()
+    }
+
+    #[instrument(skip_all)]
+    async fn set_notify_settings(
+        &self,
+        owner_id: &str,
+        events: &[String],
+        now: Millis,
+    ) -> Result<()> {
+        let owner_id = owner_id.to_owned();
+        let events = serde_json::to_string(events)?;
+        self.write(move |c| {
+            exec(
+                c,
+                "INSERT INTO notify_settings (owner_id, events, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (owner_id) DO UPDATE SET events = excluded.events, \
+                 updated_at = excluded.updated_at",
+                params![owner_id, events, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn notify_channels(&self, owner_id: &str) -> Result<Vec<NotifyChannel>> {
+        let owner_id = owner_id.to_owned();
+        self.read(move |c| {
+            query_all(
+                c,
+                "SELECT * FROM notify_channels WHERE owner_id = ?1 ORDER BY kind",
+                [&owner_id],
+                |row| {
+                    Ok(NotifyChannel {
+                        owner_id: row.get("owner_id")?,
+                        kind: row.get("kind")?,
+                        url: row.get("url")?,
+                        secret: row.get("secret")?,
+                        created_at: row.get("created_at")?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn put_notify_channel(&self, channel: &NotifyChannel) -> Result<()> {
+        let ch = channel.clone();
+        self.write(move |c| {
+            exec(
+                c,
+                "INSERT INTO notify_channels (owner_id, kind, url, secret, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (owner_id, kind) DO UPDATE SET \
+                 url = excluded.url, secret = excluded.secret, created_at = excluded.created_at",
+                params![ch.owner_id, ch.kind, ch.url, ch.secret, ch.created_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn delete_notify_channel(&self, owner_id: &str, kind: &str) -> Result<bool> {
+        let (owner_id, kind) = (owner_id.to_owned(), kind.to_owned());
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "DELETE FROM notify_channels WHERE owner_id = ?1 AND kind = ?2",
+                params![owner_id, kind],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn put_push_subscription(&self, sub: &PushSubscription) -> Result<()> {
+        let sub = sub.clone();
+        self.write(move |c| {
+            exec(
+                c,
+                "INSERT INTO push_subscriptions \
+                 (id, owner_id, endpoint, p256dh, auth, user_agent, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (endpoint) DO UPDATE SET \
+                 id = excluded.id, owner_id = excluded.owner_id, p256dh = excluded.p256dh, \
+                 auth = excluded.auth, user_agent = excluded.user_agent, \
+                 created_at = excluded.created_at",
+                params![
+                    sub.id,
+                    sub.owner_id,
+                    sub.endpoint,
+                    sub.p256dh,
+                    sub.auth,
+                    sub.user_agent,
+                    sub.created_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn push_subscriptions(&self, owner_id: &str) -> Result<Vec<PushSubscription>> {
+        let owner_id = owner_id.to_owned();
+        self.read(move |c| {
+            query_all(
+                c,
+                "SELECT * FROM push_subscriptions WHERE owner_id = ?1 \
+                 ORDER BY created_at, id",
+                [&owner_id],
+                |row| {
+                    Ok(PushSubscription {
+                        id: row.get("id")?,
+                        owner_id: row.get("owner_id")?,
+                        endpoint: row.get("endpoint")?,
+                        p256dh: row.get("p256dh")?,
+                        auth: row.get("auth")?,
+                        user_agent: row.get("user_agent")?,
+                        created_at: row.get("created_at")?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn delete_push_subscription(&self, owner_id: &str, id: &str) -> Result<bool> {
+        let (owner_id, id) = (owner_id.to_owned(), id.to_owned());
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "DELETE FROM push_subscriptions WHERE owner_id = ?1 AND id = ?2",
+                params![owner_id, id],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn vapid_key(&self, candidate: &str, now: Millis) -> Result<String> {
+        let candidate = candidate.to_owned();
+        self.write(move |c| {
+            exec(
+                c,
+                "INSERT INTO vapid_keys (id, private_key, created_at) VALUES (1, ?1, ?2) \
+                 ON CONFLICT (id) DO NOTHING",
+                params![candidate, now],
+            )?;
+            query_one(
+                c,
+                "SELECT private_key FROM vapid_keys WHERE id = 1",
+                [],
+                |row| Ok(row.get::<_, String>("private_key")?),
+            )?
+            .ok_or(StoreError::NotFound)
+        })
+        .await
+    }
 }

@@ -39,6 +39,7 @@ fn event(n: u64) -> NewEvent {
         uuid: Some(format!("u{n}")),
         payload: json!({"type": "assistant", "n": n}).to_string(),
         request_id: None,
+        sent_with: None,
     }
 }
 

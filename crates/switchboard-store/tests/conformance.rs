@@ -706,6 +706,93 @@ async fn story(store: &dyn Store) -> anyhow::Result<()> {
         })
         .await?;
     assert_eq!(store.environment("env_1").await?.deregistered_at, None);
+
+    notifications(store, &alice.id, &bob.id, now).await?;
+    Ok(())
+}
+
+/// Notification settings, channels, push subscriptions and the VAPID key (issue 15).
+async fn notifications(
+    store: &dyn Store,
+    alice: &str,
+    bob: &str,
+    now: Millis,
+) -> anyhow::Result<()> {
+    // Settings: none until set; set again replaces.
+    assert_eq!(store.notify_settings(alice).await?, None);
+    store
+        .set_notify_settings(alice, &["permission".into(), "result".into()], now)
+        .await?;
+    store
+        .set_notify_settings(alice, &["permission".into()], now + 1)
+        .await?;
+    assert_eq!(
+        store.notify_settings(alice).await?,
+        Some(vec!["permission".to_string()])
+    );
+    assert_eq!(store.notify_settings(bob).await?, None);
+
+    // Channels: one per kind and owner; setting it again replaces it.
+    let hook = NotifyChannel {
+        owner_id: alice.into(),
+        kind: "webhook".into(),
+        url: "http://127.0.0.1:9/a".into(),
+        secret: Some("k1".into()),
+        created_at: now,
+    };
+    store.put_notify_channel(&hook).await?;
+    let hook2 = NotifyChannel {
+        url: "http://127.0.0.1:9/b".into(),
+        secret: Some("k2".into()),
+        ..hook.clone()
+    };
+    store.put_notify_channel(&hook2).await?;
+    let ntfy = NotifyChannel {
+        kind: "ntfy".into(),
+        url: "http://127.0.0.1:9/topic".into(),
+        secret: None,
+        ..hook.clone()
+    };
+    store.put_notify_channel(&ntfy).await?;
+    assert_eq!(store.notify_channels(alice).await?, [ntfy, hook2]);
+    assert!(store.notify_channels(bob).await?.is_empty());
+    assert!(!store.delete_notify_channel(bob, "webhook").await?);
+    assert!(store.delete_notify_channel(alice, "webhook").await?);
+    assert!(!store.delete_notify_channel(alice, "webhook").await?);
+    assert_eq!(store.notify_channels(alice).await?.len(), 1);
+
+    // Push subscriptions: per owner; the same endpoint again replaces the old one.
+    let sub = |id: &str, owner: &str, endpoint: &str, at: Millis| PushSubscription {
+        id: id.into(),
+        owner_id: owner.into(),
+        endpoint: endpoint.into(),
+        p256dh: "BPk".into(),
+        auth: "au".into(),
+        user_agent: Some("phone".into()),
+        created_at: at,
+    };
+    store
+        .put_push_subscription(&sub("p1", alice, "http://push/1", now))
+        .await?;
+    store
+        .put_push_subscription(&sub("p2", alice, "http://push/2", now + 1))
+        .await?;
+    store
+        .put_push_subscription(&sub("p3", bob, "http://push/1", now + 2))
+        .await?;
+    let ids = |subs: Vec<PushSubscription>| subs.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.push_subscriptions(alice).await?), ["p2"]);
+    assert_eq!(
+        store.push_subscriptions(bob).await?,
+        [sub("p3", bob, "http://push/1", now + 2)]
+    );
+    assert!(!store.delete_push_subscription(alice, "p3").await?);
+    assert!(store.delete_push_subscription(bob, "p3").await?);
+    assert!(store.push_subscriptions(bob).await?.is_empty());
+
+    // The VAPID key: the first candidate wins, later ones get it back.
+    assert_eq!(store.vapid_key("first", now).await?, "first");
+    assert_eq!(store.vapid_key("second", now + 1).await?, "first");
     Ok(())
 }
 

@@ -5,6 +5,7 @@ pub(crate) mod code;
 pub(crate) mod environments;
 pub(crate) mod health;
 pub(crate) mod ingress;
+pub(crate) mod notify;
 pub(crate) mod sessions;
 pub(crate) mod web;
 

@@ -214,6 +214,14 @@ impl AppState {
                     continue;
                 }
                 Metrics::add(&self.metrics().events_appended, 1);
+                // A permission request, a finished turn, an answer…: someone may want to
+                // know (the worker's own control responses answer viewers, not requests).
+                let answer = event.kind == "control_response";
+                if (event.direction == Direction::Outbound) != answer {
+                    if let Some(signal) = crate::notify::classify(&event.kind, &event.payload) {
+                        self.notify_event(session, signal);
+                    }
+                }
                 channel.publish(LogEvent {
                     seq: outcome.seq,
                     direction: event.direction,

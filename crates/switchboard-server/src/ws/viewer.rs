@@ -19,7 +19,7 @@ use super::{
     close, close_code_for, reject, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SESSION_GONE,
     CLOSE_UNAUTHORIZED,
 };
-use crate::auth::{self, Principal};
+use crate::auth::Principal;
 use crate::error::{ApiError, Path, Query};
 use crate::hub::{with_sequence, SessionChannel};
 use crate::metrics::{GaugeGuard, Metrics};

@@ -16,6 +16,7 @@ mod hardening; // Issue #12: worker credentials, epoch fencing, revocation, size
 mod full_disk; // A full disk answers 503 with a message; reads go on; writes recover.
 mod ingress; // The v1 session-ingress WebSocket and POST.
 mod isolation; // Token classes and owners never reach each other's data.
+mod notify; // Notifications: webhook, ntfy and Web Push against doubles on 127.0.0.1.
 mod official; // The official `claude remote-control`: its plane, restarts, answer echoes.
 mod proxy; // Forwarded headers believed from trusted proxies only.
 mod sessions; // The Sessions API: create, get, patch, list, archive, history.
