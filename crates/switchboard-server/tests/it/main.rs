@@ -12,8 +12,8 @@ mod connections; // Slow and half-sent requests are cut; caps on connections; ac
 mod environments; // The standalone environment flow: register, poll, ack, stop, deregister.
 mod errors; // JSON error bodies: bad ids, bad JSON, oversized bodies, unknown routes.
 mod fixtures; // Replays of the official CLI's wire captures.
-mod hardening; // Issue #12: worker credentials, epoch fencing, revocation, size caps.
 mod full_disk; // A full disk answers 503 with a message; reads go on; writes recover.
+mod hardening; // Issue #12: worker credentials, epoch fencing, revocation, size caps.
 mod ingress; // The v1 session-ingress WebSocket and POST.
 mod isolation; // Token classes and owners never reach each other's data.
 mod notify; // Notifications: webhook, ntfy and Web Push against doubles on 127.0.0.1.
