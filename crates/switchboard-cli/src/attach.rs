@@ -618,9 +618,8 @@ mod tests {
         let (lines, action) = c.on_line("Y");
 
         assert_eq!(shown[0], "? Permission needed to use Bash");
-        assert!(shown
-            .iter()
-            .any(|l| l.contains("\"command\": \"npm test\"")));
+        // A Bash request shows its command in full (review.rs), not as JSON.
+        assert!(shown.iter().any(|l| l.contains("npm test")), "{shown:?}");
         assert_eq!(shown.last().unwrap(), "Allow? [y]es / [n]o (then a reason)");
         assert_eq!(texts(&lines), ["· allowed Bash"]);
         assert_eq!(action, Some(Action::Allow(request)));

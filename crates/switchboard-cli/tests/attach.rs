@@ -183,7 +183,7 @@ fn a_person_prompts_allows_denies_and_interrupts_through_attach() -> anyhow::Res
     )?;
     term.exp_string("Permission needed to use Bash")?;
     term.exp_string("Run the test suite")?;
-    term.exp_string("\"command\": \"npm test\"")?;
+    term.exp_string("$ npm test")?;
     term.exp_string("Allow? [y]es / [n]o (then a reason)")?;
     term.send_line("y")?;
     let answer = runtime.block_on(received(&mut worker.inbound))?;
@@ -201,7 +201,7 @@ fn a_person_prompts_allows_denies_and_interrupts_through_attach() -> anyhow::Res
             .transport
             .write(vec![can_use_tool("perm-2", "rm -rf build")]),
     )?;
-    term.exp_string("\"command\": \"rm -rf build\"")?;
+    term.exp_string("$ rm -rf build")?;
     term.exp_string("Allow?")?;
     term.send_line("n")?;
     term.exp_string("Reason for the model")?;
@@ -257,7 +257,7 @@ fn a_request_pending_before_attaching_is_asked_and_quit_leaves() -> anyhow::Resu
 
     // The history is shown on attach, in color, and the open request is asked about.
     let before = term.exp_string("turn ended with error_max_turns")?;
-    term.exp_string("\"command\": \"cargo build\"")?;
+    term.exp_string("$ cargo build")?;
     term.exp_string("Allow?")?;
     term.send_line("n, not on this machine")?;
     let denial = runtime.block_on(received(&mut worker.inbound))?;
