@@ -155,6 +155,8 @@ export class Server {
       environment_id: env.environment_id,
       title,
       session_context: { cwd: directory },
+      // The scripted worker speaks v1; a session that names no plane gets v2.
+      use_code_sessions: false,
     });
     let work = null;
     for (let i = 0; i < 5 && !work; i++) {

@@ -61,7 +61,7 @@ describe("sign-in", () => {
     await item.locator(".state.offline").waitFor({ timeout: 10000 });
 
     // Sign out, then in again with the API key.
-    await p.getByRole("button", { name: "Sign out" }).click();
+    await p.getByRole("button", { name: "Sign out", exact: true }).click();
     await p.getByLabel("API key").waitFor();
     assert.equal((await ctx.cookies()).filter((c) => c.value).length, 0);
     await p.getByLabel("API key").fill("sbk_wrong_key");
