@@ -135,6 +135,11 @@ async function answer(n, action) {
     const pending = info.requires_action;
     if (!pending || String(pending.request_id) !== String(n.request_id)) {
       outcome = "already answered";
+    } else if (action === "allow" && !shownInFull(n, pending.request?.input)) {
+      // The notification showed one line of a longer command: what would be allowed
+      // was never seen, so the card (with the whole input) is opened instead.
+      await open(n.url || "/");
+      outcome = "opened for review";
     } else {
       const response = action === "allow"
         ? { behavior: "allow", updatedInput: pending.request?.input ?? {} }
@@ -155,8 +160,18 @@ async function answer(n, action) {
   await reportAnswer(n, outcome);
 }
 
+/**
+ * Whether the notification showed the request's command whole: a command of more lines
+ * (or longer) than its one-line summary is never allowed from the notification.
+ */
+function shownInFull(n, input) {
+  const command = input && typeof input.command === "string" ? input.command : null;
+  if (command === null) return true;
+  return !command.includes("\n") && command.trim() === String(n.body ?? "").trim();
+}
+
 async function reportAnswer(n, outcome) {
-  const ok = outcome === "allowed" || outcome === "denied";
+  const ok = outcome === "allowed" || outcome === "denied" || outcome === "opened for review";
   const tool = n.tool || "the tool";
   // Clients (open pages, tests) hear about it too.
   for (const w of await self.clients.matchAll({ type: "window", includeUncontrolled: true })) {

@@ -344,7 +344,7 @@ pub(crate) async fn run(
             return spawn_failed(&options.agent, &e);
         }
     };
-    let stderr = stderr_tail(child.stderr.take());
+    let mut stderr = stderr_tail(child.stderr.take());
     let mut stdin = child.stdin.take();
     let mut stdout = child.stdout.take().map(|out| BufReader::new(out).lines());
     let mut tracker = Tracker::default();
@@ -417,7 +417,8 @@ pub(crate) async fn run(
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
     }
     transport.finish().await;
-    outcome(status, ending, &stderr)
+    stderr.settle().await;
+    outcome(status, ending, &stderr.lines)
 }
 
 /// The next stdout line, or never when stdout is closed (so `select!` waits on the rest).

@@ -216,7 +216,7 @@ async fn run_native(
         Ok(child) => child,
         Err(e) => return spawn_failed(&options.agent, &e),
     };
-    let stderr = stderr_tail(child.stderr.take());
+    let mut stderr = stderr_tail(child.stderr.take());
     if let Some(stdout) = child.stdout.take() {
         let display = ctx.display.clone();
         let name = short(&work.body);
@@ -263,7 +263,8 @@ async fn run_native(
             }
         }
     };
-    outcome(status, ending, &stderr)
+    stderr.settle().await;
+    outcome(status, ending, &stderr.lines)
 }
 
 /// A line about a permission prompt the agent raised, if `message` is one.
@@ -286,10 +287,29 @@ pub(crate) fn spawn_failed(spec: &agent::AgentSpec, error: &std::io::Error) -> O
     ))
 }
 
+/// The last lines an agent wrote on stderr, read by a task of their own.
+pub(crate) struct StderrTail {
+    /// The lines kept (at most `STDERR_TAIL`).
+    pub(crate) lines: Arc<Mutex<VecDeque<String>>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl StderrTail {
+    /// Waits (briefly) until everything the agent wrote on stderr has been read: an
+    /// agent that exits right after its last words must not have them lost to a race
+    /// with the reader. The wait is bounded, since something the agent started may keep
+    /// the pipe open after it exits.
+    pub(crate) async fn settle(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
+        }
+    }
+}
+
 /// Keeps the last lines the agent wrote on stderr (and logs them at debug level).
-pub(crate) fn stderr_tail(stderr: Option<ChildStderr>) -> Arc<Mutex<VecDeque<String>>> {
+pub(crate) fn stderr_tail(stderr: Option<ChildStderr>) -> StderrTail {
     let tail = Arc::new(Mutex::new(VecDeque::new()));
-    if let Some(stderr) = stderr {
+    let reader = stderr.map(|stderr| {
         let keep = tail.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
@@ -301,9 +321,12 @@ pub(crate) fn stderr_tail(stderr: Option<ChildStderr>) -> Arc<Mutex<VecDeque<Str
                 }
                 keep.push_back(line);
             }
-        });
+        })
+    });
+    StderrTail {
+        lines: tail,
+        reader,
     }
-    tail
 }
 
 /// Ends a child and what it started: SIGTERM to its process group, then SIGKILL after
