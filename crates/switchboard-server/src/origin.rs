@@ -75,11 +75,11 @@ impl RequestOrigin {
         let proto = forwarded
             .as_ref()
             .and_then(|f| f.proto.clone())
-            .or_else(|| first_value(headers, "x-forwarded-proto"));
+            .or_else(|| last_value(headers, "x-forwarded-proto"));
         let host = forwarded
             .as_ref()
             .and_then(|f| f.host.clone())
-            .or_else(|| first_value(headers, "x-forwarded-host"))
+            .or_else(|| last_value(headers, "x-forwarded-host"))
             .or_else(|| {
                 headers
                     .get(header::HOST)
@@ -111,11 +111,12 @@ fn is_host(h: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
 }
 
-/// The first (the original client's) value of a comma-separated header.
-fn first_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    let v = headers.get(name)?.to_str().ok()?;
-    let first = v.split(',').next()?.trim();
-    (!first.is_empty()).then(|| first.to_owned())
+/// The last (the nearest proxy's) value of a comma-separated header: a client can
+/// only write values before the ones its proxies add.
+fn last_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    let v = headers.get_all(name).iter().next_back()?.to_str().ok()?;
+    let last = v.rsplit(',').next()?.trim();
+    (!last.is_empty()).then(|| last.to_owned())
 }
 
 /// Every address in `X-Forwarded-For`, in order (client first, nearest proxy last).
@@ -144,6 +145,19 @@ fn client_of(hops: &[Option<IpAddr>], trusted: &[IpNet]) -> Option<IpAddr> {
     client
 }
 
+/// Where [`client_of`] stops: the index of the client's hop, if the walk gets there.
+fn client_index(hops: &[Option<IpAddr>], trusted: &[IpNet]) -> Option<usize> {
+    let mut at = None;
+    for (i, hop) in hops.iter().enumerate().rev() {
+        let ip = (*hop)?;
+        at = Some(i);
+        if !is_trusted(ip, trusted) {
+            break;
+        }
+    }
+    at
+}
+
 /// An address as proxies write it: `1.2.3.4`, `1.2.3.4:5678`, `[::1]`, `[::1]:5678`,
 /// `"[::1]:5678"`; `unknown` and obfuscated names are `None`.
 fn parse_node(s: &str) -> Option<IpAddr> {
@@ -167,7 +181,7 @@ struct Forwarded {
 }
 
 /// Reads `Forwarded`: the element of the client (the same walk as [`client_of`]) gives
-/// its address; `proto` and `host` come from the first element that has them.
+/// its address, `proto` and `host`.
 fn forwarded(headers: &HeaderMap, trusted: &[IpNet]) -> Option<Forwarded> {
     let mut elements: Vec<Vec<(String, String)>> = Vec::new();
     for value in headers.get_all(header::FORWARDED) {
@@ -196,10 +210,14 @@ fn forwarded(headers: &HeaderMap, trusted: &[IpNet]) -> Option<Forwarded> {
         .iter()
         .map(|e| get(e, "for").and_then(|v| parse_node(&v)))
         .collect();
+    // The client's element is the one the first trusted proxy wrote: its proto and host
+    // are what the client asked for. Elements before it are the client's own writing.
+    let at = client_index(&hops, trusted);
+    let element = at.and_then(|i| elements.get(i));
     Some(Forwarded {
         client: client_of(&hops, trusted),
-        proto: elements.iter().find_map(|e| get(e, "proto")),
-        host: elements.iter().find_map(|e| get(e, "host")),
+        proto: element.and_then(|e| get(e, "proto")),
+        host: element.and_then(|e| get(e, "host")),
     })
 }
 
@@ -257,6 +275,25 @@ mod tests {
         assert_eq!(o.client.ip(), "203.0.113.9".parse::<IpAddr>().unwrap());
         assert!(o.https);
         assert_eq!(o.forwarded_host.as_deref(), Some("relay.example:8443"));
+    }
+
+    #[test]
+    fn what_a_client_writes_before_its_proxys_values_is_not_believed() {
+        let h = headers(&[
+            (
+                "forwarded",
+                "for=192.0.2.1;proto=http;host=evil.example, for=198.51.100.7;proto=https;host=relay.example",
+            ),
+            ("x-forwarded-host", "evil.example, relay.example"),
+        ]);
+        let o = RequestOrigin::of(PROXY.parse().unwrap(), false, &h, &nets(&["10.0.0.0/8"]));
+        assert_eq!(o.client.ip(), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert!(o.https);
+        assert_eq!(o.forwarded_host.as_deref(), Some("relay.example"));
+
+        let h = headers(&[("x-forwarded-host", "evil.example, relay.example")]);
+        let o = RequestOrigin::of(PROXY.parse().unwrap(), false, &h, &nets(&["10.0.0.0/8"]));
+        assert_eq!(o.forwarded_host.as_deref(), Some("relay.example"));
     }
 
     #[test]
