@@ -30,6 +30,12 @@ async fn web_session(server: &TestServer) -> anyhow::Result<String> {
     Ok(cookie_of(&login))
 }
 
+/// A pairing link made with the API key (the client's `create_pairing`); its token.
+async fn pairing_token(server: &TestServer) -> anyhow::Result<String> {
+    let url = server.sessions().create_pairing(None).await?;
+    Ok(url.rsplit('/').next().unwrap_or_default().to_string())
+}
+
 fn cookie_of(response: &reqwest::Response) -> String {
     let set = response
         .headers()
@@ -172,21 +178,7 @@ async fn sign_in_takes_json_from_this_origin_only() -> anyhow::Result<()> {
     assert!(cookie_of(&ok).starts_with("sb_session=sbw_"));
 
     // /web/pair the same: a forged redemption does not use the link up.
-    let pairing: Value = server
-        .http()
-        .post(format!("{}/web/pairings", server.url()))
-        .bearer_auth(&server.key)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = pairing["url"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let token = pairing_token(&server).await?;
     let pair = format!("{}/web/pair", server.url());
     let forged = server
         .http()
@@ -415,21 +407,7 @@ async fn signing_out_everywhere_ends_every_web_session_and_pairing_link() -> any
             .await?;
         cookie_of(&r)
     };
-    let pairing: Value = server
-        .http()
-        .post(format!("{}/web/pairings", server.url()))
-        .bearer_auth(&server.key)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let link = pairing["url"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let link = pairing_token(&server).await?;
 
     // Cross-site, it is refused like any cookie request another site starts.
     let forged = server
@@ -574,15 +552,7 @@ async fn a_pairing_link_from_a_web_session_does_not_outlive_it() -> anyhow::Resu
     assert_eq!(late.status(), 401);
 
     // A link made with an API key signs in for the full 30 days.
-    let pairing: Value = server
-        .http()
-        .post(format!("{}/web/pairings", server.url()))
-        .bearer_auth(&server.key)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = pairing["url"].as_str().unwrap().rsplit('/').next().unwrap();
+    let token = pairing_token(&server).await?;
     let paired = server
         .http()
         .post(format!("{}/web/pair", server.url()))
