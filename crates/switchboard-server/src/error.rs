@@ -66,20 +66,26 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.parts().0
     }
+
+    /// The error body clients get, over HTTP or in a socket's error frame: the kind of
+    /// error and its message (an opaque one for internal errors, whose cause is logged
+    /// where they are answered).
+    pub(crate) fn body(&self) -> ErrorBody {
+        let message = match self {
+            ApiError::Internal(_) => "internal server error".to_string(),
+            other => other.to_string(),
+        };
+        ErrorBody::new(self.parts().1, message)
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, kind) = self.parts();
-        let message = match &self {
-            ApiError::Internal(e) => {
-                // The one place an internal error is logged; the client gets no detail.
-                tracing::error!(error = ?e, "internal error");
-                "internal server error".to_string()
-            }
-            other => other.to_string(),
-        };
-        let mut response = (status, axum::Json(ErrorBody::new(kind, message))).into_response();
+        if let ApiError::Internal(e) = &self {
+            // The one place an internal error is logged; the client gets no detail.
+            tracing::error!(error = ?e, "internal error");
+        }
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
         if let ApiError::TooManyRequests(_, after) = self {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

@@ -196,7 +196,9 @@ impl Connection {
                 req.extensions_mut().insert(ConnectInfo(origin.client));
                 req.extensions_mut().insert(origin.clone());
                 let app = app.clone();
-                origin.scope(async move { app.oneshot(req).await })
+                origin.scope(crate::state::request_scope(async move {
+                    app.oneshot(req).await
+                }))
             });
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())

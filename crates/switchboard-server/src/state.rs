@@ -11,7 +11,6 @@ mod sessions;
 mod web;
 
 pub(crate) use code::event_id;
-pub(crate) use events::Accepted;
 pub(crate) use sessions::HistoryQuery;
 
 use std::net::SocketAddr;
@@ -23,13 +22,38 @@ use switchboard_store::{ArcStore, CredentialKind, Session, StoreError};
 use crate::auth::{self, Principal};
 use crate::dispatch::Dispatcher;
 use crate::error::ApiError;
-use crate::hub::Hub;
+use crate::log::Hub;
 use crate::metrics::Metrics;
 use crate::options::ServerOptions;
 use crate::ratelimit::RateLimiter;
 use crate::revocation::Revocations;
 use crate::shutdown::Shutdown;
 use crate::time::now_ms;
+
+/// Who besides a session's owner may act on it (see [`AppState::authorize_session`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Only its owner (API key or web session).
+    OwnerOnly,
+    /// Its owner, or a worker credential issued for this very session (ingress token,
+    /// worker JWT).
+    OwnerOrSessionWorker,
+}
+
+tokio::task_local! {
+    /// The session a worker JWT's epoch was checked against while the request being
+    /// handled was authenticated: [`AppState::authorize_session`] takes it instead of
+    /// reading the session a second time.
+    static CHECKED_SESSION: std::cell::RefCell<Option<Session>>;
+}
+
+/// Runs the handling of one request with room for the session its authentication read
+/// (see [`AppState::authorize_session`]).
+pub(crate) fn request_scope<F: std::future::Future>(
+    handling: F,
+) -> impl std::future::Future<Output = F::Output> {
+    CHECKED_SESSION.scope(std::cell::RefCell::new(None), handling)
+}
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -150,13 +174,14 @@ impl AppState {
                 .ok_or_else(|| ApiError::Unauthorized("invalid worker token".into()))?;
             // A JWT belongs to one epoch: once a newer worker took the session over, every
             // use of it, on any route or socket, is a 409 and changes nothing.
-            let current = match self.store().session(session.body()).await {
-                Ok(s) => s.worker_epoch,
+            let checked = match self.store().session(session.body()).await {
+                Ok(s) => s,
                 Err(StoreError::NotFound) => {
                     return Err(ApiError::Unauthorized("invalid worker token".into()))
                 }
                 Err(e) => return Err(e.into()),
             };
+            let current = checked.worker_epoch;
             if claims.epoch != current {
                 return Err(ApiError::Conflict(format!(
                     "worker epoch {} was superseded (current: {current}); this worker token \
@@ -164,6 +189,8 @@ impl AppState {
                     claims.epoch
                 )));
             }
+            // The request authorizes against the very state its epoch was checked in.
+            let _ = CHECKED_SESSION.try_with(|c| *c.borrow_mut() = Some(checked));
             return Ok(Principal::Worker {
                 owner_id: claims.owner,
                 session_id: session.body().to_string(),
@@ -182,8 +209,8 @@ impl AppState {
         headers: &axum::http::HeaderMap,
     ) -> Result<(Principal, Option<(CredentialKind, String)>), ApiError> {
         let (token, source) = auth::request_token(headers)?;
-        if source == auth::Source::Cookie && !self.same_origin(headers) {
-            return Err(ApiError::Forbidden("cross-site request refused".into()));
+        if source == auth::Source::Cookie {
+            self.refuse_cross_site(headers, "request")?;
         }
         let principal = self.authenticate(token).await?;
         let credential = auth::credential_ref(token).map(|(kind, id)| (kind, id.to_string()));
@@ -193,12 +220,26 @@ impl AppState {
     /// Whether a request came from a page of this server (or from no page at all): its
     /// `Origin`, if any, is the public URL or the host the request was addressed to. The
     /// one place the server decides what "same origin" means.
-    pub(crate) fn same_origin(&self, headers: &axum::http::HeaderMap) -> bool {
+    fn same_origin(&self, headers: &axum::http::HeaderMap) -> bool {
         let host = headers
             .get(axum::http::header::HOST)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         auth::origin_matches(headers, &self.public_url(), host)
+    }
+
+    /// Refuses (403) a request another site's page started: the one check for requests
+    /// a browser's cookie alone may authorize (`what` names them in the message).
+    pub(crate) fn refuse_cross_site(
+        &self,
+        headers: &axum::http::HeaderMap,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        if self.same_origin(headers) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!("cross-site {what} refused")))
+        }
     }
 
     /// Registers a live connection opened with `credential`, to be closed when that
@@ -229,21 +270,40 @@ impl AppState {
     }
 
     /// Loads a session named in either costume and checks that `principal` may act on
-    /// it: its owner's API key, or an ingress token issued for it (when `worker` is true).
+    /// it with `access`: its owner's API key, or a worker credential issued for it.
+    ///
+    /// A request authenticated with a worker JWT read its session already, to check the
+    /// token's epoch; that same read is used here, so the session is read once and the
+    /// epoch it was checked against is the one the request acts on.
     pub(crate) async fn authorize_session(
         &self,
         principal: &Principal,
         raw_id: &str,
-        worker: bool,
+        access: Access,
     ) -> Result<Session, ApiError> {
         let id = parse_session_id(raw_id)?;
-        let session = match self.store().session(id.body()).await {
-            Ok(s) => s,
-            Err(StoreError::NotFound) => {
-                return Err(ApiError::NotFound(format!("session {raw_id} not found")))
-            }
-            Err(e) => return Err(e.into()),
+        let checked = CHECKED_SESSION
+            .try_with(|c| {
+                let mut c = c.borrow_mut();
+                if c.as_ref().is_some_and(|s| s.id == id.body()) {
+                    c.take()
+                } else {
+                    None
+                }
+            })
+            .ok()
+            .flatten();
+        let session = match checked {
+            Some(s) => s,
+            None => match self.store().session(id.body()).await {
+                Ok(s) => s,
+                Err(StoreError::NotFound) => {
+                    return Err(ApiError::NotFound(format!("session {raw_id} not found")))
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
+        let worker = access == Access::OwnerOrSessionWorker;
         match principal {
             Principal::Owner { owner_id } if *owner_id == session.owner_id => Ok(session),
             Principal::Ingress { session_id, .. } | Principal::Worker { session_id, .. }

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::{Auth, AuthWith};
 use crate::error::{ApiError, Json, OptionalJson, Path, Query};
-use crate::state::AppState;
+use crate::state::{Access, AppState};
 
 /// Reads `worker_epoch`: a JSON number, or a decimal string (protojson int64).
 fn epoch(body: &Map<String, Value>) -> Result<u64, ApiError> {
@@ -28,7 +28,9 @@ async fn fenced(
     id: &str,
     body: &Map<String, Value>,
 ) -> Result<switchboard_store::Session, ApiError> {
-    let session = state.authorize_session(principal, id, true).await?;
+    let session = state
+        .authorize_session(principal, id, Access::OwnerOrSessionWorker)
+        .await?;
     AppState::refuse_archived(&session)?;
     AppState::check_epoch(principal, &session, epoch(body)?)?;
     Ok(session)
@@ -71,7 +73,9 @@ pub(crate) async fn bridge(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let session = state.authorize_session(&principal, &id, false).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOnly)
+        .await?;
     Ok(axum::Json(state.bridge_credentials(&session).await?))
 }
 
@@ -81,7 +85,9 @@ pub(crate) async fn register(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let session = state.authorize_session(&principal, &id, true).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
+        .await?;
     let epoch = state.register_worker(&session).await?;
     Ok(axum::Json(json!({ "worker_epoch": epoch })))
 }
@@ -106,7 +112,9 @@ pub(crate) async fn get_worker(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let session = state.authorize_session(&principal, &id, true).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
+        .await?;
     Ok(axum::Json(state.worker_state(&session)))
 }
 
@@ -165,7 +173,9 @@ pub(crate) async fn get_internal(
     Path(id): Path<String>,
     Query(q): Query<InternalQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let session = state.authorize_session(&principal, &id, true).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
+        .await?;
     Ok(axum::Json(
         state
             .worker_internal_page(&session, q.subagents, q.cursor.as_deref())
@@ -212,7 +222,9 @@ pub(crate) async fn stream(
     Query(q): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = state.authorize_session(&principal, &id, true).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
+        .await?;
     if session.archived_at.is_some() {
         return Err(ApiError::NotFound("session is archived".into()));
     }

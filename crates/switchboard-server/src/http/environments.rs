@@ -38,7 +38,6 @@ pub(crate) async fn list(
     let owner_id = AppState::require_owner(&principal)?;
     let now = crate::time::now_ms();
     let data: Vec<Value> = state
-        .store()
         .live_environments(owner_id)
         .await?
         .into_iter()

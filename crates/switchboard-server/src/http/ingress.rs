@@ -6,7 +6,7 @@ use switchboard_proto::sessions::EventsRequest;
 
 use super::Auth;
 use crate::error::{ApiError, Json, Path};
-use crate::state::AppState;
+use crate::state::{Access, AppState};
 
 /// Appends the worker's messages to the session's log. A 2xx means they are committed.
 pub(crate) async fn post_events(
@@ -15,7 +15,9 @@ pub(crate) async fn post_events(
     Path(id): Path<String>,
     Json(req): Json<EventsRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let session = state.authorize_session(&principal, &id, true).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
+        .await?;
     state.append_outbound(&session, req.events).await?;
     Ok(axum::Json(json!({})))
 }

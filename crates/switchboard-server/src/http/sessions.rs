@@ -9,7 +9,8 @@ use switchboard_proto::sessions::{
 
 use super::Auth;
 use crate::error::{ApiError, Json, OptionalJson, Path, Query};
-use crate::state::{Accepted, AppState, HistoryQuery};
+use crate::log::Accepted;
+use crate::state::{Access, AppState, HistoryQuery};
 
 /// `POST /v1/sessions`.
 pub(crate) async fn create(
@@ -49,7 +50,9 @@ pub(crate) async fn get(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SessionResource>, ApiError> {
-    let session = state.authorize_session(&principal, &id, false).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOnly)
+        .await?;
     Ok(axum::Json(state.describe(&session).await?))
 }
 
@@ -60,7 +63,9 @@ pub(crate) async fn patch(
     Path(id): Path<String>,
     Json(req): Json<PatchSessionRequest>,
 ) -> Result<axum::Json<SessionResource>, ApiError> {
-    let session = state.authorize_session(&principal, &id, false).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOnly)
+        .await?;
     let session = match req.title.as_deref().map(str::trim) {
         Some(title) if !title.is_empty() => state.set_title(&session, title).await?,
         _ => {
@@ -78,7 +83,9 @@ pub(crate) async fn archive(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let session = state.authorize_session(&principal, &id, false).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOnly)
+        .await?;
     state.archive_session(&session).await?;
     Ok(axum::Json(json!({})))
 }
@@ -91,7 +98,9 @@ pub(crate) async fn post_events(
     Path(id): Path<String>,
     Json(req): Json<EventsRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let session = state.authorize_session(&principal, &id, true).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
+        .await?;
     let appended = state
         .post_session_events(&principal, &session, req.events)
         .await?;
@@ -112,6 +121,8 @@ pub(crate) async fn history(
     Path(id): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<axum::Json<Page<Value>>, ApiError> {
-    let session = state.authorize_session(&principal, &id, false).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOnly)
+        .await?;
     Ok(axum::Json(state.history(&session, q).await?))
 }

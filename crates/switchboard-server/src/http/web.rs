@@ -54,9 +54,7 @@ fn sign_in_request(
             "sign-in takes a JSON body (content-type: application/json)".into(),
         ));
     }
-    if !state.same_origin(headers) {
-        return Err(ApiError::Forbidden("cross-site sign-in refused".into()));
-    }
+    state.refuse_cross_site(headers, "sign-in")?;
     state.sign_in_attempt(addr.0)
 }
 

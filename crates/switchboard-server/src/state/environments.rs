@@ -10,7 +10,7 @@ use switchboard_proto::environments::{
 use switchboard_proto::SessionId;
 use switchboard_store::{CredentialKind, Environment, StoreError, WorkItem, WorkState};
 
-use super::{check_safe_id, parse_session_id, AppState};
+use super::{check_safe_id, parse_session_id, Access, AppState};
 use crate::auth::{self, Principal};
 use crate::error::ApiError;
 use crate::limits;
@@ -105,6 +105,14 @@ impl AppState {
             self.queue_work(environment_id, session_id).await?;
         }
         Ok(sessions.len())
+    }
+
+    /// An owner's live environments, most recently polled first.
+    pub(crate) async fn live_environments(
+        &self,
+        owner_id: &str,
+    ) -> Result<Vec<Environment>, ApiError> {
+        Ok(self.store().live_environments(owner_id).await?)
     }
 
     /// Loads a live environment that `owner_id` owns.
@@ -379,7 +387,7 @@ impl AppState {
         }
         parse_session_id(raw_session_id)?;
         let session = self
-            .authorize_session(principal, raw_session_id, false)
+            .authorize_session(principal, raw_session_id, Access::OwnerOnly)
             .await?;
         if session.archived_at.is_some() {
             return Err(ApiError::Conflict("session is archived".into()));

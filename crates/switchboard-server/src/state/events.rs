@@ -1,4 +1,5 @@
-//! Appending to a session's log: the one path by which events enter it.
+//! What may be appended to a session's log, and by whom: the operations that check and
+//! shape messages before [`log::append`] takes them in.
 
 use serde_json::Value;
 use switchboard_proto::messages::{self, is_keep_alive, message_type, message_uuid};
@@ -8,10 +9,8 @@ use switchboard_store::{Appended, Direction, NewEvent, Session, SessionStatus};
 use super::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::hub::LogEvent;
 use crate::limits;
-use crate::metrics::Metrics;
-use crate::time::now_ms;
+use crate::log::{self, Accepted, Status, Vetting};
 
 /// The largest message a viewer may send towards a worker. The worker's SSE reader drops
 /// any frame over 1 MiB (docs/PROTOCOL.md §9.8), and the frame wraps the message in an
@@ -82,7 +81,7 @@ impl AppState {
             }
             events.push(event);
         }
-        self.append_checked(session, events, None, true).await
+        log::append(self, session, events, None, Vetting::Answers).await
     }
 
     /// An archived session takes no more writes, from its worker or anyone (409).
@@ -126,13 +125,14 @@ impl AppState {
             .await
     }
 
+    /// Appends the worker's messages (no answers to vet, only its echoes of them).
     async fn append(
         &self,
         session: &Session,
         events: Vec<NewEvent>,
-        status: Option<(SessionStatus, Option<Value>)>,
+        status: Option<Status>,
     ) -> Result<Vec<Appended>, ApiError> {
-        let accepted = self.append_checked(session, events, status, false).await?;
+        let accepted = log::append(self, session, events, status, Vetting::None).await?;
         Ok(accepted
             .into_iter()
             .filter_map(|a| match a {
@@ -141,180 +141,6 @@ impl AppState {
             })
             .collect())
     }
-
-    async fn append_checked(
-        &self,
-        session: &Session,
-        events: Vec<NewEvent>,
-        status: Option<(SessionStatus, Option<Value>)>,
-        check_answers: bool,
-    ) -> Result<Vec<Accepted>, ApiError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let channel = self.hub().channel(&session.id);
-        let accepted = {
-            let _in_order = channel.append.lock().await;
-            let mut verdicts: Vec<Option<String>> = Vec::with_capacity(events.len());
-            let mut answered = std::collections::HashSet::new();
-            let mut answers_pending = false;
-            for event in &events {
-                let verdict = match (&event.request_id, event.kind == "control_response") {
-                    // A worker echoes the permission answer it got (docs/PROTOCOL.md
-                    // §12.6): the answer is in the log already.
-                    (Some(request_id), true) if event.direction == Direction::Outbound => {
-                        let prior = self
-                            .store()
-                            .events_by_request(&session.id, request_id)
-                            .await?;
-                        is_echo(event, &prior)
-                            .then(|| format!("the worker's echo of the answer to {request_id}"))
-                    }
-                    (Some(request_id), true) if check_answers => {
-                        let prior = self
-                            .store()
-                            .events_by_request(&session.id, request_id)
-                            .await?;
-                        let asked = prior.iter().any(|e| {
-                            e.direction == Direction::Outbound && e.kind == "control_request"
-                        });
-                        let resolved = !answered.insert(request_id.clone())
-                            || prior.iter().any(|e| {
-                                e.kind == "control_response" || e.kind == "control_cancel_request"
-                            });
-                        if !asked {
-                            Some(format!("no pending request {request_id}"))
-                        } else if resolved {
-                            Some(format!("request {request_id} was already answered"))
-                        } else {
-                            answers_pending = true;
-                            None
-                        }
-                    }
-                    _ => None,
-                };
-                verdicts.push(verdict);
-            }
-            let to_store: Vec<NewEvent> = events
-                .into_iter()
-                .zip(&verdicts)
-                .filter(|(_, v)| v.is_none())
-                .map(|(e, _)| e)
-                .collect();
-            let now = now_ms();
-            let appended = if to_store.is_empty() {
-                Vec::new()
-            } else {
-                self.store()
-                    .append_events(&session.id, &to_store, now)
-                    .await?
-            };
-            for (event, outcome) in to_store.into_iter().zip(&appended) {
-                if outcome.duplicate {
-                    continue;
-                }
-                Metrics::add(&self.metrics().events_appended, 1);
-                // A permission request, a finished turn, an answer…: someone may want to
-                // know (the worker's own control responses answer viewers, not requests).
-                let answer = event.kind == "control_response";
-                if (event.direction == Direction::Outbound) != answer {
-                    if let Some(signal) = crate::notify::classify(&event.kind, &event.payload) {
-                        self.notify_event(session, signal);
-                    }
-                }
-                channel.publish(LogEvent {
-                    seq: outcome.seq,
-                    direction: event.direction,
-                    kind: event.kind,
-                    uuid: event.uuid,
-                    created_at: now,
-                    payload: event.payload,
-                    offset: 0,
-                });
-            }
-            self.advance_status(&session.id, &channel, status, answers_pending)
-                .await?;
-            let mut appended = appended.into_iter();
-            verdicts
-                .into_iter()
-                .map(|v| match v {
-                    Some(reason) => {
-                        tracing::info!(%reason, "not storing a permission answer");
-                        Ok(Accepted::Ignored(reason))
-                    }
-                    None => appended.next().map(Accepted::Appended).ok_or_else(|| {
-                        ApiError::Internal(anyhow::anyhow!("store returned too few outcomes"))
-                    }),
-                })
-                .collect::<Result<Vec<_>, _>>()?
-        };
-        Ok(accepted)
-    }
-
-    /// Moves a session's status as the messages just stored say, against the status as
-    /// last stored (cached in the channel), and stores it when it changed. Call with the
-    /// append lock held.
-    async fn advance_status(
-        &self,
-        session_id: &str,
-        channel: &crate::hub::SessionChannel,
-        derived: Option<(SessionStatus, Option<Value>)>,
-        answered: bool,
-    ) -> Result<(), ApiError> {
-        if derived.is_none() && !answered {
-            return Ok(());
-        }
-        let cached = channel.status.lock().expect("status lock poisoned").clone();
-        let current = match cached {
-            Some(current) => current,
-            None => {
-                let s = self.store().session(session_id).await?;
-                (s.status, s.requires_action)
-            }
-        };
-        let next = match derived {
-            Some(next) => next,
-            // A viewer answered the request the worker waited on: it runs again.
-            None if current.0 == SessionStatus::RequiresAction => (SessionStatus::Running, None),
-            None => return Ok(()),
-        };
-        if current.0 == SessionStatus::Archived || next == current {
-            return Ok(());
-        }
-        self.store()
-            .set_session_status(session_id, next.0, next.1.as_ref(), now_ms())
-            .await?;
-        *channel.status.lock().expect("status lock poisoned") = Some(next);
-        Ok(())
-    }
-}
-
-/// Whether a worker's `control_response` repeats an answer the log already holds: an
-/// inbound `control_response` to the same request with the same `response`. (An
-/// answer the worker got elsewhere, e.g. at its own terminal, differs and is stored.)
-fn is_echo(event: &NewEvent, prior: &[switchboard_store::StoredEvent]) -> bool {
-    let response = |payload: &str| {
-        serde_json::from_str::<Value>(payload)
-            .ok()
-            .and_then(|mut v| v.get_mut("response").map(Value::take))
-    };
-    let Some(echoed) = response(&event.payload) else {
-        return false;
-    };
-    prior.iter().any(|e| {
-        e.direction == Direction::Inbound
-            && e.kind == "control_response"
-            && response(&e.payload).as_ref() == Some(&echoed)
-    })
-}
-
-/// What became of one message sent towards the worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Accepted {
-    /// Stored (or already stored, for a repeated uuid).
-    Appended(Appended),
-    /// Not stored, and why: an answer to a request that is not pending.
-    Ignored(String),
 }
 
 fn new_event(direction: Direction, mut message: Value) -> NewEvent {
@@ -334,7 +160,7 @@ fn new_event(direction: Direction, mut message: Value) -> NewEvent {
 
 /// What a worker's message says about the session's state, and the permission request
 /// it waits on (docs/PROTOCOL.md §9.3 gives the same rules for v2 workers).
-fn derive_status(message: &Value) -> Option<(SessionStatus, Option<Value>)> {
+fn derive_status(message: &Value) -> Option<Status> {
     match message_type(message)? {
         "result" | "result_success" => Some((SessionStatus::Idle, None)),
         "assistant" | "stream_event" | "tool_progress" => Some((SessionStatus::Running, None)),

@@ -4,15 +4,13 @@
 use serde_json::Value;
 use switchboard_proto::sessions::{CreateSessionRequest, Page, SessionResource};
 use switchboard_proto::SessionId;
-use switchboard_store::{
-    CredentialKind, Direction, EventQuery, Session, SessionStatus, StoreError,
-};
+use switchboard_store::{CredentialKind, EventQuery, Session, SessionStatus, StoreError};
 
 use super::{check_safe_id, AppState};
 use crate::auth;
 use crate::error::ApiError;
-use crate::hub::with_sequence;
 use crate::limits;
+use crate::log::with_sequence;
 use crate::metrics::Metrics;
 use crate::time::{iso, now_ms};
 
@@ -288,51 +286,5 @@ impl AppState {
             data,
             has_more,
         })
-    }
-
-    /// Where a viewer that names no sequence number starts: the beginning, or the most
-    /// recent `viewer_backlog` events.
-    pub(crate) async fn viewer_backlog_start(&self, session: &Session) -> Result<u64, ApiError> {
-        let Some(n) = self.options().viewer_backlog else {
-            return Ok(0);
-        };
-        let query = EventQuery {
-            latest: true,
-            limit: n.max(1),
-            ..Default::default()
-        };
-        let newest = self.store().events(&session.id, &query).await?;
-        Ok(newest.first().map_or(session.last_seq, |e| e.seq - 1))
-    }
-
-    /// Stores how far a worker got in the background, so delivery does not wait for a
-    /// commit. The write is monotonic, so their order does not matter; the cursor a
-    /// connection works from is the one kept in the session channel, and a crash before
-    /// the write lands only means the last events are delivered again.
-    pub(crate) fn store_worker_cursor_later(&self, session_id: &str, cursor: u64) {
-        let store = self.store().clone();
-        let session_id = session_id.to_string();
-        tokio::spawn(async move {
-            if let Err(e) = store.advance_worker_cursor(&session_id, cursor).await {
-                tracing::warn!(error = ?e, "cannot store the worker cursor");
-            }
-        });
-    }
-
-    /// Inbound events of a session after `cursor`, for handing to a worker.
-    pub(crate) async fn pending_inbound(
-        &self,
-        session_id: &str,
-        cursor: u64,
-    ) -> Result<Vec<switchboard_store::StoredEvent>, ApiError> {
-        let query = EventQuery {
-            after: Some(cursor),
-            before: None,
-            latest: false,
-            direction: Some(Direction::Inbound),
-            exclude_processed: false,
-            limit: 100,
-        };
-        Ok(self.store().events(session_id, &query).await?)
     }
 }

@@ -3,10 +3,15 @@
 pub(crate) mod ingress;
 pub(crate) mod viewer;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use futures_util::SinkExt as _;
+use switchboard_store::{CredentialKind, Session};
+use tracing::Instrument as _;
 
 use crate::error::ApiError;
+use crate::state::{Access, AppState};
 
 /// Close code: the session is unknown, archived, or was taken over (permanent for the
 /// worker, docs/PROTOCOL.md §8.4).
@@ -68,6 +73,50 @@ where
     };
     let _ = sink.send(Message::Close(Some(frame))).await;
     let _ = sink.close().await;
+}
+
+/// Authenticates a socket's request and loads the session it names, if the credential
+/// has `access` to it; also says which stored credential it was (for revocation).
+pub(crate) async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    access: Access,
+) -> Result<(Session, Option<(CredentialKind, String)>), ApiError> {
+    let (principal, credential) = state.authenticate_request(headers).await?;
+    let session = state.authorize_session(&principal, id, access).await?;
+    Ok((session, credential))
+}
+
+/// Completes a WebSocket upgrade with this server's buffer sizes, running `run` in
+/// `span` when the upgrade-time check passed, or else closing the socket at once with
+/// the code that reports the failure.
+pub(crate) fn upgrade<T, F, Fut>(
+    ws: WebSocketUpgrade,
+    checked: Result<T, ApiError>,
+    span: tracing::Span,
+    run: F,
+) -> Response
+where
+    T: Send + 'static,
+    F: FnOnce(WebSocket, T) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| {
+            async move {
+                match checked {
+                    Ok(checked) => run(socket, checked).await,
+                    Err(e) => {
+                        tracing::info!(error = %e, "refusing connection");
+                        reject(socket, close_code_for(&e), e.to_string()).await
+                    }
+                }
+            }
+            .instrument(span)
+        })
 }
 
 /// Accepts an upgrade only to close it with a code, as the client expects for auth and

@@ -298,3 +298,45 @@ async fn a_stalled_worker_socket_does_not_hold_up_its_replacement() -> anyhow::R
     drop(stalled);
     Ok(())
 }
+
+#[tokio::test]
+async fn both_planes_share_one_worker_cursor() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let d = dispatch(&server).await?;
+    let viewer = server.sessions();
+    // A v1 worker connects (the session's cursor is now known) and goes away.
+    let (worker, _inbound) =
+        IngressTransport::connect(ingress_config(&server, &d.work.data.id, &d.ingress_token))
+            .await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    worker.close().await;
+
+    // A prompt goes out over the v2 event stream instead.
+    let first = prompt("first");
+    viewer
+        .send_events(&d.session_id, vec![first.clone()])
+        .await?;
+    let url = format!(
+        "{}/v1/code/sessions/{}/worker/events/stream",
+        server.url(),
+        d.session_id
+    );
+    let mut stream = SseReader::open(&url, &d.ingress_token, None).await?;
+    let frame = stream.next(Duration::from_secs(5)).await?;
+    let data: Value = serde_json::from_str(&frame.data)?;
+    assert_eq!(data["payload"], first);
+    drop(stream);
+
+    // The v1 worker that comes back gets only what is new: one cursor for both planes.
+    let second = prompt("second");
+    viewer
+        .send_events(&d.session_id, vec![second.clone()])
+        .await?;
+    let (_worker, mut inbound) =
+        IngressTransport::connect(ingress_config(&server, &d.work.data.id, &d.ingress_token))
+            .await?;
+    assert_eq!(next(&mut inbound).await?, second);
+    let nothing = tokio::time::timeout(Duration::from_millis(300), inbound.recv()).await;
+    assert!(nothing.is_err(), "nothing else arrives: {nothing:?}");
+    Ok(())
+}

@@ -1,11 +1,11 @@
 //! The in-memory side of each session: its live broadcast channel, the lock that keeps
-//! appends and publishes in sequence order, and the worker slot.
+//! appends and publishes in sequence order, the worker slot and the worker's delivery
+//! cursor.
 //!
 //! The store is the source of truth; the hub only makes new events reach connected
-//! readers without a database round trip. Every reader subscribes first, then reads the
-//! backlog from the store, then follows the channel, skipping sequence numbers it has
-//! already seen. A reader that falls more than the channel's capacity behind gets
-//! `Lagged` and must go back to the store (workers) or be disconnected (viewers).
+//! readers without a database round trip. Only the `log` module takes the channel's
+//! locks or follows it (see `append.rs` and `follow.rs`); other modules see a session's
+//! channel through a few methods (heartbeats, whether a worker is connected).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,7 +33,7 @@ pub(crate) struct LogEvent {
     /// How many payload bytes the session's channel had published up to and including
     /// this event (set by [`SessionChannel::publish`]): a reader holding this event is
     /// `published_bytes() - offset` bytes behind.
-    pub(crate) offset: u64,
+    pub(super) offset: u64,
 }
 
 impl LogEvent {
@@ -64,22 +64,23 @@ pub(crate) struct SessionChannel {
     tx: broadcast::Sender<Arc<LogEvent>>,
     /// Held across "append to the store, publish to the channel" so that events are
     /// published in sequence order.
-    pub(crate) append: tokio::sync::Mutex<()>,
-    /// Held while inbound events are handed to a worker; guards the cached cursor, the
-    /// highest inbound sequence number handed over (`None` until read from the store).
-    pub(crate) delivery: tokio::sync::Mutex<Option<u64>>,
+    pub(super) append: tokio::sync::Mutex<()>,
+    /// Held while inbound events are handed to a worker (either plane); guards the
+    /// cached cursor, the highest inbound sequence number handed over (`None` until read
+    /// from the store).
+    pub(super) delivery: Arc<tokio::sync::Mutex<Option<u64>>>,
     /// Generation of the current worker connection; a newer connection bumps it and
     /// older ones close.
     worker_generation: watch::Sender<u64>,
     next_generation: AtomicU64,
     workers: AtomicUsize,
     /// Cancelled when the session is archived: its connections end.
-    pub(crate) closed: CancellationToken,
+    pub(super) closed: CancellationToken,
     /// When a v2 worker last sent a heartbeat (or any state report).
     last_heartbeat: Mutex<Option<std::time::Instant>>,
     /// The session's status and pending request as last stored (`None` until read), so
     /// long-lived connections need not trust the snapshot they started with.
-    pub(crate) status: Mutex<Option<(SessionStatus, Option<serde_json::Value>)>>,
+    pub(super) status: Mutex<Option<(SessionStatus, Option<serde_json::Value>)>>,
     /// Payload bytes published so far: with each event's `offset`, how far behind a
     /// reader is in bytes (the channel bounds readers by event count only).
     published_bytes: AtomicU64,
@@ -93,7 +94,7 @@ impl SessionChannel {
         Self {
             tx: broadcast::channel(capacity).0,
             append: tokio::sync::Mutex::new(()),
-            delivery: tokio::sync::Mutex::new(None),
+            delivery: Arc::new(tokio::sync::Mutex::new(None)),
             worker_generation: watch::channel(0).0,
             next_generation: AtomicU64::new(0),
             workers: AtomicUsize::new(0),
@@ -120,13 +121,13 @@ impl SessionChannel {
     }
 
     /// Follows the session's new events.
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<LogEvent>> {
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<Arc<LogEvent>> {
         self.tx.subscribe()
     }
 
     /// Publishes an event that was just committed, stamping its `offset`. Call with
     /// `append` held.
-    pub(crate) fn publish(&self, mut event: LogEvent) -> usize {
+    pub(super) fn publish(&self, mut event: LogEvent) -> usize {
         let len = event.payload.len() as u64;
         event.offset = self.published_bytes.fetch_add(len, Ordering::SeqCst) + len;
         let receivers = self.tx.send(Arc::new(event)).unwrap_or(0);
@@ -135,17 +136,17 @@ impl SessionChannel {
     }
 
     /// Payload bytes published on this channel so far.
-    pub(crate) fn published_bytes(&self) -> u64 {
+    pub(super) fn published_bytes(&self) -> u64 {
         self.published_bytes.load(Ordering::SeqCst)
     }
 
     /// Resolves at the next publish (register it before checking, so none is missed).
-    pub(crate) fn grown(&self) -> tokio::sync::futures::Notified<'_> {
+    pub(super) fn grown(&self) -> tokio::sync::futures::Notified<'_> {
         self.grown.notified()
     }
 
     /// Registers a new worker connection, which takes over from any older one.
-    pub(crate) fn attach_worker(self: &Arc<Self>) -> WorkerGuard {
+    pub(super) fn attach_worker(self: &Arc<Self>) -> WorkerGuard {
         let generation = self.next_generation.fetch_add(1, Ordering::SeqCst) + 1;
         self.worker_generation.send_replace(generation);
         self.workers.fetch_add(1, Ordering::SeqCst);
@@ -164,7 +165,7 @@ impl SessionChannel {
 
 /// Held by a worker connection for as long as it lasts.
 #[derive(Debug)]
-pub(crate) struct WorkerGuard {
+pub(super) struct WorkerGuard {
     channel: Arc<SessionChannel>,
     generation: u64,
     rx: watch::Receiver<u64>,
@@ -172,12 +173,12 @@ pub(crate) struct WorkerGuard {
 
 impl WorkerGuard {
     /// True while no newer worker connection has taken over.
-    pub(crate) fn is_current(&self) -> bool {
+    pub(super) fn is_current(&self) -> bool {
         *self.rx.borrow() == self.generation
     }
 
     /// Resolves when a newer worker connection takes over.
-    pub(crate) async fn superseded(&mut self) {
+    pub(super) async fn superseded(&mut self) {
         let generation = self.generation;
         // An error means the channel is gone, which cannot happen while we hold it.
         let _ = self.rx.wait_for(|g| *g != generation).await;
