@@ -40,7 +40,12 @@ const CHANNEL_CAPACITY: usize = 512;
 /// One relay channel: the stand-in for a session.
 struct Channel {
     viewers: broadcast::Sender<Utf8Bytes>,
-    worker: Mutex<Option<mpsc::Sender<Utf8Bytes>>>,
+    /// Prompts for the worker; they wait here until a worker connects (as Switchboard
+    /// keeps them in the log), so one sent right after the worker's handshake, before its
+    /// task took the receiver, is not dropped.
+    worker: mpsc::Sender<Utf8Bytes>,
+    /// Taken by the worker connection.
+    worker_inbox: Mutex<Option<mpsc::Receiver<Utf8Bytes>>>,
 }
 
 type Channels = Arc<Mutex<HashMap<String, Arc<Channel>>>>;
@@ -98,9 +103,11 @@ fn channel(channels: &Channels, id: &str) -> Arc<Channel> {
         .expect("channel map poisoned")
         .entry(id.to_string())
         .or_insert_with(|| {
+            let (worker, inbox) = mpsc::channel(CHANNEL_CAPACITY);
             Arc::new(Channel {
                 viewers: broadcast::channel(CHANNEL_CAPACITY).0,
-                worker: Mutex::new(None),
+                worker,
+                worker_inbox: Mutex::new(Some(inbox)),
             })
         })
         .clone()
@@ -162,11 +169,11 @@ async fn post(
     };
     let channel = channel(channels, id);
     if to_worker {
-        let worker = channel.worker.lock().expect("worker slot poisoned").clone();
-        if let Some(worker) = worker {
-            for event in events.events {
-                let _ = worker.send(Utf8Bytes::from(event.get().to_owned())).await;
-            }
+        for event in events.events {
+            let _ = channel
+                .worker
+                .send(Utf8Bytes::from(event.get().to_owned()))
+                .await;
         }
     } else {
         for event in events.events {
@@ -180,8 +187,15 @@ async fn post(
 }
 
 async fn worker(ws: tokio_tungstenite::WebSocketStream<TcpStream>, channel: Arc<Channel>) {
-    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(CHANNEL_CAPACITY);
-    *channel.worker.lock().expect("worker slot poisoned") = Some(tx);
+    // One worker per channel: a second one gets nothing.
+    let Some(mut rx) = channel
+        .worker_inbox
+        .lock()
+        .expect("worker inbox poisoned")
+        .take()
+    else {
+        return;
+    };
     let (mut sink, mut stream) = ws.split();
     loop {
         tokio::select! {
@@ -231,10 +245,7 @@ async fn viewer(ws: tokio_tungstenite::WebSocketStream<TcpStream>, channel: Arc<
             },
             frame = stream.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
-                    let worker = channel.worker.lock().expect("worker slot poisoned").clone();
-                    if let Some(worker) = worker {
-                        let _ = worker.send(text).await;
-                    }
+                    let _ = channel.worker.send(text).await;
                 }
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return,
                 Some(Ok(_)) => {}
