@@ -10,6 +10,7 @@ use crate::scenario::dispatch::DispatchResult;
 use crate::scenario::fanout::FanoutResult;
 use crate::scenario::hop::HopResult;
 use crate::scenario::knee::KneeResult;
+use crate::scenario::sessions::Pattern;
 use crate::scenario::sessions::SessionsResult;
 
 /// Everything a run measured.
@@ -216,6 +217,9 @@ mod limits {
     pub(super) const SESSION_KIB: f64 = 64.0;
     /// Dispatch p99, µs.
     pub(super) const DISPATCH_P99_US: f64 = 5_000.0;
+    /// The busy regime: (S, p99 bound in µs) with a prompt and an assistant message per
+    /// session every second.
+    pub(super) const BUSY: [(usize, f64); 2] = [(2_000, 20_000.0), (5_000, 50_000.0)];
     /// Knee, events/s.
     pub(super) const KNEE_PER_S: f64 = 15_000.0;
     /// Knee as a share of the relay's.
@@ -292,6 +296,26 @@ impl Report {
             largest.and_then(|s| s.memory_per_session_kib),
             |v| v <= SESSION_KIB,
         ));
+        for (sessions, bound) in BUSY {
+            let busy = self
+                .sessions
+                .iter()
+                .filter(|r| r.requested == sessions)
+                .filter_map(|r| r.switchboard.as_ref())
+                .find(|s| s.pattern == Pattern::EachWay && (s.rate - 1.0).abs() < 1e-9);
+            checks.push(check(
+                format!("sessions S = {sessions} each way p99"),
+                format!("≤ {bound} µs"),
+                busy.map(|s| s.latency.p99_us),
+                |v| v <= bound,
+            ));
+            checks.push(check(
+                format!("sessions S = {sessions} each way events lost"),
+                "= 0".into(),
+                busy.map(|s| (s.events_lost + s.send_errors) as f64),
+                |v| v == 0.0,
+            ));
+        }
         let knee = self.knee.as_ref();
         let knee_ran = knee.and_then(|k| k.switchboard.as_ref());
         checks.push(check(
@@ -462,6 +486,14 @@ impl Report {
             let scenario = format!("sessions S={}", r.requested);
             let (s, b) = (r.switchboard.as_ref(), r.baseline.as_ref());
             let is_target = r.requested >= limits::SESSIONS;
+            let busy = limits::BUSY
+                .iter()
+                .find(|(n, _)| *n == r.requested)
+                .map(|(n, bound)| (*n, *bound))
+                .filter(|_| {
+                    self.verdict(&format!("sessions S = {} each way p99", r.requested))
+                        != Some(Verdict::NotRun)
+                });
             let verdict = |t: &str| {
                 if is_target {
                     self.verdict(t)
@@ -504,7 +536,12 @@ impl Report {
                 b.map_or_else(String::new, |b| count(b.events_lost as f64)),
                 None,
                 "0",
-                String::new(),
+                match busy {
+                    Some((n, _)) => self
+                        .verdict(&format!("sessions S = {n} each way events lost"))
+                        .map_or_else(String::new, |v| v.word().to_string()),
+                    None => String::new(),
+                },
             );
             row(
                 &scenario,
@@ -521,8 +558,18 @@ impl Report {
                 s.map_or_else(String::new, |s| ms(s.latency.p99_us)),
                 b.map_or_else(String::new, |b| ms(b.latency.p99_us)),
                 r.ratio_p99,
-                if is_target { "≤ 20 ms" } else { "" },
-                verdict(&format!("sessions p99 latency, S ≈ {}", limits::SESSIONS)),
+                match busy {
+                    Some((_, bound)) => format!("≤ {} ms each way/s", bound / 1000.0),
+                    None if is_target => "≤ 20 ms".into(),
+                    None => String::new(),
+                }
+                .as_str(),
+                match busy {
+                    Some((n, _)) => self
+                        .verdict(&format!("sessions S = {n} each way p99"))
+                        .map_or_else(String::new, |v| v.word().to_string()),
+                    None => verdict(&format!("sessions p99 latency, S ≈ {}", limits::SESSIONS)),
+                },
             );
             row(
                 &scenario,

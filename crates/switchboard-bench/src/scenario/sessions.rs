@@ -78,6 +78,8 @@ pub(crate) struct SessionsResult {
     pub(crate) setup_secs: f64,
     /// One event per period or one each way.
     pub(crate) pattern: Pattern,
+    /// Periods per session per second.
+    pub(crate) rate: f64,
     /// Events per second the sessions' clocks asked for, all sessions, both ways.
     pub(crate) offered_per_s: f64,
     /// Events per second sent in the timed part that arrived.
@@ -155,6 +157,7 @@ pub(crate) async fn run(
         first_setup_error,
         setup_secs,
         pattern: config.pattern,
+        rate: config.rate,
         offered_per_s: sessions as f64 * config.rate * config.pattern.events_per_period(),
         delivered_per_s: window.received as f64 / window.secs.max(f64::EPSILON),
         latency: window.both().summary(),
