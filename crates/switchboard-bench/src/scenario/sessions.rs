@@ -96,7 +96,8 @@ pub(crate) struct SessionsResult {
     pub(crate) events_scheduled: u64,
     /// Events sent in the timed part.
     pub(crate) events_sent: u64,
-    /// Of those, events that had not arrived 5 s after the timed part.
+    /// Of those, events that never arrived: none arrived for 5 s (or 60 s passed)
+    /// after the timed part.
     pub(crate) events_lost: u64,
     /// Sends that failed.
     pub(crate) send_errors: u64,
@@ -180,6 +181,9 @@ pub(crate) async fn run(
         secs: window.secs,
     })
 }
+
+/// The longest a window waits for its last events while they still arrive.
+const MAX_DRAIN: Duration = Duration::from_secs(60);
 
 /// What the sessions' tasks share.
 #[derive(Default)]
@@ -337,8 +341,8 @@ impl Fleet {
         self.period_ns.store(period_ns(rate), Ordering::Release);
     }
 
-    /// Times one window of `duration`, then waits at most `grace` for its events to
-    /// arrive. The sessions keep running.
+    /// Times one window of `duration`, then waits for its events to arrive while they
+    /// do (until none came for `grace`, at most a minute). The sessions keep running.
     pub(crate) async fn measure(
         &self,
         duration: Duration,
@@ -368,10 +372,20 @@ impl Fleet {
             (Some(before), Some(after)) => Some(after.cores_since(before)),
             _ => None,
         };
-        let deadline = Instant::now() + grace;
-        while r.received.load(Ordering::Acquire) < r.sent.load(Ordering::Acquire)
-            && Instant::now() < deadline
-        {
+        // Late is not lost: wait while events still arrive, until `grace` passes with
+        // none, or at most MAX_DRAIN.
+        let drain_started = Instant::now();
+        let mut last = (r.received.load(Ordering::Acquire), Instant::now());
+        loop {
+            let received = r.received.load(Ordering::Acquire);
+            if received >= r.sent.load(Ordering::Acquire) || drain_started.elapsed() > MAX_DRAIN {
+                break;
+            }
+            if received > last.0 {
+                last = (received, Instant::now());
+            } else if last.1.elapsed() > grace {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let take = |h: &Mutex<Latencies>| h.lock().expect("histogram poisoned").clone();
