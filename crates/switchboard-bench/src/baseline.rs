@@ -8,9 +8,16 @@
 //! driven by the same client code with the same messages, so the ratio of a Switchboard
 //! figure to the relay's says what Switchboard adds, and can be compared across machines.
 //!
-//! Paths: `/ch/{id}/worker` and `/ch/{id}/viewer`.
+//! Paths: `/ch/{id}/worker` and `/ch/{id}/viewer` (WebSockets). The relay also takes
+//! the writes as Switchboard's HTTP POSTs, on connections that start with `POST`: an
+//! `{"events":[…]}` body to `/v1/session_ingress/session/{id}/events` (the worker's
+//! output) goes to channel `id`'s viewers, one frame per event, and one to
+//! `/v1/sessions/{id}/events` (prompts) to its worker. Those connections are served by
+//! hyper's HTTP/1.1 server, as Switchboard's are; the answer is `{}` once the events are
+//! handed on. Nothing is stored and no credential is checked.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +29,10 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::client::ws_config;
+use crate::post::read_body;
+
+/// The largest POST body the relay reads (Switchboard's default limit).
+const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 
 /// Events a channel holds for a slow viewer: Switchboard's default channel capacity.
 const CHANNEL_CAPACITY: usize = 512;
@@ -29,7 +40,12 @@ const CHANNEL_CAPACITY: usize = 512;
 /// One relay channel: the stand-in for a session.
 struct Channel {
     viewers: broadcast::Sender<Utf8Bytes>,
-    worker: Mutex<Option<mpsc::Sender<Utf8Bytes>>>,
+    /// Prompts for the worker; they wait here until a worker connects (as Switchboard
+    /// keeps them in the log), so one sent right after the worker's handshake, before its
+    /// task took the receiver, is not dropped.
+    worker: mpsc::Sender<Utf8Bytes>,
+    /// Taken by the worker connection.
+    worker_inbox: Mutex<Option<mpsc::Receiver<Utf8Bytes>>>,
 }
 
 type Channels = Arc<Mutex<HashMap<String, Arc<Channel>>>>;
@@ -53,6 +69,10 @@ pub(crate) async fn serve(listener: TcpListener) {
 
 async fn connection(stream: TcpStream, channels: Channels) {
     let _ = stream.set_nodelay(true);
+    let mut head = [0u8; 4];
+    if matches!(stream.peek(&mut head).await, Ok(4)) && &head == b"POST" {
+        return serve_posts(stream, channels).await;
+    }
     let mut path = String::new();
     // The error type is tungstenite's `ErrorResponse`, fixed by its `Callback` trait.
     #[allow(clippy::result_large_err)]
@@ -69,17 +89,7 @@ async fn connection(stream: TcpStream, channels: Channels) {
     let (Some("ch"), Some(id), Some(role)) = (parts.next(), parts.next(), parts.next()) else {
         return;
     };
-    let channel = channels
-        .lock()
-        .expect("channel map poisoned")
-        .entry(id.to_string())
-        .or_insert_with(|| {
-            Arc::new(Channel {
-                viewers: broadcast::channel(CHANNEL_CAPACITY).0,
-                worker: Mutex::new(None),
-            })
-        })
-        .clone();
+    let channel = channel(&channels, id);
     match role {
         "worker" => worker(ws, channel).await,
         "viewer" => viewer(ws, channel).await,
@@ -87,9 +97,105 @@ async fn connection(stream: TcpStream, channels: Channels) {
     }
 }
 
+fn channel(channels: &Channels, id: &str) -> Arc<Channel> {
+    channels
+        .lock()
+        .expect("channel map poisoned")
+        .entry(id.to_string())
+        .or_insert_with(|| {
+            let (worker, inbox) = mpsc::channel(CHANNEL_CAPACITY);
+            Arc::new(Channel {
+                viewers: broadcast::channel(CHANNEL_CAPACITY).0,
+                worker,
+                worker_inbox: Mutex::new(Some(inbox)),
+            })
+        })
+        .clone()
+}
+
+/// A keep-alive connection of event POSTs.
+async fn serve_posts(stream: TcpStream, channels: Channels) {
+    let service = hyper::service::service_fn(move |request| {
+        let channels = channels.clone();
+        async move { Ok::<_, Infallible>(post(request, &channels).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await;
+}
+
+/// The body of an event POST: the events, each kept as the text it arrived as.
+#[derive(serde::Deserialize)]
+struct Events<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a serde_json::value::RawValue>,
+}
+
+async fn post(
+    request: http::Request<hyper::body::Incoming>,
+    channels: &Channels,
+) -> http::Response<String> {
+    let answer = |status: http::StatusCode, body: &str| {
+        let mut response = http::Response::new(body.to_string());
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        response
+    };
+    let path = request.uri().path().to_string();
+    let (id, to_worker) = if let Some(id) = path
+        .strip_prefix("/v1/session_ingress/session/")
+        .and_then(|rest| rest.strip_suffix("/events"))
+    {
+        (id, false)
+    } else if let Some(id) = path
+        .strip_prefix("/v1/sessions/")
+        .and_then(|rest| rest.strip_suffix("/events"))
+    {
+        (id, true)
+    } else {
+        return answer(http::StatusCode::NOT_FOUND, "{}");
+    };
+    if request.method() != http::Method::POST {
+        return answer(http::StatusCode::METHOD_NOT_ALLOWED, "{}");
+    }
+    let Ok(body) = read_body(request.into_body(), MAX_BODY_BYTES).await else {
+        return answer(http::StatusCode::BAD_REQUEST, "{}");
+    };
+    let Ok(events) = serde_json::from_slice::<Events<'_>>(&body) else {
+        return answer(http::StatusCode::BAD_REQUEST, "{}");
+    };
+    let channel = channel(channels, id);
+    if to_worker {
+        for event in events.events {
+            let _ = channel
+                .worker
+                .send(Utf8Bytes::from(event.get().to_owned()))
+                .await;
+        }
+    } else {
+        for event in events.events {
+            // No viewer is not an error for a relay.
+            let _ = channel
+                .viewers
+                .send(Utf8Bytes::from(event.get().to_owned()));
+        }
+    }
+    answer(http::StatusCode::OK, "{}")
+}
+
 async fn worker(ws: tokio_tungstenite::WebSocketStream<TcpStream>, channel: Arc<Channel>) {
-    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(CHANNEL_CAPACITY);
-    *channel.worker.lock().expect("worker slot poisoned") = Some(tx);
+    // One worker per channel: a second one gets nothing.
+    let Some(mut rx) = channel
+        .worker_inbox
+        .lock()
+        .expect("worker inbox poisoned")
+        .take()
+    else {
+        return;
+    };
     let (mut sink, mut stream) = ws.split();
     loop {
         tokio::select! {
@@ -139,10 +245,7 @@ async fn viewer(ws: tokio_tungstenite::WebSocketStream<TcpStream>, channel: Arc<
             },
             frame = stream.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
-                    let worker = channel.worker.lock().expect("worker slot poisoned").clone();
-                    if let Some(worker) = worker {
-                        let _ = worker.send(text).await;
-                    }
+                    let _ = channel.worker.send(text).await;
                 }
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return,
                 Some(Ok(_)) => {}

@@ -2,10 +2,12 @@
 //! over real loopback sockets, next to a bare WebSocket relay measured the same way.
 //!
 //! Scenarios (see `scenario/`): hop latency one message at a time, fan-out from one
-//! worker to K viewers, S concurrent sessions at one event per second, and dispatch from
-//! session creation to the waiting long-poll's answer. Simulated workers speak v1
-//! (session-ingress WebSocket + POST) and v2 (SSE + POST); viewers use the subscribe
-//! WebSocket.
+//! worker to K viewers, S concurrent sessions at one event per second (alternating, or
+//! one each way), dispatch from session creation to the waiting long-poll's answer, and
+//! the knee: the highest offered event rate held, for Switchboard and the relay.
+//! Simulated workers speak v1 (session-ingress WebSocket + POST) and v2 (SSE + POST),
+//! through a shared POST pool or a keep-alive connection each; viewers use the subscribe
+//! WebSocket and send prompts on it or by POST.
 //!
 //! By default every scenario gets a fresh server in a child process: the bench runs its
 //! own binary again with a hidden subcommand that serves the real
@@ -22,6 +24,7 @@ mod baseline;
 mod child;
 mod client;
 mod message;
+mod post;
 mod report;
 mod scenario;
 mod serve;
@@ -37,16 +40,28 @@ use serde::Serialize;
 
 use crate::child::{raise_nofile, ChildServer, Role};
 use crate::message::Payloads;
-use crate::report::{ratio, FanoutRow, HopReport, Machine, Report, SessionsRow};
+use crate::report::{ratio, FanoutRow, HopReport, KneeReport, Machine, Report, SessionsRow};
 use crate::scenario::fanout::FanoutConfig;
-use crate::scenario::sessions::SessionsConfig;
+use crate::scenario::knee::KneeConfig;
+use crate::scenario::sessions::{Pattern, SessionsConfig};
 use crate::scenario::Scenario;
-use crate::system::{System, Transport};
+use crate::system::{BaselineWrites, Prompts, System, Transport, WorkerConnections, Writes};
 
-/// Benchmark of a Switchboard server: hop latency, fan-out, many sessions and dispatch,
-/// each also run through a bare WebSocket relay for comparison.
+/// Benchmark of a Switchboard server: hop latency, fan-out, many sessions, dispatch and
+/// the knee (highest event rate held), each also run through a bare relay for comparison.
 #[derive(Debug, Parser)]
-#[command(name = "switchboard-bench", version)]
+#[command(
+    name = "switchboard-bench",
+    version,
+    after_help = "Examples (release builds only give meaningful numbers):\n  \
+      # the issue's load: 2,000 sessions, a prompt and an assistant message each way every\n  \
+      # second, a POST connection per worker, prompts by POST, the relay on the same POSTs\n  \
+      switchboard-bench --scenarios sessions --sessions 2000 --sessions-pattern each-way \\\n    \
+      --worker-connections own --prompts post --baseline-writes posts --payload-bytes 128\n  \
+      # the knee of both systems\n  \
+      switchboard-bench --scenarios knee --worker-connections own --prompts post \\\n    \
+      --baseline-writes posts --payload-bytes 128"
+)]
 struct Cli {
     #[command(subcommand)]
     internal: Option<Internal>,
@@ -100,11 +115,45 @@ struct BenchArgs {
     /// Skip the bare relay (no ratios).
     #[arg(long, env = "SWITCHBOARD_BENCH_NO_BASELINE")]
     no_baseline: bool,
-    /// Most worker POSTs in flight at once, across all simulated workers (each needs a
-    /// connection, and 10,000 sessions leave few descriptors to spare).
+    /// Most pooled POSTs in flight at once: every worker's with `--worker-connections
+    /// shared`, and the viewers' prompts with `--prompts post` (each needs a connection,
+    /// and 10,000 sessions leave few descriptors to spare).
     #[arg(long, env = "SWITCHBOARD_BENCH_POST_CONNECTIONS", default_value_t = 64)]
     post_connections: usize,
-    /// Bytes of text in every message.
+    /// How simulated workers POST: `shared` (one pool of `--post-connections`) or `own`
+    /// (a keep-alive connection each, as a real worker has: one more socket per session
+    /// in each process, so S is capped to what the open-file limit allows, and the bench
+    /// says so). Every scenario but fan-out.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BENCH_WORKER_CONNECTIONS",
+        value_enum,
+        default_value = "shared"
+    )]
+    worker_connections: WorkerConnections,
+    /// How viewers send prompts: `frame` (on the subscribe WebSocket) or `post`
+    /// (`POST /v1/sessions/{id}/events` with the API key, through the shared pool).
+    /// Hop, sessions and knee.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BENCH_PROMPTS",
+        value_enum,
+        default_value = "frame"
+    )]
+    prompts: Prompts,
+    /// How the bare relay takes writes: `frames` (worker and viewer frames on their
+    /// sockets) or `posts` (the same HTTP POSTs as Switchboard's, worker to the
+    /// session-ingress events path, prompts as `--prompts` says), so ratios compare the
+    /// same protocol path.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BENCH_BASELINE_WRITES",
+        value_enum,
+        default_value = "frames"
+    )]
+    baseline_writes: BaselineWrites,
+    /// Bytes of text in every message (the message around it adds about 160 bytes; 128
+    /// gives the issue's messages of a little over 128 bytes of text).
     #[arg(long, env = "SWITCHBOARD_BENCH_PAYLOAD_BYTES", default_value_t = 1024)]
     payload_bytes: usize,
     /// Hop: timed round trips per system.
@@ -146,9 +195,19 @@ struct BenchArgs {
     /// Sessions: seconds of timed exchange per S and system.
     #[arg(long, env = "SWITCHBOARD_BENCH_SESSIONS_SECS", default_value_t = 20.0)]
     sessions_secs: f64,
-    /// Sessions: events per session per second.
+    /// Sessions: periods per session per second; each period sends one event
+    /// (`alternate`) or one each way (`each-way`).
     #[arg(long, env = "SWITCHBOARD_BENCH_SESSIONS_RATE", default_value_t = 1.0)]
     sessions_rate: f64,
+    /// Sessions: `alternate` (a prompt one period, an assistant message the next) or
+    /// `each-way` (a prompt and an assistant message every period, on two clocks).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BENCH_SESSIONS_PATTERN",
+        value_enum,
+        default_value = "alternate"
+    )]
+    sessions_pattern: Pattern,
     /// Sessions: sessions set up at once while ramping up.
     #[arg(long, env = "SWITCHBOARD_BENCH_SESSIONS_RAMP", default_value_t = 32)]
     sessions_ramp: usize,
@@ -160,6 +219,34 @@ struct BenchArgs {
         default_value = "v1"
     )]
     sessions_transport: Transport,
+    /// Knee: sessions, fixed while the per-session rate rises (each way).
+    #[arg(long, env = "SWITCHBOARD_BENCH_KNEE_SESSIONS", default_value_t = 1000)]
+    knee_sessions: usize,
+    /// Knee: offered events per second, all sessions and both ways, one step each, in
+    /// rising order; the first step that does not hold ends the search.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BENCH_KNEE_RATES",
+        value_delimiter = ',',
+        default_value = "1000,2000,3000,4000,6000,8000,10000,12500,15000,20000,25000,30000,40000"
+    )]
+    knee_rates: Vec<f64>,
+    /// Knee: seconds of timed exchange per step (after `--knee-warmup-secs`).
+    #[arg(long, env = "SWITCHBOARD_BENCH_KNEE_STEP_SECS", default_value_t = 10.0)]
+    knee_step_secs: f64,
+    /// Knee: untimed seconds at each step's rate before its window.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BENCH_KNEE_WARMUP_SECS",
+        default_value_t = 2.0
+    )]
+    knee_warmup_secs: f64,
+    /// Knee: at most this many seconds per system, setup included.
+    #[arg(long, env = "SWITCHBOARD_BENCH_KNEE_MAX_SECS", default_value_t = 300.0)]
+    knee_max_secs: f64,
+    /// Knee: a step holds while p99 latency (and p99 send lag) stay at or below this.
+    #[arg(long, env = "SWITCHBOARD_BENCH_KNEE_P99_MS", default_value_t = 100.0)]
+    knee_p99_ms: f64,
     /// Dispatch: timed samples.
     #[arg(
         long,
@@ -169,9 +256,50 @@ struct BenchArgs {
     dispatch_samples: usize,
 }
 
-/// Descriptors each process keeps beyond two sockets per session and the worker POST
+/// Descriptors each process keeps beyond the sessions' sockets and the pooled POST
 /// connections: the listener, the database files, setup requests, stdio.
 const NOFILE_RESERVE: u64 = 128;
+
+/// How many of `requested` sessions fit: every socket needs a descriptor in the bench
+/// and in the server (`nofile` is the smaller of their limits) and, since every client
+/// socket goes from 127.0.0.1 to the one server port, a local port of the ephemeral
+/// range (`ports` wide). Returns the count and, when it is below `requested`, why.
+fn fit_sessions(
+    requested: usize,
+    sockets_per_session: u64,
+    nofile: u64,
+    pooled: u64,
+    ports: Option<u64>,
+) -> (usize, Option<String>) {
+    let spare = NOFILE_RESERVE + pooled;
+    let by_files = nofile.saturating_sub(spare) / sockets_per_session;
+    let by_ports = ports.map_or(u64::MAX, |p| p.saturating_sub(spare) / sockets_per_session);
+    let fits = usize::try_from(by_files.min(by_ports)).unwrap_or(usize::MAX);
+    if fits >= requested {
+        return (requested, None);
+    }
+    let why = if by_files <= by_ports {
+        format!(
+            "open-file limit {nofile} (RLIMIT_NOFILE, raised to the hard limit):              {sockets_per_session} sockets per session in each process plus {spare} spare              fit {fits} sessions"
+        )
+    } else {
+        format!(
+            "{} local ports (net.ipv4.ip_local_port_range) to the one server port:              {sockets_per_session} sockets per session plus {spare} spare fit {fits} sessions",
+            ports.unwrap_or(0)
+        )
+    };
+    (fits, Some(why))
+}
+
+/// The size of the ephemeral port range, if the kernel says.
+fn local_ports() -> Option<u64> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut parts = range.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(low)), Some(Ok(high))) = (parts.next(), parts.next()) else {
+        return None;
+    };
+    Some(high.saturating_sub(low) + 1)
+}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -196,6 +324,7 @@ fn main() -> std::process::ExitCode {
 /// A server under test, started for one scenario or already running.
 struct Running {
     post_connections: usize,
+    writes: Writes,
     url: String,
     token: Option<String>,
     pid: Option<u32>,
@@ -212,6 +341,7 @@ impl Running {
         if let (Role::Switchboard, Some(url)) = (role, &args.url) {
             return Ok(Self {
                 post_connections: args.post_connections,
+                writes: writes(args),
                 url: url.clone(),
                 token: args.token.clone(),
                 pid: args.server_pid,
@@ -222,6 +352,7 @@ impl Running {
         let child = ChildServer::spawn(role, data_dir).await?;
         Ok(Self {
             post_connections: args.post_connections,
+            writes: writes(args),
             url: child.ready.url.clone(),
             token: child.ready.token.clone(),
             pid: Some(child.pid),
@@ -238,9 +369,28 @@ impl Running {
                 client.clone(),
                 transport,
                 self.post_connections,
+                self.writes,
             ),
-            None => System::baseline(&self.url),
+            None => System::baseline(
+                &self.url,
+                client.clone(),
+                self.post_connections,
+                self.writes,
+            ),
         })
+    }
+
+    /// How many of `requested` sessions fit this server and the bench, and why not all.
+    fn fit(&self, requested: usize, own_nofile: u64) -> (usize, Option<String>) {
+        let sockets = System::sockets_per_session(self.writes, self.token.is_none());
+        let nofile = self.nofile.unwrap_or(own_nofile).min(own_nofile);
+        fit_sessions(
+            requested,
+            sockets,
+            nofile,
+            self.post_connections as u64,
+            local_ports(),
+        )
     }
 
     async fn stop(self) -> anyhow::Result<()> {
@@ -248,6 +398,14 @@ impl Running {
             Some(child) => child.stop().await,
             None => Ok(()),
         }
+    }
+}
+
+fn writes(args: &BenchArgs) -> Writes {
+    Writes {
+        workers: args.worker_connections,
+        prompts: args.prompts,
+        baseline: args.baseline_writes,
     }
 }
 
@@ -275,6 +433,12 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         client::check_loopback(url)?;
     }
     let own_nofile = raise_nofile();
+    progress(&format!(
+        "open-file limit {own_nofile} (RLIMIT_NOFILE, soft raised to hard); {} sockets per \
+         session with --worker-connections {:?}",
+        System::sockets_per_session(writes(&args), false),
+        args.worker_connections
+    ));
     let data_dir = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
     let client = client::http_client()?;
     let payloads = Payloads::new(args.payload_bytes);
@@ -388,6 +552,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             warmup: Duration::from_secs_f64((2.0 * period).min(5.0)),
             rate: args.sessions_rate,
             ramp_concurrency: args.sessions_ramp,
+            pattern: args.sessions_pattern,
         };
         for &requested in &args.sessions {
             let mut results = [None, None];
@@ -400,17 +565,12 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 progress(&format!("{requested} sessions, {}", role_name(role)));
                 let transport = args.sessions_transport;
                 let result = with_server(role, &args, &data_dir, |r| async {
-                    // Two sockets per session in each process must fit the open-file
-                    // limits; the same S runs on both systems.
-                    let limit = r.nofile.unwrap_or(own_nofile).min(own_nofile);
-                    let spare = NOFILE_RESERVE + args.post_connections as u64;
-                    let fits =
-                        usize::try_from(limit.saturating_sub(spare) / 2).unwrap_or(usize::MAX);
-                    if fits < fitted {
-                        limited_by = Some(format!(
-                            "open-file limit {limit} (RLIMIT_NOFILE, hard): two sockets per \
-                             session in each process fit {fits} sessions"
-                        ));
+                    // Every session's sockets must fit the open-file limits and the
+                    // local ports; the same S runs on both systems.
+                    let (fits, why) = r.fit(fitted, own_nofile);
+                    if let Some(why) = why {
+                        progress(&format!("S={requested} capped at {fits} sessions: {why}"));
+                        limited_by = Some(why);
                         fitted = fits;
                     }
                     let result = match r.system(&client, transport) {
@@ -456,6 +616,59 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    if args.scenarios.contains(&Scenario::Knee) {
+        let config = KneeConfig {
+            sessions: args.knee_sessions,
+            rates: args.knee_rates.clone(),
+            step: Duration::from_secs_f64(args.knee_step_secs),
+            warmup: Duration::from_secs_f64(args.knee_warmup_secs),
+            max: Duration::from_secs_f64(args.knee_max_secs),
+            p99_limit_us: args.knee_p99_ms * 1000.0,
+            ramp_concurrency: args.sessions_ramp,
+        };
+        let mut knee = KneeReport {
+            sessions_requested: args.knee_sessions,
+            ..Default::default()
+        };
+        for role in [Role::Switchboard, Role::Baseline] {
+            if role == Role::Baseline && !baseline {
+                continue;
+            }
+            progress(&format!(
+                "knee, {} ({} sessions, each way)",
+                role_name(role),
+                args.knee_sessions
+            ));
+            let mut config = config.clone();
+            let result = with_server(role, &args, &data_dir, |r| async {
+                let (fits, why) = r.fit(config.sessions, own_nofile);
+                if let Some(why) = why {
+                    progress(&format!("knee capped at {fits} sessions: {why}"));
+                    knee.limited_by = Some(why);
+                    config.sessions = fits;
+                }
+                let result = match r.system(&client, Transport::V1) {
+                    Ok(system) => {
+                        scenario::knee::run(&system, &payloads, &config, r.pid, progress).await
+                    }
+                    Err(e) => Err(e),
+                };
+                (r, result)
+            })
+            .await;
+            match (role, result) {
+                (Role::Switchboard, Ok(k)) => knee.switchboard = Some(k),
+                (Role::Baseline, Ok(k)) => knee.baseline = Some(k),
+                (_, Err(e)) => failed(&mut report, &format!("knee {}", role_name(role)), e),
+            }
+        }
+        knee.ratio = ratio(
+            knee.switchboard.as_ref().and_then(|k| k.knee_per_s),
+            knee.baseline.as_ref().and_then(|k| k.knee_per_s),
+        );
+        report.knee = Some(knee);
+    }
+
     if args.scenarios.contains(&Scenario::Dispatch) {
         progress("dispatch");
         let samples = args.dispatch_samples;
@@ -481,19 +694,39 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     report.check_targets();
     println!(
         "\nSwitchboard benchmark: {} × {}, {} MiB, Linux {}, load average {}; \
-         SQLite in {}; {} B messages\n",
+         SQLite in {}; {} B of text per message; worker POSTs {:?}, prompts {:?}, \
+         baseline writes {:?}\n",
         report.machine.nproc,
         report.machine.cpu_model,
         report.machine.mem_total_kib / 1024,
         report.machine.kernel,
         report.machine.loadavg_at_start,
         report.machine.data_dir,
-        args.payload_bytes
+        args.payload_bytes,
+        args.worker_connections,
+        args.prompts,
+        args.baseline_writes,
     );
     println!("{}", report.table());
     for row in &report.sessions {
         if let Some(why) = &row.limited_by {
             println!("S={} ran {} sessions: {why}", row.requested, row.run);
+        }
+    }
+    if let Some(knee) = &report.knee {
+        if let Some(why) = &knee.limited_by {
+            println!(
+                "knee ran fewer than {} sessions: {why}",
+                knee.sessions_requested
+            );
+        }
+        for (name, k) in [
+            ("switchboard", &knee.switchboard),
+            ("baseline", &knee.baseline),
+        ] {
+            if let Some(k) = k {
+                println!("knee {name}: search ended by {}", k.ended_by);
+            }
         }
     }
     if let Some(path) = &args.json {
@@ -555,6 +788,47 @@ mod tests {
     fn cli_definition_is_valid() {
         use clap::CommandFactory as _;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sessions_are_capped_by_the_open_file_limit_and_say_why() {
+        // 20,000 descriptors, 3 sockets per session, 64 pooled + 128 spare.
+        let (fits, why) = fit_sessions(10_000, 3, 20_000, 64, Some(28_232));
+        assert_eq!(fits, (20_000 - 192) / 3);
+        assert!(why.expect("a reason").contains("open-file limit 20000"));
+        assert_eq!(
+            fit_sessions(5_000, 3, 20_000, 64, Some(28_232)),
+            (5_000, None)
+        );
+        // A narrow port range binds first.
+        let (fits, why) = fit_sessions(10_000, 3, 1_000_000, 64, Some(10_192));
+        assert_eq!(fits, 10_000 / 3);
+        assert!(why.expect("a reason").contains("local ports"));
+    }
+
+    #[test]
+    fn the_busy_regime_parses() {
+        let cli = Cli::try_parse_from([
+            "switchboard-bench",
+            "--scenarios",
+            "sessions,knee",
+            "--sessions-pattern",
+            "each-way",
+            "--worker-connections",
+            "own",
+            "--prompts",
+            "post",
+            "--baseline-writes",
+            "posts",
+            "--knee-rates",
+            "1000,2000",
+        ])
+        .unwrap();
+        assert_eq!(cli.bench.sessions_pattern, Pattern::EachWay);
+        assert_eq!(cli.bench.worker_connections, WorkerConnections::Own);
+        assert_eq!(cli.bench.prompts, Prompts::Post);
+        assert_eq!(cli.bench.baseline_writes, BaselineWrites::Posts);
+        assert_eq!(cli.bench.knee_rates, vec![1000.0, 2000.0]);
     }
 
     #[test]

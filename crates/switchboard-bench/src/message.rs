@@ -22,6 +22,12 @@ pub(crate) fn now_ns() -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The moment `ns` (on [`now_ns`]'s clock) as a timer deadline.
+pub(crate) fn instant_at(ns: u64) -> tokio::time::Instant {
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    tokio::time::Instant::from_std(epoch + std::time::Duration::from_nanos(ns))
+}
+
 /// Builds messages whose text is padded to a fixed size, so every system and scenario
 /// moves the same bytes.
 #[derive(Debug, Clone)]

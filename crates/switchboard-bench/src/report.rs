@@ -9,6 +9,8 @@ use serde::Serialize;
 use crate::scenario::dispatch::DispatchResult;
 use crate::scenario::fanout::FanoutResult;
 use crate::scenario::hop::HopResult;
+use crate::scenario::knee::KneeResult;
+use crate::scenario::sessions::Pattern;
 use crate::scenario::sessions::SessionsResult;
 
 /// Everything a run measured.
@@ -28,6 +30,8 @@ pub(crate) struct Report {
     pub(crate) fanout: Vec<FanoutRow>,
     /// Many sessions, one row per S.
     pub(crate) sessions: Vec<SessionsRow>,
+    /// The knee: highest offered event rate held.
+    pub(crate) knee: Option<KneeReport>,
     /// Dispatch.
     pub(crate) dispatch: Option<DispatchResult>,
     /// The issue's targets, checked.
@@ -129,6 +133,21 @@ pub(crate) struct SessionsRow {
     pub(crate) ratio_cpu: Option<f64>,
 }
 
+/// The knee of both systems.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct KneeReport {
+    /// Sessions asked for.
+    pub(crate) sessions_requested: usize,
+    /// Why fewer ran, if they did.
+    pub(crate) limited_by: Option<String>,
+    /// Switchboard.
+    pub(crate) switchboard: Option<KneeResult>,
+    /// The bare relay.
+    pub(crate) baseline: Option<KneeResult>,
+    /// Switchboard's knee ÷ the relay's.
+    pub(crate) ratio: Option<f64>,
+}
+
 /// One target of the issue, checked.
 #[derive(Debug, Serialize)]
 pub(crate) struct TargetCheck {
@@ -198,6 +217,13 @@ mod limits {
     pub(super) const SESSION_KIB: f64 = 64.0;
     /// Dispatch p99, µs.
     pub(super) const DISPATCH_P99_US: f64 = 5_000.0;
+    /// The busy regime: (S, p99 bound in µs) with a prompt and an assistant message per
+    /// session every second.
+    pub(super) const BUSY: [(usize, f64); 2] = [(2_000, 20_000.0), (5_000, 50_000.0)];
+    /// Knee, events/s.
+    pub(super) const KNEE_PER_S: f64 = 15_000.0;
+    /// Knee as a share of the relay's.
+    pub(super) const KNEE_RATIO: f64 = 0.5;
 }
 
 impl Report {
@@ -269,6 +295,40 @@ impl Report {
             format!("≤ {SESSION_KIB} KiB"),
             largest.and_then(|s| s.memory_per_session_kib),
             |v| v <= SESSION_KIB,
+        ));
+        for (sessions, bound) in BUSY {
+            let busy = self
+                .sessions
+                .iter()
+                .filter(|r| r.requested == sessions)
+                .filter_map(|r| r.switchboard.as_ref())
+                .find(|s| s.pattern == Pattern::EachWay && (s.rate - 1.0).abs() < 1e-9);
+            checks.push(check(
+                format!("sessions S = {sessions} each way p99"),
+                format!("≤ {bound} µs"),
+                busy.map(|s| s.latency.p99_us),
+                |v| v <= bound,
+            ));
+            checks.push(check(
+                format!("sessions S = {sessions} each way events lost"),
+                "= 0".into(),
+                busy.map(|s| (s.events_lost + s.send_errors) as f64),
+                |v| v == 0.0,
+            ));
+        }
+        let knee = self.knee.as_ref();
+        let knee_ran = knee.and_then(|k| k.switchboard.as_ref());
+        checks.push(check(
+            "knee".into(),
+            format!("≥ {KNEE_PER_S} events/s"),
+            knee_ran.map(|k| k.knee_per_s.unwrap_or(0.0)),
+            |v| v >= KNEE_PER_S,
+        ));
+        checks.push(check(
+            "knee ÷ baseline".into(),
+            format!("≥ {KNEE_RATIO}"),
+            knee.and_then(|k| k.ratio),
+            |v| v >= KNEE_RATIO,
         ));
         checks.push(check(
             "dispatch p99".into(),
@@ -426,6 +486,14 @@ impl Report {
             let scenario = format!("sessions S={}", r.requested);
             let (s, b) = (r.switchboard.as_ref(), r.baseline.as_ref());
             let is_target = r.requested >= limits::SESSIONS;
+            let busy = limits::BUSY
+                .iter()
+                .find(|(n, _)| *n == r.requested)
+                .map(|(n, bound)| (*n, *bound))
+                .filter(|_| {
+                    self.verdict(&format!("sessions S = {} each way p99", r.requested))
+                        != Some(Verdict::NotRun)
+                });
             let verdict = |t: &str| {
                 if is_target {
                     self.verdict(t)
@@ -445,12 +513,81 @@ impl Report {
             );
             row(
                 &scenario,
+                "offered events/s",
+                s.map_or_else(String::new, |s| rate(s.offered_per_s)),
+                b.map_or_else(String::new, |b| rate(b.offered_per_s)),
+                None,
+                "",
+                String::new(),
+            );
+            row(
+                &scenario,
+                "delivered events/s",
+                s.map_or_else(String::new, |s| rate(s.delivered_per_s)),
+                b.map_or_else(String::new, |b| rate(b.delivered_per_s)),
+                None,
+                "",
+                String::new(),
+            );
+            row(
+                &scenario,
+                "events lost",
+                s.map_or_else(String::new, |s| count(s.events_lost as f64)),
+                b.map_or_else(String::new, |b| count(b.events_lost as f64)),
+                None,
+                "0",
+                match busy {
+                    Some((n, _)) => self
+                        .verdict(&format!("sessions S = {n} each way events lost"))
+                        .map_or_else(String::new, |v| v.word().to_string()),
+                    None => String::new(),
+                },
+            );
+            row(
+                &scenario,
+                "p50 latency (both ways)",
+                s.map_or_else(String::new, |s| ms(s.latency.p50_us)),
+                b.map_or_else(String::new, |b| ms(b.latency.p50_us)),
+                ratio(s.map(|s| s.latency.p50_us), b.map(|b| b.latency.p50_us)),
+                "",
+                String::new(),
+            );
+            row(
+                &scenario,
                 "p99 latency (both ways)",
                 s.map_or_else(String::new, |s| ms(s.latency.p99_us)),
                 b.map_or_else(String::new, |b| ms(b.latency.p99_us)),
                 r.ratio_p99,
-                if is_target { "≤ 20 ms" } else { "" },
-                verdict(&format!("sessions p99 latency, S ≈ {}", limits::SESSIONS)),
+                match busy {
+                    Some((_, bound)) => format!("≤ {} ms each way/s", bound / 1000.0),
+                    None if is_target => "≤ 20 ms".into(),
+                    None => String::new(),
+                }
+                .as_str(),
+                match busy {
+                    Some((n, _)) => self
+                        .verdict(&format!("sessions S = {n} each way p99"))
+                        .map_or_else(String::new, |v| v.word().to_string()),
+                    None => verdict(&format!("sessions p99 latency, S ≈ {}", limits::SESSIONS)),
+                },
+            );
+            row(
+                &scenario,
+                "p99.9 latency (both ways)",
+                s.map_or_else(String::new, |s| ms(s.latency.p999_us)),
+                b.map_or_else(String::new, |b| ms(b.latency.p999_us)),
+                ratio(s.map(|s| s.latency.p999_us), b.map(|b| b.latency.p999_us)),
+                "",
+                String::new(),
+            );
+            row(
+                &scenario,
+                "p99 send lag (client queueing)",
+                s.map_or_else(String::new, |s| ms(s.send_lag.p99_us)),
+                b.map_or_else(String::new, |b| ms(b.send_lag.p99_us)),
+                None,
+                "",
+                String::new(),
             );
             row(
                 &scenario,
@@ -495,6 +632,81 @@ impl Report {
                 "",
                 String::new(),
             );
+        }
+        if let Some(k) = &self.knee {
+            let (s, b) = (k.switchboard.as_ref(), k.baseline.as_ref());
+            let scenario = format!(
+                "knee S={}",
+                s.or(b).map_or(k.sessions_requested, |r| r.sessions)
+            );
+            let held = |r: &KneeResult| r.knee_per_s.map_or_else(|| "none".into(), rate);
+            let verdict = match (self.verdict("knee"), self.verdict("knee ÷ baseline")) {
+                (Some(Verdict::Miss), _) | (_, Some(Verdict::Miss)) => Verdict::Miss,
+                (Some(Verdict::Pass), _) => Verdict::Pass,
+                _ => Verdict::NotRun,
+            };
+            row(
+                &scenario,
+                "highest offered events/s held",
+                s.map_or_else(String::new, held),
+                b.map_or_else(String::new, held),
+                k.ratio,
+                "≥ 15,000/s, ≥ 0.5× baseline",
+                verdict.word().to_string(),
+            );
+            // The figures of the last step held, and of the step that ended the search.
+            let last_held = |r: &KneeResult| r.steps.iter().rev().find(|s| s.held).cloned();
+            let first_failed = |r: &KneeResult| r.steps.iter().find(|s| !s.held).cloned();
+            for (label, pick) in [
+                (
+                    "at the knee",
+                    last_held as fn(&KneeResult) -> Option<crate::scenario::knee::KneeStep>,
+                ),
+                ("first step over", first_failed),
+            ] {
+                let (ss, bs) = (s.and_then(pick), b.and_then(pick));
+                if ss.is_none() && bs.is_none() {
+                    continue;
+                }
+                let both = |f: &dyn Fn(&crate::scenario::knee::KneeStep) -> String| {
+                    (
+                        ss.as_ref().map_or_else(String::new, f),
+                        bs.as_ref().map_or_else(String::new, f),
+                    )
+                };
+                for (figure, f) in [
+                    (
+                        "offered events/s",
+                        &(|st: &crate::scenario::knee::KneeStep| rate(st.offered_per_s))
+                            as &dyn Fn(&crate::scenario::knee::KneeStep) -> String,
+                    ),
+                    ("p50 / p99 / p99.9", &|st| {
+                        format!(
+                            "{} / {} / {}",
+                            ms(st.latency.p50_us),
+                            ms(st.latency.p99_us),
+                            ms(st.latency.p999_us)
+                        )
+                    }),
+                    ("delivered events/s", &|st| rate(st.delivered_per_s)),
+                    ("p99 send lag", &|st| ms(st.send_lag.p99_us)),
+                    ("server CPU", &|st| {
+                        st.server_cpu_cores.map_or_else(String::new, cores)
+                    }),
+                    ("bench's own CPU", &|st| cores(st.bench_cpu_cores)),
+                ] {
+                    let (a, c) = both(f);
+                    row(
+                        &scenario,
+                        &format!("{label}: {figure}"),
+                        a,
+                        c,
+                        None,
+                        "",
+                        String::new(),
+                    );
+                }
+            }
         }
         if let Some(d) = &self.dispatch {
             for (label, value) in [

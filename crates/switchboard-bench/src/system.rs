@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{connect_ws, next_text, SseStream, WsSink, WsStream, IO_TIMEOUT};
+use crate::post::{events_body, OwnPost};
 
 /// How a simulated Switchboard worker talks to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -26,16 +27,68 @@ pub(crate) enum Transport {
     V2,
 }
 
+/// Where a simulated worker's POSTs go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum WorkerConnections {
+    /// Every worker shares one pool of at most `--post-connections` POSTs in flight.
+    Shared,
+    /// Every worker has a keep-alive connection of its own, as a real worker process
+    /// does: one more socket per session in each process.
+    Own,
+}
+
+/// How a viewer sends its prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Prompts {
+    /// A frame on the viewer's subscribe WebSocket.
+    Frame,
+    /// `POST /v1/sessions/{id}/events` with the API key, through the shared POST pool.
+    Post,
+}
+
+/// How the bare relay takes the worker's writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BaselineWrites {
+    /// Frames on the worker's WebSocket; prompts as viewer frames.
+    Frames,
+    /// The same HTTP POSTs as Switchboard's (the worker POSTs to the session-ingress
+    /// events path, prompts follow `--prompts`), so a ratio compares one protocol path.
+    Posts,
+}
+
+/// How the simulated clients write, whichever system they drive.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Writes {
+    /// Worker POSTs: pooled or one connection each.
+    pub(crate) workers: WorkerConnections,
+    /// Prompts: viewer frames or POSTs.
+    pub(crate) prompts: Prompts,
+    /// The relay's worker writes: frames or POSTs.
+    pub(crate) baseline: BaselineWrites,
+}
+
 /// A server the bench drives.
 #[derive(Clone)]
 pub(crate) enum System {
     /// Switchboard, with the worker transport the scenario uses.
     Switchboard(Switchboard),
-    /// The bare WebSocket relay.
-    Baseline {
-        /// `ws://127.0.0.1:PORT`.
-        ws: String,
-    },
+    /// The bare relay.
+    Baseline(Baseline),
+}
+
+/// Where the bare relay is and how the clients write to it.
+#[derive(Clone)]
+pub(crate) struct Baseline {
+    /// `http://127.0.0.1:PORT`.
+    http: String,
+    /// `ws://127.0.0.1:PORT`.
+    ws: String,
+    client: reqwest::Client,
+    writes: Writes,
+    posts: Arc<Semaphore>,
 }
 
 /// Where a Switchboard server is and how to reach it.
@@ -46,7 +99,8 @@ pub(crate) struct Switchboard {
     token: String,
     client: reqwest::Client,
     transport: Transport,
-    /// Bounds the workers' POSTs in flight, and so the connections they hold.
+    writes: Writes,
+    /// Bounds the pooled POSTs in flight, and so the connections they hold.
     posts: Arc<Semaphore>,
 }
 
@@ -90,8 +144,10 @@ pub(crate) enum WorkerReader {
 
 /// The write side of a worker.
 pub(crate) enum WorkerWriter {
-    /// POST (Switchboard v1 and v2).
+    /// POST through the shared pool (Switchboard v1 and v2, the relay's POST mode).
     Http(HttpWriter),
+    /// POST on a connection of the worker's own.
+    Own(OwnPost),
     /// Frames on the worker's WebSocket (baseline).
     Ws(WsSink),
 }
@@ -107,10 +163,18 @@ pub(crate) struct HttpWriter {
     posts: Arc<Semaphore>,
 }
 
-/// A simulated viewer: one WebSocket.
+/// A simulated viewer: one WebSocket, and the prompts' POST path if they go by POST.
 pub(crate) struct Viewer {
-    sink: WsSink,
+    writer: ViewerWriter,
     stream: WsStream,
+}
+
+/// The write side of a viewer.
+pub(crate) struct ViewerWriter {
+    /// The socket's write half: prompts as frames, or only kept so the socket lives.
+    sink: WsSink,
+    /// `Some` when prompts go by POST.
+    post: Option<HttpWriter>,
 }
 
 impl System {
@@ -118,12 +182,15 @@ impl System {
     /// `connections` POSTs in flight: in production each worker is a process with a
     /// keep-alive connection of its own, but a third socket per session does not fit
     /// this machine's open-file limit at 10,000 sessions, so the workers share a pool.
+    /// `writes` says whether each worker has its own connection instead (as many
+    /// sessions as the open-file limit allows then) and how prompts go.
     pub(crate) fn switchboard(
         http_url: &str,
         token: &str,
         client: reqwest::Client,
         transport: Transport,
         connections: usize,
+        writes: Writes,
     ) -> Self {
         let http = http_url.trim_end_matches('/').to_string();
         System::Switchboard(Switchboard {
@@ -132,15 +199,39 @@ impl System {
             token: token.to_string(),
             client,
             transport,
+            writes,
             posts: Arc::new(Semaphore::new(connections.max(1))),
         })
     }
 
-    /// The bare relay at `http_url`.
-    pub(crate) fn baseline(http_url: &str) -> Self {
-        System::Baseline {
-            ws: http_url.trim_end_matches('/').replacen("http", "ws", 1),
-        }
+    /// The bare relay at `http_url`; with `BaselineWrites::Posts` its clients write
+    /// the POSTs Switchboard's do, through the same pool or own connections.
+    pub(crate) fn baseline(
+        http_url: &str,
+        client: reqwest::Client,
+        connections: usize,
+        writes: Writes,
+    ) -> Self {
+        let http = http_url.trim_end_matches('/').to_string();
+        System::Baseline(Baseline {
+            ws: http.replacen("http", "ws", 1),
+            http,
+            client,
+            writes,
+            posts: Arc::new(Semaphore::new(connections.max(1))),
+        })
+    }
+
+    /// Sockets each session holds in the bench (and in the server): the worker's and
+    /// the viewer's WebSockets, plus the worker's own POST connection if it has one.
+    /// Pooled POSTs (`--post-connections`) come on top, once.
+    pub(crate) fn sockets_per_session(writes: Writes, baseline: bool) -> u64 {
+        let posts = if baseline && writes.baseline == BaselineWrites::Frames {
+            false
+        } else {
+            writes.workers == WorkerConnections::Own
+        };
+        2 + u64::from(posts)
     }
 
     /// Switchboard's viewers get every event of the log, their own prompts included;
@@ -163,7 +254,7 @@ impl System {
     /// Creates a session (on `env` for v1) with its worker's credentials.
     pub(crate) async fn open_session(&self, env: Option<&Environment>) -> anyhow::Result<Session> {
         match self {
-            System::Baseline { .. } => Ok(Session {
+            System::Baseline(_) => Ok(Session {
                 id: format!("ch{}", uuid::Uuid::new_v4().simple()),
                 credentials: Credentials::None,
             }),
@@ -180,13 +271,33 @@ impl System {
     /// Connects a worker to a session.
     pub(crate) async fn connect_worker(&self, session: &Session) -> anyhow::Result<Worker> {
         match (self, &session.credentials) {
-            (System::Baseline { ws }, _) => {
-                let socket = connect_ws(&format!("{ws}/ch/{}/worker", session.id), None).await?;
+            (System::Baseline(b), _) => {
+                let socket =
+                    connect_ws(&format!("{}/ch/{}/worker", b.ws, session.id), None).await?;
                 let (sink, stream) = socket.split();
+                if b.writes.baseline == BaselineWrites::Frames {
+                    return Ok(Worker {
+                        reader: WorkerReader::Ws(stream),
+                        writer: WorkerWriter::Ws(sink),
+                        keep_open: None,
+                    });
+                }
+                let url = format!(
+                    "{}/v1/session_ingress/session/{}/events",
+                    b.http, session.id
+                );
                 Ok(Worker {
                     reader: WorkerReader::Ws(stream),
-                    writer: WorkerWriter::Ws(sink),
-                    keep_open: None,
+                    writer: post_writer(
+                        &b.client,
+                        &b.posts,
+                        b.writes.workers,
+                        url,
+                        BASELINE_TOKEN,
+                        None,
+                    )
+                    .await?,
+                    keep_open: Some(sink),
                 })
             }
             (System::Switchboard(sb), Credentials::Ingress(token)) => {
@@ -196,18 +307,14 @@ impl System {
                 )
                 .await?;
                 let (sink, stream) = socket.split();
+                let url = format!(
+                    "{}/v1/session_ingress/session/{}/events",
+                    sb.http, session.id
+                );
                 Ok(Worker {
                     reader: WorkerReader::Ws(stream),
-                    writer: WorkerWriter::Http(HttpWriter {
-                        client: sb.client.clone(),
-                        url: format!(
-                            "{}/v1/session_ingress/session/{}/events",
-                            sb.http, session.id
-                        ),
-                        token: token.clone(),
-                        epoch: None,
-                        posts: sb.posts.clone(),
-                    }),
+                    writer: post_writer(&sb.client, &sb.posts, sb.writes.workers, url, token, None)
+                        .await?,
                     keep_open: Some(sink),
                 })
             }
@@ -217,13 +324,15 @@ impl System {
                     SseStream::open(&sb.client, &format!("{base}/events/stream"), jwt).await?;
                 Ok(Worker {
                     reader: WorkerReader::Sse(stream),
-                    writer: WorkerWriter::Http(HttpWriter {
-                        client: sb.client.clone(),
-                        url: format!("{base}/events"),
-                        token: jwt.clone(),
-                        epoch: Some(*epoch),
-                        posts: sb.posts.clone(),
-                    }),
+                    writer: post_writer(
+                        &sb.client,
+                        &sb.posts,
+                        sb.writes.workers,
+                        format!("{base}/events"),
+                        jwt,
+                        Some(*epoch),
+                    )
+                    .await?,
                     keep_open: None,
                 })
             }
@@ -235,29 +344,75 @@ impl System {
 
     /// Connects a viewer to a session.
     pub(crate) async fn connect_viewer(&self, session: &Session) -> anyhow::Result<Viewer> {
-        let socket = match self {
-            System::Baseline { ws } => {
-                connect_ws(&format!("{ws}/ch/{}/viewer", session.id), None).await?
-            }
-            System::Switchboard(sb) => {
+        let (socket, post) = match self {
+            System::Baseline(b) => (
+                connect_ws(&format!("{}/ch/{}/viewer", b.ws, session.id), None).await?,
+                (b.writes.prompts == Prompts::Post).then(|| HttpWriter {
+                    client: b.client.clone(),
+                    url: format!("{}/v1/sessions/{}/events", b.http, session.id),
+                    token: BASELINE_TOKEN.to_string(),
+                    epoch: None,
+                    posts: b.posts.clone(),
+                }),
+            ),
+            System::Switchboard(sb) => (
                 connect_ws(
                     &format!("{}/v1/sessions/ws/{}/subscribe", sb.ws, session.id),
                     Some(&sb.token),
                 )
-                .await?
-            }
+                .await?,
+                (sb.writes.prompts == Prompts::Post).then(|| HttpWriter {
+                    client: sb.client.clone(),
+                    url: format!("{}/v1/sessions/{}/events", sb.http, session.id),
+                    token: sb.token.clone(),
+                    epoch: None,
+                    posts: sb.posts.clone(),
+                }),
+            ),
         };
         let (sink, stream) = socket.split();
-        Ok(Viewer { sink, stream })
+        Ok(Viewer {
+            writer: ViewerWriter { sink, post },
+            stream,
+        })
     }
 
     /// The Switchboard server, if this is one.
     pub(crate) fn as_switchboard(&self) -> Option<&Switchboard> {
         match self {
             System::Switchboard(sb) => Some(sb),
-            System::Baseline { .. } => None,
+            System::Baseline(_) => None,
         }
     }
+}
+
+/// The bearer token the relay's clients send: it checks none, but the requests carry
+/// the same headers as Switchboard's.
+const BASELINE_TOKEN: &str = "sbk_bench_baseline";
+
+/// A worker's POST path: the shared pool, or a connection of its own.
+async fn post_writer(
+    client: &reqwest::Client,
+    posts: &Arc<Semaphore>,
+    connections: WorkerConnections,
+    url: String,
+    token: &str,
+    epoch: Option<u64>,
+) -> anyhow::Result<WorkerWriter> {
+    Ok(match connections {
+        WorkerConnections::Own => WorkerWriter::Own(
+            OwnPost::connect(&url, token, epoch)
+                .await
+                .context("failed to open the worker's POST connection")?,
+        ),
+        WorkerConnections::Shared => WorkerWriter::Http(HttpWriter {
+            client: client.clone(),
+            url,
+            token: token.to_string(),
+            epoch,
+            posts: posts.clone(),
+        }),
+    })
 }
 
 impl Switchboard {
@@ -449,6 +604,7 @@ impl WorkerWriter {
     pub(crate) async fn send(&mut self, messages: &[String]) -> anyhow::Result<()> {
         match self {
             WorkerWriter::Http(http) => http.send(messages).await,
+            WorkerWriter::Own(own) => own.send(messages).await,
             WorkerWriter::Ws(sink) => {
                 for message in messages {
                     sink.feed(Message::Text(message.as_str().into()))
@@ -464,31 +620,7 @@ impl WorkerWriter {
 impl HttpWriter {
     /// POSTs messages as one request; returns once the server committed them.
     pub(crate) async fn send(&self, messages: &[String]) -> anyhow::Result<()> {
-        let mut body =
-            String::with_capacity(messages.iter().map(|m| m.len() + 16).sum::<usize>() + 48);
-        match self.epoch {
-            None => {
-                body.push_str("{\"events\":[");
-                for (i, message) in messages.iter().enumerate() {
-                    if i > 0 {
-                        body.push(',');
-                    }
-                    body.push_str(message);
-                }
-            }
-            Some(epoch) => {
-                body.push_str(&format!("{{\"worker_epoch\":{epoch},\"events\":["));
-                for (i, message) in messages.iter().enumerate() {
-                    if i > 0 {
-                        body.push(',');
-                    }
-                    body.push_str("{\"payload\":");
-                    body.push_str(message);
-                    body.push('}');
-                }
-            }
-        }
-        body.push_str("]}");
+        let body = events_body(messages, self.epoch);
         let _permit = self.posts.acquire().await.context("the POST pool closed")?;
         let response = self
             .client
@@ -512,12 +644,9 @@ impl HttpWriter {
 }
 
 impl Viewer {
-    /// Sends one message (a prompt) to the session's worker.
+    /// Sends one message (a prompt) to the session's worker: a frame, or a POST.
     pub(crate) async fn send(&mut self, message: String) -> anyhow::Result<()> {
-        self.sink
-            .send(Message::Text(message.into()))
-            .await
-            .context("viewer socket failed")
+        self.writer.send(message).await
     }
 
     /// The next frame the server sent the viewer; `None` once it closed.
@@ -526,8 +655,22 @@ impl Viewer {
     }
 
     /// Splits the viewer into its write and read halves.
-    pub(crate) fn split(self) -> (WsSink, WsStream) {
-        (self.sink, self.stream)
+    pub(crate) fn split(self) -> (ViewerWriter, WsStream) {
+        (self.writer, self.stream)
+    }
+}
+
+impl ViewerWriter {
+    /// Sends one prompt: a frame on the socket, or a POST (returns once accepted).
+    pub(crate) async fn send(&mut self, message: String) -> anyhow::Result<()> {
+        match &self.post {
+            Some(post) => post.send(std::slice::from_ref(&message)).await,
+            None => self
+                .sink
+                .send(Message::Text(message.into()))
+                .await
+                .context("viewer socket failed"),
+        }
     }
 }
 

@@ -125,6 +125,97 @@ fn a_short_run_reports_every_section() -> anyhow::Result<()> {
 }
 
 #[test]
+fn the_busy_regime_runs_on_own_connections_with_prompts_by_post() -> anyhow::Result<()> {
+    // Arrange
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("bench.json");
+
+    // Act
+    run_bench(
+        dir.path(),
+        &[
+            "--scenarios",
+            "hop,sessions,knee",
+            "--worker-connections",
+            "own",
+            "--prompts",
+            "post",
+            "--baseline-writes",
+            "posts",
+            "--payload-bytes",
+            "128",
+            "--hop-samples",
+            "100",
+            "--hop-max-secs",
+            "2",
+            "--sessions",
+            "20",
+            "--sessions-pattern",
+            "each-way",
+            "--sessions-secs",
+            "2",
+            "--sessions-rate",
+            "2",
+            "--knee-sessions",
+            "10",
+            "--knee-rates",
+            "20,40",
+            "--knee-step-secs",
+            "1",
+            "--knee-warmup-secs",
+            "0.5",
+            "--data-dir",
+            &dir.path().display().to_string(),
+            "--json",
+            &json.display().to_string(),
+        ],
+    )?;
+
+    // Assert
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    assert_eq!(report["errors"], Value::Array(vec![]), "{report:#}");
+    for system in ["switchboard_v1", "switchboard_v2", "baseline"] {
+        for way in ["viewer_to_worker", "worker_to_viewer"] {
+            let summary = &report["hop"][system][way];
+            assert_latencies(summary, &format!("hop {system} {way}"));
+        }
+    }
+    let row = &report["sessions"][0];
+    for system in ["switchboard", "baseline"] {
+        let result = &row[system];
+        let what = format!("sessions {system}");
+        assert_eq!(result["sessions"].as_u64(), Some(20), "{what}: {result:#}");
+        assert_eq!(result["pattern"].as_str(), Some("each-way"), "{what}");
+        // Each way every period: 20 sessions × 2 periods/s × 2 events.
+        assert_eq!(number(&result["offered_per_s"]), 80.0, "{what}: {result:#}");
+        assert_eq!(
+            result["events_lost"].as_u64(),
+            Some(0),
+            "{what}: {result:#}"
+        );
+        assert_eq!(
+            result["send_errors"].as_u64(),
+            Some(0),
+            "{what}: {result:#}"
+        );
+        assert_latencies(&result["viewer_to_worker"], &what);
+        assert_latencies(&result["worker_to_viewer"], &what);
+        assert_latencies(&result["send_lag"], &what);
+    }
+    let knee = &report["knee"];
+    for system in ["switchboard", "baseline"] {
+        let result = &knee[system];
+        let what = format!("knee {system}");
+        let steps = result["steps"].as_array().context("no knee steps")?;
+        assert!(!steps.is_empty(), "{what}: {result:#}");
+        assert_latencies(&steps[0]["latency"], &what);
+        assert!(number(&steps[0]["bench_cpu_cores"]) >= 0.0, "{what}");
+        assert!(result["ended_by"].is_string(), "{what}: {result:#}");
+    }
+    Ok(())
+}
+
+#[test]
 fn a_remote_target_must_be_on_loopback() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let output = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))

@@ -152,7 +152,7 @@ pub(crate) async fn run(
 
     let http = match &writer {
         WorkerWriter::Http(http) => Some(http.clone()),
-        WorkerWriter::Ws(_) => None,
+        WorkerWriter::Own(_) | WorkerWriter::Ws(_) => None,
     };
     let batch = config.batch.max(1) as u64;
     let warm_end = Instant::now() + config.warmup;

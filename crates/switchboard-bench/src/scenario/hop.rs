@@ -2,7 +2,8 @@
 //! the worker and an assistant message from the worker to the viewer, alternating.
 //!
 //! Each hop is timed from just before the sender hands the message to its socket (or
-//! its POST) to the moment the receiver has the whole frame; the next message goes only
+//! its POST: prompts too with `--prompts post`) to the moment the receiver has the whole
+//! frame; the next message goes only
 //! after both the receiver has it and the sender's write returned, so the system is
 //! never measured with more than one message in flight.
 
@@ -59,10 +60,14 @@ pub(crate) async fn run(
         let timed = i >= warmup;
 
         let sent = now_ns();
-        viewer.send(payloads.prompt(sent)).await?;
-        let arrived = next_stamped(&mut worker.reader, INBOUND_MARK, sent)
-            .await
-            .context("the worker did not get the prompt")?;
+        // A prompt by POST may reach the worker before its answer comes back; the
+        // worker reads meanwhile.
+        let (written, arrived) = tokio::join!(
+            viewer.send(payloads.prompt(sent)),
+            next_stamped(&mut worker.reader, INBOUND_MARK, sent)
+        );
+        written.context("the viewer's prompt failed")?;
+        let arrived = arrived.context("the worker did not get the prompt")?;
         if timed {
             inbound.record(arrived - sent);
         }

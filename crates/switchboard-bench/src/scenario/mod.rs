@@ -3,6 +3,7 @@
 pub(crate) mod dispatch;
 pub(crate) mod fanout;
 pub(crate) mod hop;
+pub(crate) mod knee;
 pub(crate) mod sessions;
 
 /// A scenario, as named on the command line.
@@ -13,8 +14,10 @@ pub(crate) enum Scenario {
     Hop,
     /// One worker to K viewers.
     Fanout,
-    /// S concurrent sessions at one event per second each.
+    /// S concurrent sessions at one event per second each (or one each way).
     Sessions,
+    /// The highest offered event rate held, raised step by step (not in the default set).
+    Knee,
     /// Session creation to the waiting poll's answer.
     Dispatch,
 }
