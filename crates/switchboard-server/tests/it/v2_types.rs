@@ -308,6 +308,9 @@ async fn every_v2_route_round_trips_through_the_proto_types_of_server_and_client
     round_trip::<InternalEventsPage>("subagent internal-events page", &raw)?;
 
     // §9.8 the stream's frames, raw: a fresh stream after the prompt's sequence number.
+    // The client's transport goes first, or its reconnecting stream would take over
+    // from this one (a newer stream ends the older).
+    worker.close().await;
     let another = prompt("second");
     let mut stream = SseReader::open(
         &format!("{}{}", server.url(), worker_path("/events/stream")),
@@ -325,7 +328,6 @@ async fn every_v2_route_round_trips_through_the_proto_types_of_server_and_client
     assert_eq!(event.payload, another);
     assert_eq!(frame.id, Some(event.sequence_num.to_string()));
     drop(stream);
-    worker.close().await;
 
     // §9.2 register, raw and by the client; each bumps the epoch.
     let register_path = worker_path("/register");
