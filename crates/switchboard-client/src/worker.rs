@@ -48,8 +48,9 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 use switchboard_proto::code::{
     DeliveryRequest, DeliveryStatus, DeliveryUpdate, HeartbeatRequest, InternalEvent,
-    InternalEventsRequest, RegisterWorkerResponse, StreamClientEvent, WorkerEvent,
-    WorkerEventsRequest, WorkerResponse, WorkerStateRequest, WorkerStatus, CLIENT_EVENT,
+    InternalEventsPage, InternalEventsQuery, InternalEventsRequest, RegisterWorkerResponse,
+    StreamClientEvent, WorkerEvent, WorkerEventsRequest, WorkerResponse, WorkerStateRequest,
+    WorkerStatus, CLIENT_EVENT,
 };
 use switchboard_proto::ANTHROPIC_VERSION;
 use tokio::sync::{mpsc, watch};
@@ -902,6 +903,35 @@ impl WorkerTransport {
             inner.state.flushed(core),
         );
         events.and(internal).and(deliveries).and(state)
+    }
+
+    /// Reads one page of the worker's stored transcript (`GET …/worker/internal-events`,
+    /// §9.6), as a worker resuming with `--resume` does: `query.subagents` picks the
+    /// subagents' entries, `query.cursor` is the previous page's `next_cursor`. One
+    /// attempt; a body that is not a page is [`ApiError::Decode`].
+    pub async fn read_internal_events(
+        &self,
+        query: &InternalEventsQuery,
+    ) -> Result<InternalEventsPage> {
+        let mut params = url::form_urlencoded::Serializer::new(String::new());
+        if query.subagents {
+            params.append_pair("subagents", "true");
+        }
+        if let Some(cursor) = &query.cursor {
+            params.append_pair("cursor", cursor);
+        }
+        let params = params.finish();
+        let path = if params.is_empty() {
+            "/worker/internal-events".to_owned()
+        } else {
+            format!("/worker/internal-events?{params}")
+        };
+        let core = &self.inner.core;
+        let body = core
+            .send(Method::GET, &path, None, core.timings.get_timeout)
+            .await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::Decode(format!("GetInternalEvents: {e}")))
     }
 
     /// Ends the transport: stops every task, drops the stream and ends the receiver.

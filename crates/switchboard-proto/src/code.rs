@@ -15,7 +15,9 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+use crate::sessions::SessionResource;
 
 /// The largest integer a JavaScript number holds exactly (`Number.MAX_SAFE_INTEGER`). The
 /// official client rejects epochs above it, so they must never be issued.
@@ -24,11 +26,12 @@ pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 /// The SSE event name of the only frame a worker acts on (§9.8).
 pub const CLIENT_EVENT: &str = "client_event";
 
-/// Body of `POST /v1/code/sessions` (§10.1).
+/// Body of `POST /v1/code/sessions` (§10.1). Every field may be missing (the body too),
+/// and unknown keys are ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateCodeSessionRequest {
-    /// The session's title.
-    #[serde(default)]
+    /// The session's title; a missing or `null` title reads as empty (no title).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub title: String,
     /// The `bridge` oneof marker; always `{}`.
     #[serde(default)]
@@ -39,10 +42,25 @@ pub struct CreateCodeSessionRequest {
 }
 
 /// The empty object `{}` that marks a code session as bridge-backed. A braced struct
-/// without fields serializes as `{}` (a unit struct would give `null`), and reading it
-/// ignores whatever keys the object has.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// without fields serializes as `{}` (a unit struct would give `null`). Reading it accepts
+/// any value: the marker carries no information a server acts on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct BridgeMarker {}
+
+impl<'de> Deserialize<'de> for BridgeMarker {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        de::IgnoredAny::deserialize(deserializer).map(|_| BridgeMarker {})
+    }
+}
+
+/// Reads a value whose `null` means the same as its absence: the type's default.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
+}
 
 /// Answer to `POST /v1/code/sessions`: `{"session":{"id":"cse_…",…}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,16 +70,43 @@ pub struct CreateCodeSessionResponse {
 }
 
 /// A code session as the create call returns it. Only `id` is read by the client.
+///
+/// Switchboard answers with the whole session resource (§6.2), its `id` in the `cse_`
+/// spelling; the fields this type does not name are kept in [`rest`](Self::rest), so a
+/// session read and written again is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeSession {
     /// The infrastructure id, `cse_<body>`; anything else is treated as a failure.
     pub id: String,
-    /// The title, if the server echoes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The title, if the session has one (`null` otherwise).
+    #[serde(default)]
     pub title: Option<String>,
     /// Creation time, ISO 8601, if the server sends it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
+    /// The other fields of the session resource, as sent.
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+impl CodeSession {
+    /// The code session `id` whose other fields are those of `resource` (§10.1: the
+    /// session resource under its `cse_` id).
+    pub fn from_resource(id: String, resource: &SessionResource) -> serde_json::Result<Self> {
+        let mut rest = match serde_json::to_value(resource)? {
+            Value::Object(fields) => fields,
+            _ => Map::new(),
+        };
+        rest.remove("id");
+        rest.remove("title");
+        rest.remove("created_at");
+        Ok(Self {
+            id,
+            title: resource.title.clone(),
+            created_at: Some(resource.created_at.clone()),
+            rest,
+        })
+    }
 }
 
 /// Answer to `POST /v1/code/sessions/{id}/bridge` (§10.2): the worker's credential and the
@@ -140,12 +185,31 @@ pub struct WorkerStateRequest {
         deserialize_with = "present"
     )]
     pub requires_action_details: Option<Option<Value>>,
-    /// A merge patch of the session's external metadata (`pending_action`, `model`, …).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A merge patch of the session's external metadata (`pending_action`, `model`, …);
+    /// an explicit `null` is kept as `Some(Value::Null)`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "keep_null"
+    )]
     pub external_metadata: Option<Value>,
-    /// A merge patch of the worker's internal metadata (e.g. `cumulative_cost_usd`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A merge patch of the worker's internal metadata (e.g. `cumulative_cost_usd`); an
+    /// explicit `null` is kept as `Some(Value::Null)`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "keep_null"
+    )]
     pub internal_metadata: Option<Value>,
+}
+
+/// Reads a field that is present as `Some`, `null` included (`Some(Value::Null)`); with
+/// `#[serde(default)]` an absent field stays `None`.
+fn keep_null<'de, D>(deserializer: D) -> Result<Option<Value>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Value::deserialize(deserializer).map(Some)
 }
 
 /// Reads a field that is present: `null` becomes `Some(None)`. With `#[serde(default)]`
@@ -164,7 +228,9 @@ pub struct WorkerResponse {
     pub worker: WorkerInfo,
 }
 
-/// The `worker` object of [`WorkerResponse`]; other fields the server sends are ignored.
+/// The `worker` object of [`WorkerResponse`]. The official client reads only
+/// `external_metadata`; the other fields are what Switchboard adds (§9.3), all optional
+/// when read, and other fields a server sends are ignored.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerInfo {
     /// The merged external metadata, or `null` for a new session.
@@ -173,12 +239,32 @@ pub struct WorkerInfo {
     /// The merged internal metadata, if the server keeps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_metadata: Option<Value>,
+    /// The session's status: `idle`, `running`, `requires_action` or `archived` (a
+    /// string, since an archived session has a status no worker reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_status: Option<String>,
+    /// The current worker epoch.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "epoch::optional"
+    )]
+    pub worker_epoch: Option<u64>,
+    /// What the worker waits on; `Some(None)` is an explicit `null` (it waits on nothing).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub requires_action_details: Option<Option<Value>>,
 }
 
 /// Body of `POST /v1/code/sessions/{id}/worker/heartbeat` (§9.4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatRequest {
-    /// The session id, as the last segment of the session URL.
+    /// The session id, as the last segment of the session URL. A server reads the session
+    /// from the URL, so a missing one reads as empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub session_id: String,
     /// The epoch of the beating worker.
     #[serde(with = "epoch")]
@@ -261,13 +347,24 @@ pub struct InternalEvent {
     pub agent_id: Option<String>,
 }
 
+/// Query of `GET /v1/code/sessions/{id}/worker/internal-events` (§9.6).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InternalEventsQuery {
+    /// `true` to read the subagents' entries instead of the main transcript.
+    #[serde(default)]
+    pub subagents: bool,
+    /// The `next_cursor` of the previous page; absent for the first page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
 /// Answer to `GET /v1/code/sessions/{id}/worker/internal-events` (§9.6).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct InternalEventsPage {
     /// The entries of this page, oldest first.
     pub data: Vec<StoredInternalEvent>,
-    /// The cursor of the next page; absent on the last one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The cursor of the next page; `null` (or absent) on the last one.
+    #[serde(default)]
     pub next_cursor: Option<String>,
 }
 
@@ -288,10 +385,23 @@ pub struct StoredInternalEvent {
     pub is_compaction: bool,
     /// When it was stored, ISO 8601.
     pub created_at: String,
-    /// The subagent that wrote it, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The subagent that wrote it; `null` (or absent) for the main transcript.
+    #[serde(default)]
     pub agent_id: Option<String>,
 }
+
+/// Query of `GET /v1/code/sessions/{id}/worker/events/stream` (§9.8).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventStreamQuery {
+    /// Resume after this sequence number (also sent as `Last-Event-ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_sequence_num: Option<u64>,
+}
+
+/// The answer `{}` to a worker's write (PUT, heartbeat, events, internal events,
+/// delivery): only the status matters. Reading it ignores whatever keys it has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {}
 
 /// The `data:` of an SSE `client_event` frame on the worker stream (§9.8).
 ///
@@ -329,6 +439,55 @@ pub mod epoch {
     /// Writes the value as a JSON number.
     pub fn serialize<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_u64(*value)
+    }
+
+    /// The same rules for an `Option<u64>` field: `null` reads as `None`. Use it with
+    /// `#[serde(default, skip_serializing_if = "Option::is_none", with = "…::optional")]`.
+    pub mod optional {
+        use super::*;
+
+        /// Writes the value as a JSON number, `None` as `null`.
+        pub fn serialize<S: Serializer>(
+            value: &Option<u64>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(value) => serializer.serialize_u64(*value),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        /// Reads `null`, a JSON number or a decimal string.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<u64>, D::Error> {
+            deserializer.deserialize_option(OptionalVisitor)
+        }
+
+        struct OptionalVisitor;
+
+        impl<'de> Visitor<'de> for OptionalVisitor {
+            type Value = Option<u64>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("null or a non-negative safe integer")
+            }
+
+            fn visit_none<E: de::Error>(self) -> Result<Option<u64>, E> {
+                Ok(None)
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Option<u64>, E> {
+                Ok(None)
+            }
+
+            fn visit_some<D: Deserializer<'de>>(
+                self,
+                deserializer: D,
+            ) -> Result<Option<u64>, D::Error> {
+                super::deserialize(deserializer).map(Some)
+            }
+        }
     }
 
     /// Reads a JSON number or a decimal string.
@@ -530,6 +689,99 @@ mod tests {
         assert_eq!(
             serde_json::from_value::<WorkerStateRequest>(metadata_json)?,
             metadata
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn create_requests_read_a_null_title_and_any_bridge_marker() -> Result<(), serde_json::Error> {
+        let lenient: CreateCodeSessionRequest =
+            serde_json::from_value(json!({"title": null, "bridge": "yes", "extra": 1}))?;
+        let empty: CreateCodeSessionRequest = serde_json::from_value(json!({}))?;
+
+        assert_eq!(lenient, CreateCodeSessionRequest::default());
+        assert_eq!(empty, CreateCodeSessionRequest::default());
+        Ok(())
+    }
+
+    #[test]
+    fn a_code_session_keeps_the_resource_fields_it_does_not_name() -> Result<(), serde_json::Error>
+    {
+        let resource: SessionResource = serde_json::from_value(json!({
+            "type": "session", "id": "session_abcd", "title": null, "session_status": "idle",
+            "environment_id": null, "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z", "session_context": {"tags": []}
+        }))?;
+
+        let session = CodeSession::from_resource("cse_abcd".into(), &resource)?;
+        let written = serde_json::to_value(&session)?;
+
+        assert_eq!(written["id"], "cse_abcd");
+        assert_eq!(written["title"], Value::Null);
+        assert_eq!(written["session_status"], "idle");
+        assert_eq!(serde_json::from_value::<CodeSession>(written)?, session);
+        // The client's minimal answer still reads.
+        let minimal: CodeSession = serde_json::from_value(json!({"id": "cse_x"}))?;
+        assert_eq!(minimal.title, None);
+        Ok(())
+    }
+
+    #[test]
+    fn worker_state_answers_round_trip_with_switchboards_extra_fields(
+    ) -> Result<(), serde_json::Error> {
+        let full = json!({"worker": {
+            "external_metadata": {"model": "opus"}, "worker_status": "archived",
+            "worker_epoch": 4, "requires_action_details": null
+        }});
+        let official = json!({"worker": {"external_metadata": {}}});
+
+        let read: WorkerResponse = serde_json::from_value(full.clone())?;
+        let minimal: WorkerResponse = serde_json::from_value(official.clone())?;
+
+        assert_eq!(read.worker.worker_epoch, Some(4));
+        assert_eq!(read.worker.requires_action_details, Some(None));
+        assert_eq!(serde_json::to_value(&read)?, full);
+        assert_eq!(serde_json::to_value(&minimal)?, official);
+        let string_epoch: WorkerInfo = serde_json::from_value(json!({"worker_epoch": "5"}))?;
+        assert_eq!(string_epoch.worker_epoch, Some(5));
+        Ok(())
+    }
+
+    #[test]
+    fn null_metadata_patches_and_missing_heartbeat_ids_round_trip() -> Result<(), serde_json::Error>
+    {
+        for body in [
+            json!({"worker_epoch": 1, "external_metadata": null}),
+            json!({"worker_epoch": 1, "internal_metadata": {"cumulative_cost_usd": 0.5}}),
+        ] {
+            let read: WorkerStateRequest = serde_json::from_value(body.clone())?;
+            assert_eq!(serde_json::to_value(read)?, body);
+        }
+        let beat: HeartbeatRequest = serde_json::from_value(json!({"worker_epoch": 2}))?;
+        assert_eq!(serde_json::to_value(beat)?, json!({"worker_epoch": 2}));
+        Ok(())
+    }
+
+    #[test]
+    fn internal_event_pages_write_nulls_for_missing_cursor_and_agent(
+    ) -> Result<(), serde_json::Error> {
+        let page = InternalEventsPage {
+            data: vec![StoredInternalEvent {
+                event_id: "int-1".into(),
+                event_type: "user".into(),
+                payload: json!({"type": "user"}),
+                event_metadata: None,
+                is_compaction: false,
+                created_at: "t".into(),
+                agent_id: None,
+            }],
+            next_cursor: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&page)?,
+            json!({"data": [{"event_id": "int-1", "event_type": "user",
+                "payload": {"type": "user"}, "is_compaction": false, "created_at": "t",
+                "agent_id": null}], "next_cursor": null})
         );
         Ok(())
     }

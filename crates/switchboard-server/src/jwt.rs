@@ -1,4 +1,4 @@
-//! Worker credentials for the CCR v2 plane: HS256 JSON Web Tokens.
+//! Worker credentials for the v2 worker API: HS256 JSON Web Tokens.
 //!
 //! The client never checks the signature; it only reads `exp` from the middle segment to
 //! schedule a refresh. The server signs with the newest live [`SigningKey`] from the store

@@ -54,9 +54,9 @@ pub(crate) fn build(state: AppState) -> Router {
             "/v1/sessions/{id}/events",
             post(sessions::post_events).get(sessions::history),
         )
-        // Code sessions and the CCR v2 worker API (§9, §10).
+        // The v2 worker API and its code sessions (§9, §10).
         .route("/v1/code/sessions", post(code::create))
-        .route("/v1/code/sessions/{id}/bridge", post(code::bridge))
+        .route("/v1/code/sessions/{id}/bridge", post(code::credentials))
         .route(
             "/v1/code/sessions/{id}/worker",
             get(code::get_worker).put(code::put_worker),

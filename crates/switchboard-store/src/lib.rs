@@ -16,6 +16,7 @@
 
 mod model;
 pub mod postgres;
+mod rules;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -359,6 +359,17 @@ impl DeliveryStatus {
     }
 }
 
+impl From<switchboard_proto::code::DeliveryStatus> for DeliveryStatus {
+    fn from(status: switchboard_proto::code::DeliveryStatus) -> Self {
+        use switchboard_proto::code::DeliveryStatus as Wire;
+        match status {
+            Wire::Received => DeliveryStatus::Received,
+            Wire::Processing => DeliveryStatus::Processing,
+            Wire::Processed => DeliveryStatus::Processed,
+        }
+    }
+}
+
 /// Names one event of a session's log.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum EventRef {

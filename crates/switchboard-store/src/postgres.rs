@@ -18,6 +18,7 @@ use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 use tracing::instrument;
 
+use crate::rules::{self, WorkMove};
 use crate::*;
 
 /// How many connections the pool opens at most. Each append holds one for a single short
@@ -107,109 +108,22 @@ fn server_version_name(num: i64) -> String {
     }
 }
 
-fn credential_from_row(row: &PgRow) -> Result<Credential> {
-    let kind: String = row.try_get("kind")?;
-    Ok(Credential {
-        id: row.try_get("id")?,
-        kind: CredentialKind::parse(&kind)
-            .ok_or_else(|| anyhow::anyhow!("unknown credential kind {kind:?}"))?,
-        owner_id: row.try_get("owner_id")?,
-        scope: row.try_get("scope")?,
-        work_id: row.try_get("work_id")?,
-        name: row.try_get("name")?,
-        secret_hash: row.try_get("secret_hash")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-    })
-}
-
-fn environment_from_row(row: &PgRow) -> Result<Environment> {
-    let metadata: String = row.try_get("metadata")?;
-    let max_sessions: i64 = row.try_get("max_sessions")?;
-    Ok(Environment {
-        id: row.try_get("id")?,
-        owner_id: row.try_get("owner_id")?,
-        machine_name: row.try_get("machine_name")?,
-        directory: row.try_get("directory")?,
-        branch: row.try_get("branch")?,
-        git_repo_url: row.try_get("git_repo_url")?,
-        max_sessions: max_sessions.try_into().unwrap_or(u32::MAX),
-        metadata: serde_json::from_str(&metadata)?,
-        created_at: row.try_get("created_at")?,
-        last_poll_at: row.try_get("last_poll_at")?,
-        deregistered_at: row.try_get("deregistered_at")?,
-    })
-}
-
-fn session_from_row(row: &PgRow) -> Result<Session> {
-    let status: String = row.try_get("status")?;
-    let context: String = row.try_get("session_context")?;
-    Ok(Session {
-        id: row.try_get("id")?,
-        owner_id: row.try_get("owner_id")?,
-        environment_id: row.try_get("environment_id")?,
-        title: row.try_get("title")?,
-        status: SessionStatus::parse(&status)
-            .ok_or_else(|| anyhow::anyhow!("unknown session status {status:?}"))?,
-        session_context: serde_json::from_str(&context)?,
-        source: row.try_get("source")?,
-        permission_mode: row.try_get("permission_mode")?,
-        use_code_sessions: row.try_get("use_code_sessions")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        archived_at: row.try_get("archived_at")?,
-        last_seq: to_u64(row.try_get("last_seq")?),
-        last_activity_at: row.try_get("last_activity_at")?,
-        worker_cursor: to_u64(row.try_get("worker_cursor")?),
-        worker_epoch: to_u64(row.try_get("worker_epoch")?),
-        external_metadata: match row.try_get::<Option<String>, _>("external_metadata")? {
-            Some(text) => serde_json::from_str(&text)?,
-            None => serde_json::Value::Object(Default::default()),
-        },
-        requires_action: row
-            .try_get::<Option<String>, _>("requires_action")?
-            .map(|text| serde_json::from_str(&text))
-            .transpose()?,
-    })
-}
-
-fn work_from_row(row: &PgRow) -> Result<WorkItem> {
-    let state: String = row.try_get("state")?;
-    let deliveries: i64 = row.try_get("deliveries")?;
-    Ok(WorkItem {
-        id: row.try_get("id")?,
-        environment_id: row.try_get("environment_id")?,
-        session_id: row.try_get("session_id")?,
-        state: WorkState::parse(&state)
-            .ok_or_else(|| anyhow::anyhow!("unknown work state {state:?}"))?,
-        created_at: row.try_get("created_at")?,
-        delivered_at: row.try_get("delivered_at")?,
-        acked_at: row.try_get("acked_at")?,
-        heartbeat_at: row.try_get("heartbeat_at")?,
-        stopped_at: row.try_get("stopped_at")?,
-        deliveries: deliveries.try_into().unwrap_or(u32::MAX),
-    })
-}
-
-fn event_from_row(row: &PgRow) -> Result<StoredEvent> {
-    let direction: String = row.try_get("direction")?;
-    Ok(StoredEvent {
-        session_id: row.try_get("session_id")?,
-        seq: to_u64(row.try_get("seq")?),
-        direction: Direction::parse(&direction)
-            .ok_or_else(|| anyhow::anyhow!("unknown event direction {direction:?}"))?,
-        kind: row.try_get("kind")?,
-        uuid: row.try_get("uuid")?,
-        payload: row.try_get("payload")?,
-        created_at: row.try_get("created_at")?,
-        request_id: row.try_get("request_id")?,
-        delivery: row
-            .try_get::<Option<String>, _>("delivery")?
-            .as_deref()
-            .and_then(DeliveryStatus::parse),
-        sent_with: row.try_get("sent_with")?,
-    })
+impl rules::Columns for PgRow {
+    fn text(&self, name: &str) -> Result<String> {
+        Ok(self.try_get(name)?)
+    }
+    fn opt_text(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.try_get(name)?)
+    }
+    fn int(&self, name: &str) -> Result<i64> {
+        Ok(self.try_get(name)?)
+    }
+    fn opt_int(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self.try_get(name)?)
+    }
+    fn flag(&self, name: &str) -> Result<bool> {
+        Ok(self.try_get(name)?)
+    }
 }
 
 #[async_trait]
@@ -232,11 +146,7 @@ impl Store for PgStore {
             .bind(name)
             .fetch_one(&self.pool)
             .await?;
-        Ok(Owner {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            created_at: row.try_get("created_at")?,
-        })
+        rules::owner_from_row(&row)
     }
 
     #[instrument(skip_all)]
@@ -266,7 +176,7 @@ impl Store for PgStore {
             .bind(id)
             .fetch_one(&self.pool)
             .await?;
-        credential_from_row(&row)
+        rules::credential_from_row(&row)
     }
 
     #[instrument(skip_all)]
@@ -343,7 +253,7 @@ impl Store for PgStore {
                 .bind(CredentialKind::ApiKey.as_str())
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter().map(credential_from_row).collect()
+        rows.iter().map(rules::credential_from_row).collect()
     }
 
     #[instrument(skip_all)]
@@ -382,7 +292,7 @@ impl Store for PgStore {
         .bind(owner_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(environment_from_row).collect()
+        rows.iter().map(rules::environment_from_row).collect()
     }
 
     #[instrument(skip_all)]
@@ -391,7 +301,7 @@ impl Store for PgStore {
             .bind(id)
             .fetch_one(&self.pool)
             .await?;
-        environment_from_row(&row)
+        rules::environment_from_row(&row)
     }
 
     #[instrument(skip_all)]
@@ -485,7 +395,7 @@ impl Store for PgStore {
             .bind(id)
             .fetch_one(&self.pool)
             .await?;
-        session_from_row(&row)
+        rules::session_from_row(&row)
     }
 
     #[instrument(skip_all)]
@@ -519,7 +429,7 @@ impl Store for PgStore {
                     .await?
                 }
             };
-        rows.iter().map(session_from_row).collect()
+        rows.iter().map(rules::session_from_row).collect()
     }
 
     #[instrument(skip_all)]
@@ -637,7 +547,7 @@ impl Store for PgStore {
         .bind(reclaim_before)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(work_from_row).transpose()
+        row.as_ref().map(rules::work_from_row).transpose()
     }
 
     #[instrument(skip_all)]
@@ -647,7 +557,7 @@ impl Store for PgStore {
             .bind(id)
             .fetch_one(&self.pool)
             .await?;
-        work_from_row(&row)
+        rules::work_from_row(&row)
     }
 
     #[instrument(skip_all)]
@@ -658,21 +568,16 @@ impl Store for PgStore {
         state: WorkState,
         now: Millis,
     ) -> Result<WorkItem> {
-        let sql = match state {
-            WorkState::Acked => {
+        let to = WorkMove::to(state)?;
+        let sql = match to {
+            WorkMove::Ack => {
                 "UPDATE work_items SET state = 'acked', acked_at = COALESCE(acked_at, $1), \
                  heartbeat_at = $1 WHERE environment_id = $2 AND id = $3 AND state != 'stopped' \
                  RETURNING *"
             }
-            WorkState::Stopped => {
+            WorkMove::Stop => {
                 "UPDATE work_items SET state = 'stopped', stopped_at = COALESCE(stopped_at, $1) \
                  WHERE environment_id = $2 AND id = $3 RETURNING *"
-            }
-            WorkState::Delivered | WorkState::Queued => {
-                return Err(StoreError::Conflict(format!(
-                    "cannot move a work item to {}",
-                    state.as_str()
-                )))
             }
         };
         let row = sqlx::query(sql)
@@ -682,13 +587,10 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await?;
         match row {
-            Some(row) => work_from_row(&row),
+            Some(row) => rules::work_from_row(&row),
             None => {
                 let existing = self.work_item(environment_id, id).await?;
-                Err(StoreError::Conflict(format!(
-                    "work item is {}",
-                    existing.state.as_str()
-                )))
+                Err(to.refused(&existing))
             }
         }
     }
@@ -713,7 +615,7 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref()
-            .map(work_from_row)
+            .map(rules::work_from_row)
             .unwrap_or(Err(StoreError::NotFound))
     }
 
@@ -856,7 +758,7 @@ impl Store for PgStore {
             .await?;
         let mut events = rows
             .iter()
-            .map(event_from_row)
+            .map(rules::event_from_row)
             .collect::<Result<Vec<_>>>()?;
         if q.latest {
             events.reverse();
@@ -904,38 +806,15 @@ impl Store for PgStore {
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;
-        let mut session = session_from_row(&row)?;
-        if session.worker_epoch != epoch {
-            return Err(StoreError::Conflict(format!(
-                "worker epoch {epoch} is not the current one ({})",
-                session.worker_epoch
-            )));
-        }
-        if let Some(patch) = &update.external_metadata {
-            switchboard_proto::merge::merge_patch(&mut session.external_metadata, patch);
-        }
-        if let Some(details) = &update.requires_action {
-            session.requires_action = details.clone();
-        }
-        if let Some(status) = update.status {
-            if session.status != SessionStatus::Archived && status != SessionStatus::Archived {
-                session.status = status;
-            }
-        }
-        session.updated_at = now;
+        let mut session = rules::session_from_row(&row)?;
+        session.apply_worker_update(epoch, update, now)?;
         sqlx::query(
             "UPDATE sessions SET status = $1, requires_action = $2, external_metadata = $3, \
              updated_at = $4 WHERE id = $5",
         )
         .bind(session.status.as_str())
-        .bind(
-            session
-                .requires_action
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()?,
-        )
-        .bind(serde_json::to_string(&session.external_metadata)?)
+        .bind(rules::opt_json_text(session.requires_action.as_ref())?)
+        .bind(rules::json_text(&session.external_metadata)?)
         .bind(now)
         .bind(id)
         .execute(&mut *tx)
@@ -950,30 +829,27 @@ impl Store for PgStore {
         session_id: &str,
         updates: &[(EventRef, DeliveryStatus)],
     ) -> Result<()> {
-        // A status only moves forward: received < processing < processed.
-        const FORWARD: &str = "CASE COALESCE(delivery, '') WHEN 'processed' THEN 3 \
-            WHEN 'processing' THEN 2 WHEN 'received' THEN 1 ELSE 0 END < $4";
+        // A status only moves forward (`rules::delivery_rank_sql`).
+        let forward = format!("{} < $4", rules::delivery_rank_sql());
+        let by_uuid = format!(
+            "UPDATE events SET delivery = $1 WHERE session_id = $2 AND uuid = $3 AND {forward}"
+        );
+        let by_seq = format!(
+            "UPDATE events SET delivery = $1 WHERE session_id = $2 AND seq = $3 AND {forward}"
+        );
         let mut tx = self.pool.begin().await?;
         for (target, status) in updates {
-            let rank: i32 = match status {
-                DeliveryStatus::Received => 1,
-                DeliveryStatus::Processing => 2,
-                DeliveryStatus::Processed => 3,
-            };
-            let column = match target {
-                EventRef::Uuid(_) => "uuid",
-                EventRef::Seq(_) => "seq",
-            };
-            let sql = format!(
-                "UPDATE events SET delivery = $1 WHERE session_id = $2 AND {column} = $3 \
-                 AND {FORWARD}"
-            );
-            let query = sqlx::query(&sql).bind(status.as_str()).bind(session_id);
             let query = match target {
-                EventRef::Uuid(uuid) => query.bind(uuid),
-                EventRef::Seq(seq) => query.bind(to_i64(*seq)),
+                EventRef::Uuid(uuid) => sqlx::query(&by_uuid)
+                    .bind(status.as_str())
+                    .bind(session_id)
+                    .bind(uuid),
+                EventRef::Seq(seq) => sqlx::query(&by_seq)
+                    .bind(status.as_str())
+                    .bind(session_id)
+                    .bind(to_i64(*seq)),
             };
-            query.bind(rank).execute(&mut *tx).await?;
+            query.bind(status.rank()).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -992,7 +868,7 @@ impl Store for PgStore {
         .bind(request_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(rules::event_from_row).collect()
     }
 
     #[instrument(skip_all)]
@@ -1058,18 +934,7 @@ impl Store for PgStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(InternalEvent {
-                    seq: to_u64(row.try_get("seq")?),
-                    event_type: row.try_get("event_type")?,
-                    payload: row.try_get("payload")?,
-                    is_compaction: row.try_get("is_compaction")?,
-                    agent_id: row.try_get("agent_id")?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rules::internal_event_from_row).collect()
     }
 
     #[instrument(skip_all)]
@@ -1080,16 +945,7 @@ impl Store for PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(SigningKey {
-                    id: row.try_get("id")?,
-                    secret: row.try_get("secret")?,
-                    created_at: row.try_get("created_at")?,
-                    retired_at: row.try_get("retired_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rules::signing_key_from_row).collect()
     }
 
     #[instrument(skip_all)]
@@ -1125,11 +981,8 @@ impl Store for PgStore {
             .bind(owner_id)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| {
-            let text: String = r.try_get("events")?;
-            serde_json::from_str(&text).map_err(Into::into)
-        })
-        .transpose()
+        row.map(|r| rules::notify_events(&r.try_get::<String, _>("events")?))
+            .transpose()
     }
 
     #[instrument(skip_all)]
@@ -1158,17 +1011,7 @@ impl Store for PgStore {
             .bind(owner_id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(NotifyChannel {
-                    owner_id: row.try_get("owner_id")?,
-                    kind: row.try_get("kind")?,
-                    url: row.try_get("url")?,
-                    secret: row.try_get("secret")?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rules::notify_channel_from_row).collect()
     }
 
     #[instrument(skip_all)]
@@ -1228,19 +1071,7 @@ impl Store for PgStore {
         .bind(owner_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(PushSubscription {
-                    id: row.try_get("id")?,
-                    owner_id: row.try_get("owner_id")?,
-                    endpoint: row.try_get("endpoint")?,
-                    p256dh: row.try_get("p256dh")?,
-                    auth: row.try_get("auth")?,
-                    user_agent: row.try_get("user_agent")?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rules::push_subscription_from_row).collect()
     }
 
     #[instrument(skip_all)]

@@ -23,6 +23,7 @@ use sqlx::ConnectOptions as _;
 use tracing::instrument;
 
 use self::writer::Writer;
+use crate::rules::{self, WorkMove};
 use crate::*;
 
 /// Idle read connections kept open; more are opened when more reads run at once.
@@ -274,129 +275,22 @@ macro_rules! select_session {
     };
 }
 
-fn credential_from_row(row: &Row<'_>) -> Result<Credential> {
-    let kind: String = row.get("kind")?;
-    Ok(Credential {
-        id: row.get("id")?,
-        kind: CredentialKind::parse(&kind)
-            .ok_or_else(|| anyhow::anyhow!("unknown credential kind {kind:?}"))?,
-        owner_id: row.get("owner_id")?,
-        scope: row.get("scope")?,
-        work_id: row.get("work_id")?,
-        name: row.get("name")?,
-        secret_hash: row.get("secret_hash")?,
-        created_at: row.get("created_at")?,
-        expires_at: row.get("expires_at")?,
-        revoked_at: row.get("revoked_at")?,
-    })
-}
-
-fn environment_from_row(row: &Row<'_>) -> Result<Environment> {
-    let metadata: String = row.get("metadata")?;
-    let max_sessions: i64 = row.get("max_sessions")?;
-    Ok(Environment {
-        id: row.get("id")?,
-        owner_id: row.get("owner_id")?,
-        machine_name: row.get("machine_name")?,
-        directory: row.get("directory")?,
-        branch: row.get("branch")?,
-        git_repo_url: row.get("git_repo_url")?,
-        max_sessions: max_sessions.try_into().unwrap_or(u32::MAX),
-        metadata: serde_json::from_str(&metadata)?,
-        created_at: row.get("created_at")?,
-        last_poll_at: row.get("last_poll_at")?,
-        deregistered_at: row.get("deregistered_at")?,
-    })
-}
-
-fn session_from_row(row: &Row<'_>) -> Result<Session> {
-    let status: String = row.get("status")?;
-    let context: String = row.get("session_context")?;
-    Ok(Session {
-        id: row.get("id")?,
-        owner_id: row.get("owner_id")?,
-        environment_id: row.get("environment_id")?,
-        title: row.get("title")?,
-        status: SessionStatus::parse(&status)
-            .ok_or_else(|| anyhow::anyhow!("unknown session status {status:?}"))?,
-        session_context: serde_json::from_str(&context)?,
-        source: row.get("source")?,
-        permission_mode: row.get("permission_mode")?,
-        use_code_sessions: row.get("use_code_sessions")?,
-        created_at: row.get("created_at")?,
-        updated_at: row.get("updated_at")?,
-        archived_at: row.get("archived_at")?,
-        last_seq: to_u64(row.get("last_seq")?),
-        last_activity_at: row.get("last_activity_at")?,
-        worker_cursor: to_u64(row.get("worker_cursor")?),
-        worker_epoch: to_u64(row.get("worker_epoch")?),
-        external_metadata: match row.get::<_, Option<String>>("external_metadata")? {
-            Some(text) => serde_json::from_str(&text)?,
-            None => serde_json::Value::Object(Default::default()),
-        },
-        requires_action: row
-            .get::<_, Option<String>>("requires_action")?
-            .map(|text| serde_json::from_str(&text))
-            .transpose()?,
-    })
-}
-
-fn work_from_row(row: &Row<'_>) -> Result<WorkItem> {
-    let state: String = row.get("state")?;
-    let deliveries: i64 = row.get("deliveries")?;
-    Ok(WorkItem {
-        id: row.get("id")?,
-        environment_id: row.get("environment_id")?,
-        session_id: row.get("session_id")?,
-        state: WorkState::parse(&state)
-            .ok_or_else(|| anyhow::anyhow!("unknown work state {state:?}"))?,
-        created_at: row.get("created_at")?,
-        delivered_at: row.get("delivered_at")?,
-        acked_at: row.get("acked_at")?,
-        heartbeat_at: row.get("heartbeat_at")?,
-        stopped_at: row.get("stopped_at")?,
-        deliveries: deliveries.try_into().unwrap_or(u32::MAX),
-    })
-}
-
-fn event_from_row(row: &Row<'_>) -> Result<StoredEvent> {
-    let direction: String = row.get("direction")?;
-    Ok(StoredEvent {
-        session_id: row.get("session_id")?,
-        seq: to_u64(row.get("seq")?),
-        direction: Direction::parse(&direction)
-            .ok_or_else(|| anyhow::anyhow!("unknown event direction {direction:?}"))?,
-        kind: row.get("kind")?,
-        uuid: row.get("uuid")?,
-        payload: row.get("payload")?,
-        created_at: row.get("created_at")?,
-        request_id: row.get("request_id")?,
-        delivery: row
-            .get::<_, Option<String>>("delivery")?
-            .as_deref()
-            .and_then(DeliveryStatus::parse),
-        sent_with: row.get("sent_with")?,
-    })
-}
-
-fn signing_key_from_row(row: &Row<'_>) -> Result<SigningKey> {
-    Ok(SigningKey {
-        id: row.get("id")?,
-        secret: row.get("secret")?,
-        created_at: row.get("created_at")?,
-        retired_at: row.get("retired_at")?,
-    })
-}
-
-fn internal_event_from_row(row: &Row<'_>) -> Result<InternalEvent> {
-    Ok(InternalEvent {
-        seq: to_u64(row.get("seq")?),
-        event_type: row.get("event_type")?,
-        payload: row.get("payload")?,
-        is_compaction: row.get("is_compaction")?,
-        agent_id: row.get("agent_id")?,
-        created_at: row.get("created_at")?,
-    })
+impl rules::Columns for Row<'_> {
+    fn text(&self, name: &str) -> Result<String> {
+        Ok(self.get(name)?)
+    }
+    fn opt_text(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.get(name)?)
+    }
+    fn int(&self, name: &str) -> Result<i64> {
+        Ok(self.get(name)?)
+    }
+    fn opt_int(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self.get(name)?)
+    }
+    fn flag(&self, name: &str) -> Result<bool> {
+        Ok(self.get(name)?)
+    }
 }
 
 /// One work item of an environment.
@@ -452,13 +346,7 @@ impl Store for SqliteStore {
                 c,
                 "SELECT id, name, created_at FROM owners WHERE name = ?1",
                 [&name],
-                |row| {
-                    Ok(Owner {
-                        id: row.get("id")?,
-                        name: row.get("name")?,
-                        created_at: row.get("created_at")?,
-                    })
-                },
+                |row| rules::owner_from_row(row),
             )?
             .ok_or(StoreError::NotFound)
         })
@@ -496,12 +384,9 @@ impl Store for SqliteStore {
     async fn credential(&self, id: &str) -> Result<Credential> {
         let id = id.to_owned();
         self.read(move |c| {
-            query_one(
-                c,
-                "SELECT * FROM credentials WHERE id = ?1",
-                [&id],
-                credential_from_row,
-            )?
+            query_one(c, "SELECT * FROM credentials WHERE id = ?1", [&id], |row| {
+                rules::credential_from_row(row)
+            })?
             .ok_or(StoreError::NotFound)
         })
         .await
@@ -585,7 +470,7 @@ impl Store for SqliteStore {
                 c,
                 "SELECT * FROM credentials WHERE kind = ?1 ORDER BY created_at DESC",
                 [CredentialKind::ApiKey.as_str()],
-                credential_from_row,
+                |row| rules::credential_from_row(row),
             )
         })
         .await
@@ -633,7 +518,7 @@ impl Store for SqliteStore {
                 "SELECT * FROM environments WHERE owner_id = ?1 AND deregistered_at IS NULL \
                  ORDER BY last_poll_at DESC LIMIT 500",
                 [&owner_id],
-                environment_from_row,
+                |row| rules::environment_from_row(row),
             )
         })
         .await
@@ -647,7 +532,7 @@ impl Store for SqliteStore {
                 c,
                 "SELECT * FROM environments WHERE id = ?1",
                 [&id],
-                environment_from_row,
+                |row| rules::environment_from_row(row),
             )?
             .ok_or(StoreError::NotFound)
         })
@@ -758,7 +643,7 @@ impl Store for SqliteStore {
                 c,
                 concat!(select_session!(), " WHERE s.id = ?1"),
                 [&id],
-                session_from_row,
+                |row| rules::session_from_row(row),
             )?
             .ok_or(StoreError::NotFound)
         })
@@ -785,7 +670,7 @@ impl Store for SqliteStore {
                      ORDER BY s.created_at DESC, s.id DESC LIMIT ?3"
                 ),
                 params![before, owner_id, i64::from(limit)],
-                session_from_row,
+                |row| rules::session_from_row(row),
             ),
             None => query_all(
                 c,
@@ -794,7 +679,7 @@ impl Store for SqliteStore {
                     " WHERE s.owner_id = ?1 ORDER BY s.created_at DESC, s.id DESC LIMIT ?2"
                 ),
                 params![owner_id, i64::from(limit)],
-                session_from_row,
+                |row| rules::session_from_row(row),
             ),
         })
         .await
@@ -919,7 +804,7 @@ impl Store for SqliteStore {
                      ORDER BY created_at, id LIMIT 1) \
                  RETURNING *",
                 params![now, environment_id, reclaim_before],
-                work_from_row,
+                |row| rules::work_from_row(row),
             )
         })
         .await
@@ -929,8 +814,10 @@ impl Store for SqliteStore {
     async fn work_item(&self, environment_id: &str, id: &str) -> Result<WorkItem> {
         let (environment_id, id) = (environment_id.to_owned(), id.to_owned());
         self.read(move |c| {
-            query_one(c, SELECT_WORK_ITEM, [&environment_id, &id], work_from_row)?
-                .ok_or(StoreError::NotFound)
+            query_one(c, SELECT_WORK_ITEM, [&environment_id, &id], |row| {
+                rules::work_from_row(row)
+            })?
+            .ok_or(StoreError::NotFound)
         })
         .await
     }
@@ -943,35 +830,30 @@ impl Store for SqliteStore {
         state: WorkState,
         now: Millis,
     ) -> Result<WorkItem> {
-        let sql = match state {
-            WorkState::Acked => {
+        let to = WorkMove::to(state)?;
+        let sql = match to {
+            WorkMove::Ack => {
                 "UPDATE work_items SET state = 'acked', acked_at = COALESCE(acked_at, ?1), \
                  heartbeat_at = ?1 WHERE environment_id = ?2 AND id = ?3 AND state != 'stopped' \
                  RETURNING *"
             }
-            WorkState::Stopped => {
+            WorkMove::Stop => {
                 "UPDATE work_items SET state = 'stopped', stopped_at = COALESCE(stopped_at, ?1) \
                  WHERE environment_id = ?2 AND id = ?3 RETURNING *"
-            }
-            WorkState::Delivered | WorkState::Queued => {
-                return Err(StoreError::Conflict(format!(
-                    "cannot move a work item to {}",
-                    state.as_str()
-                )))
             }
         };
         let (environment_id, id) = (environment_id.to_owned(), id.to_owned());
         self.write(move |c| {
-            if let Some(work) = query_one(c, sql, params![now, environment_id, id], work_from_row)?
-            {
+            if let Some(work) = query_one(c, sql, params![now, environment_id, id], |row| {
+                rules::work_from_row(row)
+            })? {
                 return Ok(work);
             }
-            let existing = query_one(c, SELECT_WORK_ITEM, [&environment_id, &id], work_from_row)?
-                .ok_or(StoreError::NotFound)?;
-            Err(StoreError::Conflict(format!(
-                "work item is {}",
-                existing.state.as_str()
-            )))
+            let existing = query_one(c, SELECT_WORK_ITEM, [&environment_id, &id], |row| {
+                rules::work_from_row(row)
+            })?
+            .ok_or(StoreError::NotFound)?;
+            Err(to.refused(&existing))
         })
         .await
     }
@@ -993,7 +875,7 @@ impl Store for SqliteStore {
                  state = 'stopped', stopped_at = COALESCE(stopped_at, ?1) \
                  WHERE environment_id = ?2 AND id = ?3 RETURNING *",
                 params![now, environment_id, id],
-                work_from_row,
+                |row| rules::work_from_row(row),
             )?
             .ok_or(StoreError::NotFound)
         })
@@ -1144,7 +1026,7 @@ impl Store for SqliteStore {
                     q.direction.map(Direction::as_str),
                     i64::from(q.limit),
                 ],
-                event_from_row,
+                |row| rules::event_from_row(row),
             )?;
             if q.latest {
                 events.reverse();
@@ -1200,39 +1082,18 @@ impl Store for SqliteStore {
                 c,
                 concat!(select_session!(), " WHERE s.id = ?1"),
                 [&id],
-                session_from_row,
+                |row| rules::session_from_row(row),
             )?
             .ok_or(StoreError::NotFound)?;
-            if session.worker_epoch != epoch {
-                return Err(StoreError::Conflict(format!(
-                    "worker epoch {epoch} is not the current one ({})",
-                    session.worker_epoch
-                )));
-            }
-            if let Some(patch) = &update.external_metadata {
-                switchboard_proto::merge::merge_patch(&mut session.external_metadata, patch);
-            }
-            if let Some(details) = update.requires_action {
-                session.requires_action = details;
-            }
-            if let Some(status) = update.status {
-                if session.status != SessionStatus::Archived && status != SessionStatus::Archived {
-                    session.status = status;
-                }
-            }
-            session.updated_at = now;
+            session.apply_worker_update(epoch, &update, now)?;
             exec(
                 c,
                 "UPDATE sessions SET status = ?1, requires_action = ?2, external_metadata = ?3, \
                  updated_at = ?4 WHERE id = ?5",
                 params![
                     session.status.as_str(),
-                    session
-                        .requires_action
-                        .as_ref()
-                        .map(serde_json::to_string)
-                        .transpose()?,
-                    serde_json::to_string(&session.external_metadata)?,
+                    rules::opt_json_text(session.requires_action.as_ref())?,
+                    rules::json_text(&session.external_metadata)?,
                     now,
                     id,
                 ],
@@ -1248,33 +1109,28 @@ impl Store for SqliteStore {
         session_id: &str,
         updates: &[(EventRef, DeliveryStatus)],
     ) -> Result<()> {
-        // A status only moves forward: received < processing < processed.
-        const RANK: &str = "CASE COALESCE(delivery, '') WHEN 'processed' THEN 3 \
-            WHEN 'processing' THEN 2 WHEN 'received' THEN 1 ELSE 0 END < ?3";
+        // A status only moves forward (`rules::delivery_rank_sql`).
+        let forward = format!("{} < ?3", rules::delivery_rank_sql());
+        let by_uuid = format!(
+            "UPDATE events SET delivery = ?1 WHERE session_id = ?2 AND {forward} AND uuid = ?4"
+        );
+        let by_seq = format!(
+            "UPDATE events SET delivery = ?1 WHERE session_id = ?2 AND {forward} AND seq = ?4"
+        );
         let session_id = session_id.to_owned();
         let updates = updates.to_vec();
         self.write(move |c| {
             for (target, status) in &updates {
-                let rank = match status {
-                    DeliveryStatus::Received => 1,
-                    DeliveryStatus::Processing => 2,
-                    DeliveryStatus::Processed => 3,
-                };
+                let rank = status.rank();
                 match target {
                     EventRef::Uuid(uuid) => exec(
                         c,
-                        &format!(
-                            "UPDATE events SET delivery = ?1 WHERE session_id = ?2 AND {RANK} \
-                             AND uuid = ?4"
-                        ),
+                        &by_uuid,
                         params![status.as_str(), session_id, rank, uuid],
                     )?,
                     EventRef::Seq(seq) => exec(
                         c,
-                        &format!(
-                            "UPDATE events SET delivery = ?1 WHERE session_id = ?2 AND {RANK} \
-                             AND seq = ?4"
-                        ),
+                        &by_seq,
                         params![status.as_str(), session_id, rank, to_i64(*seq)],
                     )?,
                 };
@@ -1296,7 +1152,7 @@ impl Store for SqliteStore {
                 c,
                 "SELECT * FROM events WHERE session_id = ?1 AND request_id = ?2 ORDER BY seq",
                 [&session_id, &request_id],
-                event_from_row,
+                |row| rules::event_from_row(row),
             )
         })
         .await
@@ -1359,7 +1215,7 @@ impl Store for SqliteStore {
                 "SELECT * FROM internal_events WHERE session_id = ?1 AND seq > ?2 \
                  AND (agent_id IS NOT NULL) = ?3 ORDER BY seq LIMIT ?4",
                 params![session_id, to_i64(after), subagents, i64::from(limit)],
-                internal_event_from_row,
+                |row| rules::internal_event_from_row(row),
             )
         })
         .await
@@ -1373,7 +1229,7 @@ impl Store for SqliteStore {
                 "SELECT * FROM signing_keys WHERE retired_at IS NULL \
                  ORDER BY created_at DESC, id DESC",
                 [],
-                signing_key_from_row,
+                |row| rules::signing_key_from_row(row),
             )
         })
         .await
@@ -1421,8 +1277,7 @@ impl Store for SqliteStore {
                 )
             })
             .await?;
-        text.map(|t| serde_json::from_str(&t).map_err(Into::into))
-            .transpose()
+        text.as_deref().map(rules::notify_events).transpose()
     }
 
     #[instrument(skip_all)]
@@ -1455,15 +1310,7 @@ impl Store for SqliteStore {
                 c,
                 "SELECT * FROM notify_channels WHERE owner_id = ?1 ORDER BY kind",
                 [&owner_id],
-                |row| {
-                    Ok(NotifyChannel {
-                        owner_id: row.get("owner_id")?,
-                        kind: row.get("kind")?,
-                        url: row.get("url")?,
-                        secret: row.get("secret")?,
-                        created_at: row.get("created_at")?,
-                    })
-                },
+                |row| rules::notify_channel_from_row(row),
             )
         })
         .await
@@ -1535,17 +1382,7 @@ impl Store for SqliteStore {
                 "SELECT * FROM push_subscriptions WHERE owner_id = ?1 \
                  ORDER BY created_at, id",
                 [&owner_id],
-                |row| {
-                    Ok(PushSubscription {
-                        id: row.get("id")?,
-                        owner_id: row.get("owner_id")?,
-                        endpoint: row.get("endpoint")?,
-                        p256dh: row.get("p256dh")?,
-                        auth: row.get("auth")?,
-                        user_agent: row.get("user_agent")?,
-                        created_at: row.get("created_at")?,
-                    })
-                },
+                |row| rules::push_subscription_from_row(row),
             )
         })
         .await

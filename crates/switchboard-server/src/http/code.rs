@@ -1,82 +1,97 @@
-//! `/v1/code/sessions*`: code sessions, worker credentials and the CCR v2 worker API
-//! (docs/PROTOCOL.md §9–§10).
+//! `/v1/code/sessions*`: the v2 worker API (docs/PROTOCOL.md §9) and the code sessions
+//! it serves without an environment (§10).
+//!
+//! "The v2 worker API" is this plane's one name in the server: the worker reads an SSE
+//! stream (`sse.rs`) and writes with the calls below. Every body and answer is a
+//! `switchboard_proto::code` type, the same types `switchboard-client` sends and reads.
+
+use std::marker::PhantomData;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+use switchboard_proto::code::{
+    Accepted, BridgeCredentials, CreateCodeSessionRequest, CreateCodeSessionResponse,
+    DeliveryRequest, EventStreamQuery, HeartbeatRequest, InternalEventsPage, InternalEventsQuery,
+    InternalEventsRequest, RegisterWorkerResponse, WorkerEventsRequest, WorkerResponse,
+    WorkerStateRequest,
+};
 
 use super::{Auth, AuthWith};
 use crate::error::{ApiError, Json, OptionalJson, Path, Query};
 use crate::state::{Access, AppState};
 
-/// Reads `worker_epoch`: a JSON number, or a decimal string (protojson int64).
-fn epoch(body: &Map<String, Value>) -> Result<u64, ApiError> {
-    let value = body
-        .get("worker_epoch")
-        .ok_or_else(|| ApiError::BadRequest("worker_epoch is required".into()))?;
-    switchboard_proto::code::epoch::deserialize(value)
-        .map_err(|e| ApiError::BadRequest(format!("worker_epoch: {e}")))
+/// The body of a worker's write, read in two steps: first as a JSON object (malformed
+/// JSON is refused before anything else), then, once the epoch fence has let the write
+/// through, as the protocol type `T`. So a stale or foreign worker is told 403/409
+/// whatever else is wrong with its body, as before the body's shape is judged.
+#[derive(Debug)]
+pub(crate) struct WorkerWrite<T> {
+    body: Map<String, Value>,
+    kind: PhantomData<fn() -> T>,
 }
 
-/// Loads the session a worker writes to and refuses the write (409) when the session is
-/// archived or its `worker_epoch` is not the current one.
-async fn fenced(
-    state: &AppState,
-    principal: &crate::auth::Principal,
-    id: &str,
-    body: &Map<String, Value>,
-) -> Result<switchboard_store::Session, ApiError> {
-    let session = state
-        .authorize_session(principal, id, Access::OwnerOrSessionWorker)
-        .await?;
-    AppState::refuse_archived(&session)?;
-    AppState::check_epoch(principal, &session, epoch(body)?)?;
-    Ok(session)
-}
-
-fn array(body: &mut Map<String, Value>, key: &str) -> Result<Vec<Value>, ApiError> {
-    match body.remove(key) {
-        Some(Value::Array(items)) => Ok(items),
-        _ => Err(ApiError::BadRequest(format!("\"{key}\" must be an array"))),
+impl<'de, T> Deserialize<'de> for WorkerWrite<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Self {
+            body: Map::deserialize(deserializer)?,
+            kind: PhantomData,
+        })
     }
 }
 
-/// Body of `POST /v1/code/sessions`.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct CreateCodeSession {
-    title: Option<String>,
-    #[serde(default)]
-    tags: Vec<String>,
+impl<T: DeserializeOwned> WorkerWrite<T> {
+    /// Reads `worker_epoch`: a JSON number, or a decimal string (protojson int64).
+    fn epoch(&self) -> Result<u64, ApiError> {
+        let value = self
+            .body
+            .get("worker_epoch")
+            .ok_or_else(|| ApiError::BadRequest("worker_epoch is required".into()))?;
+        switchboard_proto::code::epoch::deserialize(value)
+            .map_err(|e| ApiError::BadRequest(format!("worker_epoch: {e}")))
+    }
+
+    /// Loads the session the worker writes to, refuses the write (409) when the session
+    /// is archived or the body's epoch is not the current one, and then reads the body as
+    /// `T`.
+    async fn fenced(
+        self,
+        state: &AppState,
+        principal: &crate::auth::Principal,
+        id: &str,
+    ) -> Result<(switchboard_store::Session, T), ApiError> {
+        let session = state.authorize_session(principal, id, Access::OwnerOrSessionWorker).await?;
+        AppState::refuse_archived(&session)?;
+        AppState::check_epoch(principal, &session, self.epoch()?)?;
+        let body = serde_json::from_value(Value::Object(self.body)).map_err(|e| {
+            ApiError::BadRequest(format!("request body is not valid JSON here: {e}"))
+        })?;
+        Ok((session, body))
+    }
 }
 
 /// `POST /v1/code/sessions`.
 pub(crate) async fn create(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    OptionalJson(req): OptionalJson<CreateCodeSession>,
-) -> Result<axum::Json<Value>, ApiError> {
+    OptionalJson(req): OptionalJson<CreateCodeSessionRequest>,
+) -> Result<axum::Json<CreateCodeSessionResponse>, ApiError> {
     let owner_id = AppState::require_owner(&principal)?;
-    let session = state
-        .create_code_session(owner_id, req.title, req.tags)
-        .await?;
-    let mut resource = serde_json::to_value(state.session_resource(&session))
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    resource["id"] = Value::String(format!("cse_{}", session.id));
-    Ok(axum::Json(json!({ "session": resource })))
+    let session = state.create_code_session(owner_id, req).await?;
+    Ok(axum::Json(state.code_session_resource(&session)?))
 }
 
-/// `POST /v1/code/sessions/{id}/bridge`.
-pub(crate) async fn bridge(
+/// `POST /v1/code/sessions/{id}/bridge`: worker credentials (§10.2).
+pub(crate) async fn credentials(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let session = state
-        .authorize_session(&principal, &id, Access::OwnerOnly)
-        .await?;
-    Ok(axum::Json(state.bridge_credentials(&session).await?))
+) -> Result<axum::Json<BridgeCredentials>, ApiError> {
+    let session = state.authorize_session(&principal, &id, Access::OwnerOnly).await?;
+    Ok(axum::Json(state.worker_credentials(&session).await?))
 }
 
 /// `POST /v1/code/sessions/{id}/worker/register`.
@@ -84,12 +99,10 @@ pub(crate) async fn register(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let session = state
-        .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
-        .await?;
-    let epoch = state.register_worker(&session).await?;
-    Ok(axum::Json(json!({ "worker_epoch": epoch })))
+) -> Result<axum::Json<RegisterWorkerResponse>, ApiError> {
+    let session = state.authorize_session(&principal, &id, Access::OwnerOrSessionWorker).await?;
+    let worker_epoch = state.register_worker(&session).await?;
+    Ok(axum::Json(RegisterWorkerResponse { worker_epoch }))
 }
 
 /// `PUT /v1/code/sessions/{id}/worker`.
@@ -97,13 +110,13 @@ pub(crate) async fn put_worker(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(id): Path<String>,
-    Json(body): Json<Map<String, Value>>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let session = fenced(&state, &principal, &id, &body).await?;
+    Json(body): Json<WorkerWrite<WorkerStateRequest>>,
+) -> Result<axum::Json<Accepted>, ApiError> {
+    let (session, report) = body.fenced(&state, &principal, &id).await?;
     state
-        .put_worker(&session, session.worker_epoch, &body)
+        .put_worker(&session, session.worker_epoch, report)
         .await?;
-    Ok(axum::Json(json!({})))
+    Ok(axum::Json(Accepted {}))
 }
 
 /// `GET /v1/code/sessions/{id}/worker`.
@@ -111,10 +124,8 @@ pub(crate) async fn get_worker(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let session = state
-        .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
-        .await?;
+) -> Result<axum::Json<WorkerResponse>, ApiError> {
+    let session = state.authorize_session(&principal, &id, Access::OwnerOrSessionWorker).await?;
     Ok(axum::Json(state.worker_state(&session)))
 }
 
@@ -123,11 +134,11 @@ pub(crate) async fn heartbeat(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(id): Path<String>,
-    Json(body): Json<Map<String, Value>>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let session = fenced(&state, &principal, &id, &body).await?;
+    Json(body): Json<WorkerWrite<HeartbeatRequest>>,
+) -> Result<axum::Json<Accepted>, ApiError> {
+    let (session, _beat) = body.fenced(&state, &principal, &id).await?;
     state.worker_heartbeat(&session);
-    Ok(axum::Json(json!({})))
+    Ok(axum::Json(Accepted {}))
 }
 
 /// `POST /v1/code/sessions/{id}/worker/events`.
@@ -135,13 +146,11 @@ pub(crate) async fn events(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(id): Path<String>,
-    Json(mut body): Json<Map<String, Value>>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let session = fenced(&state, &principal, &id, &body).await?;
-    state
-        .worker_events(&session, array(&mut body, "events")?)
-        .await?;
-    Ok(axum::Json(json!({})))
+    Json(body): Json<WorkerWrite<WorkerEventsRequest>>,
+) -> Result<axum::Json<Accepted>, ApiError> {
+    let (session, req) = body.fenced(&state, &principal, &id).await?;
+    state.worker_events(&session, req.events).await?;
+    Ok(axum::Json(Accepted {}))
 }
 
 /// `POST /v1/code/sessions/{id}/worker/internal-events`.
@@ -149,21 +158,11 @@ pub(crate) async fn post_internal(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(id): Path<String>,
-    Json(mut body): Json<Map<String, Value>>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let session = fenced(&state, &principal, &id, &body).await?;
-    state
-        .worker_internal_events(&session, array(&mut body, "events")?)
-        .await?;
-    Ok(axum::Json(json!({})))
-}
-
-/// Query of `GET …/worker/internal-events`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct InternalQuery {
-    #[serde(default)]
-    subagents: bool,
-    cursor: Option<String>,
+    Json(body): Json<WorkerWrite<InternalEventsRequest>>,
+) -> Result<axum::Json<Accepted>, ApiError> {
+    let (session, req) = body.fenced(&state, &principal, &id).await?;
+    state.worker_internal_events(&session, req.events).await?;
+    Ok(axum::Json(Accepted {}))
 }
 
 /// `GET /v1/code/sessions/{id}/worker/internal-events`.
@@ -171,11 +170,9 @@ pub(crate) async fn get_internal(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(id): Path<String>,
-    Query(q): Query<InternalQuery>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let session = state
-        .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
-        .await?;
+    Query(q): Query<InternalEventsQuery>,
+) -> Result<axum::Json<InternalEventsPage>, ApiError> {
+    let session = state.authorize_session(&principal, &id, Access::OwnerOrSessionWorker).await?;
     Ok(axum::Json(
         state
             .worker_internal_page(&session, q.subagents, q.cursor.as_deref())
@@ -188,30 +185,11 @@ pub(crate) async fn delivery(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(id): Path<String>,
-    Json(mut body): Json<Map<String, Value>>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let session = fenced(&state, &principal, &id, &body).await?;
-    let mut updates = Vec::new();
-    for (i, update) in array(&mut body, "updates")?.into_iter().enumerate() {
-        match (update.get("event_id"), update.get("status")) {
-            (Some(Value::String(id)), Some(Value::String(status))) => {
-                updates.push((id.clone(), status.clone()))
-            }
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "update {i} needs string event_id and status"
-                )))
-            }
-        }
-    }
-    state.worker_delivery(&session, updates).await?;
-    Ok(axum::Json(json!({})))
-}
-
-/// Query of the event stream.
-#[derive(Debug, Deserialize)]
-pub(crate) struct StreamQuery {
-    from_sequence_num: Option<u64>,
+    Json(body): Json<WorkerWrite<DeliveryRequest>>,
+) -> Result<axum::Json<Accepted>, ApiError> {
+    let (session, req) = body.fenced(&state, &principal, &id).await?;
+    state.worker_delivery(&session, req.updates).await?;
+    Ok(axum::Json(Accepted {}))
 }
 
 /// `GET /v1/code/sessions/{id}/worker/events/stream`: SSE of inbound events.
@@ -219,12 +197,10 @@ pub(crate) async fn stream(
     State(state): State<AppState>,
     AuthWith(principal, credential): AuthWith,
     Path(id): Path<String>,
-    Query(q): Query<StreamQuery>,
+    Query(q): Query<EventStreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = state
-        .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
-        .await?;
+    let session = state.authorize_session(&principal, &id, Access::OwnerOrSessionWorker).await?;
     if session.archived_at.is_some() {
         return Err(ApiError::NotFound("session is archived".into()));
     }

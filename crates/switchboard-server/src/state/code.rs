@@ -1,11 +1,20 @@
-//! The CCR v2 plane: code sessions, worker credentials and the `/worker/*` API
-//! (docs/PROTOCOL.md §9–§10).
+//! The v2 worker API (docs/PROTOCOL.md §9): worker credentials, epochs, worker state,
+//! the worker's writes and delivery reports, and the code sessions it serves without an
+//! environment (§10).
+//!
+//! The server calls this plane "the v2 worker API" everywhere (the protocol's own name);
+//! its methods here are named `worker_*`. Requests and answers are the
+//! `switchboard_proto::code` types.
 
 use serde_json::{json, Value};
+use switchboard_proto::code::{
+    BridgeCredentials, CodeSession, CreateCodeSessionRequest, CreateCodeSessionResponse,
+    DeliveryUpdate, InternalEvent, InternalEventsPage, StoredInternalEvent, WorkerEvent,
+    WorkerInfo, WorkerResponse, WorkerStateRequest, WorkerStatus,
+};
 use switchboard_proto::SessionId;
 use switchboard_store::{
-    DeliveryStatus, EventRef, NewInternalEvent, Session, SessionStatus, SigningKey, StoreError,
-    WorkerUpdate,
+    EventRef, NewInternalEvent, Session, SessionStatus, SigningKey, StoreError, WorkerUpdate,
 };
 
 use super::AppState;
@@ -60,9 +69,9 @@ impl AppState {
     pub(crate) async fn create_code_session(
         &self,
         owner_id: &str,
-        title: Option<String>,
-        tags: Vec<String>,
+        req: CreateCodeSessionRequest,
     ) -> Result<Session, ApiError> {
+        let tags = req.tags.unwrap_or_default();
         if tags.len() > limits::MAX_TAGS {
             return Err(ApiError::BadRequest(format!(
                 "{} tags; at most {} are accepted",
@@ -74,7 +83,8 @@ impl AppState {
             limits::check_len("a tag", tag, limits::MAX_TAG_BYTES)?;
         }
         let req = switchboard_proto::sessions::CreateSessionRequest {
-            title,
+            // An empty title is no title (`create_session` drops blank ones).
+            title: Some(req.title),
             session_context: json!({ "tags": tags }),
             source: Some("code-session".into()),
             use_code_sessions: Some(true),
@@ -83,8 +93,22 @@ impl AppState {
         self.create_session(owner_id, req).await
     }
 
+    /// The answer to `POST /v1/code/sessions`: the session resource under its `cse_` id.
+    pub(crate) fn code_session_resource(
+        &self,
+        session: &Session,
+    ) -> Result<CreateCodeSessionResponse, ApiError> {
+        let resource = self.session_resource(session);
+        let session = CodeSession::from_resource(format!("cse_{}", session.id), &resource)
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        Ok(CreateCodeSessionResponse { session })
+    }
+
     /// `POST /v1/code/sessions/{id}/bridge`: a worker JWT for a new epoch.
-    pub(crate) async fn bridge_credentials(&self, session: &Session) -> Result<Value, ApiError> {
+    pub(crate) async fn worker_credentials(
+        &self,
+        session: &Session,
+    ) -> Result<BridgeCredentials, ApiError> {
         if session.status == SessionStatus::Archived {
             return Err(ApiError::Conflict("session is archived".into()));
         }
@@ -105,13 +129,12 @@ impl AppState {
             exp: now + i64::try_from(ttl).unwrap_or(i64::MAX / 2),
             nbf: None,
         };
-        let token = jwt::sign(&claims, &keys[0]);
-        Ok(json!({
-            "worker_jwt": token,
-            "expires_in": ttl,
-            "api_base_url": self.public_url(),
-            "worker_epoch": epoch,
-        }))
+        Ok(BridgeCredentials {
+            worker_jwt: jwt::sign(&claims, &keys[0]),
+            expires_in: ttl,
+            api_base_url: self.public_url(),
+            worker_epoch: epoch,
+        })
     }
 
     /// `POST …/worker/register`: a new worker claims the session.
@@ -149,36 +172,22 @@ impl AppState {
         &self,
         session: &Session,
         epoch: u64,
-        body: &serde_json::Map<String, Value>,
+        report: WorkerStateRequest,
     ) -> Result<(), ApiError> {
-        let status = match body.get("worker_status") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => match s.as_str() {
-                "idle" => Some(SessionStatus::Idle),
-                "running" => Some(SessionStatus::Running),
-                "requires_action" => Some(SessionStatus::RequiresAction),
-                other => {
-                    return Err(ApiError::BadRequest(format!(
-                        "unknown worker_status {other:?}"
-                    )))
-                }
-            },
-            Some(_) => {
-                return Err(ApiError::BadRequest(
-                    "worker_status must be a string".into(),
-                ))
-            }
-        };
-        let requires_action = match body.get("requires_action_details") {
-            Some(Value::Null) => Some(None),
-            Some(details) => Some(Some(details.clone())),
+        let status = report.worker_status.map(|status| match status {
+            WorkerStatus::Idle => SessionStatus::Idle,
+            WorkerStatus::Running => SessionStatus::Running,
+            WorkerStatus::RequiresAction => SessionStatus::RequiresAction,
+        });
+        let requires_action = match report.requires_action_details {
+            Some(details) => Some(details),
             // Leaving `requires_action` clears what the worker waited on.
             None if status.is_some_and(|s| s != SessionStatus::RequiresAction) => Some(None),
             None => None,
         };
-        let external_metadata = match body.get("external_metadata") {
+        let external_metadata = match report.external_metadata {
             None => None,
-            Some(patch @ (Value::Object(_) | Value::Null)) => Some(patch.clone()),
+            Some(patch @ (Value::Object(_) | Value::Null)) => Some(patch),
             Some(_) => {
                 return Err(ApiError::BadRequest(
                     "external_metadata must be an object".into(),
@@ -204,15 +213,16 @@ impl AppState {
     }
 
     /// `GET …/worker`.
-    pub(crate) fn worker_state(&self, session: &Session) -> Value {
-        json!({
-            "worker": {
-                "external_metadata": session.external_metadata,
-                "worker_status": session.status.as_str(),
-                "worker_epoch": session.worker_epoch,
-                "requires_action_details": session.requires_action,
-            }
-        })
+    pub(crate) fn worker_state(&self, session: &Session) -> WorkerResponse {
+        WorkerResponse {
+            worker: WorkerInfo {
+                external_metadata: Some(session.external_metadata.clone()),
+                internal_metadata: None,
+                worker_status: Some(session.status.as_str().to_string()),
+                worker_epoch: Some(session.worker_epoch),
+                requires_action_details: Some(session.requires_action.clone()),
+            },
+        }
     }
 
     /// `POST …/worker/heartbeat`.
@@ -224,22 +234,17 @@ impl AppState {
     pub(crate) async fn worker_events(
         &self,
         session: &Session,
-        events: Vec<Value>,
+        events: Vec<WorkerEvent>,
     ) -> Result<(), ApiError> {
         limits::check_count("events", events.len())?;
         let mut payloads = Vec::with_capacity(events.len());
         for (i, event) in events.into_iter().enumerate() {
-            match event {
-                Value::Object(mut o) => match o.remove("payload") {
-                    Some(payload @ Value::Object(_)) => payloads.push(payload),
-                    _ => {
-                        return Err(ApiError::BadRequest(format!(
-                            "event {i} needs a \"payload\" object"
-                        )))
-                    }
-                },
-                _ => return Err(ApiError::BadRequest(format!("event {i} is not an object"))),
+            if !event.payload.is_object() {
+                return Err(ApiError::BadRequest(format!(
+                    "event {i} needs a \"payload\" object"
+                )));
             }
+            payloads.push(event.payload);
         }
         self.hub().channel(&session.id).heartbeat();
         self.append_outbound(session, payloads).await.map(drop)
@@ -249,49 +254,40 @@ impl AppState {
     pub(crate) async fn worker_delivery(
         &self,
         session: &Session,
-        updates: Vec<(String, String)>,
+        updates: Vec<DeliveryUpdate>,
     ) -> Result<(), ApiError> {
         limits::check_count("delivery updates", updates.len())?;
-        let mut parsed = Vec::with_capacity(updates.len());
-        for (id, status) in updates {
-            let status = DeliveryStatus::parse(&status).ok_or_else(|| {
-                ApiError::BadRequest(format!("unknown delivery status {status:?}"))
-            })?;
-            parsed.push((event_ref(&id), status));
-        }
-        Ok(self.store().set_delivery(&session.id, &parsed).await?)
+        let updates: Vec<_> = updates
+            .iter()
+            .map(|u| (event_ref(&u.event_id), u.status.into()))
+            .collect();
+        Ok(self.store().set_delivery(&session.id, &updates).await?)
     }
 
     /// `POST …/worker/internal-events`.
     pub(crate) async fn worker_internal_events(
         &self,
         session: &Session,
-        events: Vec<Value>,
+        events: Vec<InternalEvent>,
     ) -> Result<(), ApiError> {
         limits::check_count("events", events.len())?;
         let mut stored = Vec::with_capacity(events.len());
         for (i, event) in events.into_iter().enumerate() {
-            let payload = event
-                .get("payload")
-                .filter(|p| p.is_object())
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!("event {i} needs a \"payload\" object"))
-                })?;
+            if !event.payload.is_object() {
+                return Err(ApiError::BadRequest(format!(
+                    "event {i} needs a \"payload\" object"
+                )));
+            }
             stored.push(NewInternalEvent {
-                event_type: payload
+                event_type: event
+                    .payload
                     .get("type")
                     .and_then(Value::as_str)
                     .unwrap_or("unknown")
                     .into(),
-                payload: payload.to_string(),
-                is_compaction: event
-                    .get("is_compaction")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
-                agent_id: event
-                    .get("agent_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
+                payload: event.payload.to_string(),
+                is_compaction: event.is_compaction,
+                agent_id: event.agent_id,
             });
         }
         self.store()
@@ -306,7 +302,7 @@ impl AppState {
         session: &Session,
         subagents: bool,
         cursor: Option<&str>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<InternalEventsPage, ApiError> {
         const PAGE: u32 = 500;
         let mut after = match cursor {
             Some(c) => c
@@ -337,19 +333,21 @@ impl AppState {
             .await?;
         let next =
             (events.len() == PAGE as usize).then(|| events.last().map(|e| e.seq.to_string()));
-        let data: Vec<Value> = events
-            .iter()
-            .map(|e| {
-                json!({
-                    "event_id": format!("int-{}", e.seq),
-                    "event_type": e.event_type,
-                    "payload": serde_json::from_str::<Value>(&e.payload).unwrap_or(Value::Null),
-                    "is_compaction": e.is_compaction,
-                    "created_at": crate::time::iso(e.created_at),
-                    "agent_id": e.agent_id,
-                })
+        let data = events
+            .into_iter()
+            .map(|e| StoredInternalEvent {
+                event_id: format!("int-{}", e.seq),
+                event_type: e.event_type,
+                payload: serde_json::from_str::<Value>(&e.payload).unwrap_or(Value::Null),
+                event_metadata: None,
+                is_compaction: e.is_compaction,
+                created_at: crate::time::iso(e.created_at),
+                agent_id: e.agent_id,
             })
             .collect();
-        Ok(json!({ "data": data, "next_cursor": next.flatten() }))
+        Ok(InternalEventsPage {
+            data,
+            next_cursor: next.flatten(),
+        })
     }
 }

@@ -21,7 +21,8 @@ mod official; // The official `claude remote-control`: its plane, restarts, answ
 mod proxy; // Forwarded headers believed from trusted proxies only.
 mod sessions; // The Sessions API: create, get, patch, list, archive, history.
 mod tls; // TLS termination: https, wss, certificates reloaded.
-mod v2; // The CCR v2 plane: code sessions, epochs, worker state, SSE, delivery.
+mod v2; // The v2 worker API: code sessions, epochs, worker state, SSE, delivery.
+mod v2_types; // The v2 worker API round-trips through the proto types of server and client.
 mod viewer_client;
 mod viewers;
 mod web;

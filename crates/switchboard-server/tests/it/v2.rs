@@ -1,4 +1,4 @@
-//! The CCR v2 plane: code sessions, worker credentials, epoch fencing, worker state,
+//! The v2 worker API: code sessions, worker credentials, epoch fencing, worker state,
 //! the SSE event stream and delivery tracking (docs/PROTOCOL.md §9–§10).
 
 use std::time::Duration;
