@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 fn main() {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web");
+    // Read when the script runs, not when it was compiled: a target directory shared
+    // with (or copied from) another checkout must embed this checkout's web/.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let web = Path::new(&manifest_dir).join("../../web");
     println!("cargo:rerun-if-changed={}", web.display());
     let mut files = Vec::new();
     collect(&web, &web, &mut files);

@@ -291,6 +291,48 @@ describe("a session", () => {
     await page.locator(".banner.error", { hasText: "This session does not exist." }).waitFor();
   });
 
+  test("a refused prompt is the one the error frame names, not the oldest still on its way", async () => {
+    const { session, worker } = await server.session({ title: "Refusals" });
+    const p = await context.newPage();
+    watch(p);
+    // Between page and server, hold back the echo of every prompt until the refusal of
+    // the second one has arrived: both prompts are still on their way when it does.
+    let holding = true;
+    const held = [];
+    await p.routeWebSocket(/\/subscribe/, (ws) => {
+      const upstream = ws.connectToServer();
+      ws.onMessage((m) => upstream.send(m));
+      upstream.onMessage((m) => {
+        const ev = JSON.parse(m);
+        if (holding && ev.type === "user") return void held.push(m);
+        ws.send(m);
+        if (ev.type === "error") {
+          holding = false;
+          for (const h of held.splice(0)) ws.send(h);
+        }
+      });
+    });
+    await open(p, session);
+    await p.getByLabel("Prompt").fill("a prompt that goes through");
+    await p.getByRole("button", { name: "Send" }).click();
+    await worker.waitFor((m) => m.type === "user");
+    await p.getByLabel("Prompt").fill("y".repeat(1100 * 1024));
+    await p.getByRole("button", { name: "Send" }).click();
+    await p.locator(".msg.error", { hasText: "Server:" }).waitFor();
+    const failed = p.locator('.msg.user[data-state="failed"]');
+    await failed.locator(".failed-note").waitFor();
+    assert.equal(await failed.count(), 1);
+    assert.match(await failed.locator(".md").innerText(), /^y+$/);
+    // The first prompt's echo, released after the refusal, settles it.
+    await p.waitForFunction(() => document.querySelectorAll(".msg.user:not([data-state])").length === 1);
+    assert.equal(await p.locator(".msg.user:not([data-state])").innerText(), "a prompt that goes through");
+    await sleep(300);
+    assert.deepEqual(worker.received.filter((m) => m.type === "user").map((m) => m.message.content), ["a prompt that goes through"]);
+    assert.deepEqual(p.errors, []);
+    assert.deepEqual(p.csp, []);
+    await p.close();
+  });
+
   test("agent text with HTML is shown as text, never run", async () => {
     const { session, worker } = await server.session({ title: "<b>Hostile</b> title" });
     const evil = "Look: <script>alert(1)</script> and <img src=x onerror=alert(2)> and [click](javascript:alert(3)) and [ok](https://example.com/a)";

@@ -8,42 +8,65 @@
 //! archives the session. On Ctrl-C or SIGTERM it stops every agent (SIGTERM, then SIGKILL
 //! after a grace period), stops their work, archives the sessions and deregisters.
 //!
-//! The pieces:
+//! **Names.** "Bridge" alone means this command (and `claude remote-control`, which it
+//! mirrors): a program that registers an *environment* and runs the sessions the server
+//! hands it as work. The other things the protocol calls "bridge" keep a qualifier:
 //!
-//! - this file: flags, checks at the edge, registration, the first session, shutdown;
+//! - the **Environments API** (§4) is what a bridge speaks to the server; its
+//!   registration route happens to be `POST /v1/environments/bridge`, and its client is
+//!   `switchboard_client::BridgeApiClient` (the official client's name for it);
+//! - the **env-less bridge** (`switchboard_client::EnvLessBridge`, §10.3) is the REPL's
+//!   `/remote-control` without an environment; its `POST /v1/code/sessions/{id}/bridge`
+//!   is the **worker credentials** call;
+//! - the **relay** ([`relay`]) is how this command carries a stream-json agent's
+//!   messages; the agent itself is the **agent** (or *child*), never "the bridge".
+//!
+//! The pieces, each depending only on the ones below it (none on this file):
+//!
+//! - this file: flags, registration, the first session, shutdown;
 //! - [`supervisor`]: the poll loop, capacity, token updates, heartbeats, session ends;
 //! - [`session`]: one session's life: workspace, worker registration, the agent process;
+//! - [`relay`]: carries a stream-json agent's stdio over the session's transport;
+//! - [`work`]: what those three share about a session: the work item, the task's
+//!   context and handle, its events and how it ended;
+//! - [`process`]: a started agent's stderr tail, how it is stopped, what its exit means;
 //! - [`agent`]: how an agent is started, natively (`claude --sdk-url`) or as a
 //!   stream-json command;
 //! - [`detect`]: which of the two the installed Claude Code allows (`--agent auto`);
-//! - [`relay`]: carries a stream-json agent's stdio over the session's transport;
+//! - [`options`]: the checked options everything runs on;
 //! - [`workspace`]: git facts and per-session worktrees;
-//! - [`display`]: the status line on a terminal, plain lines otherwise, and the QR code.
+//! - [`display`]: the status line on a terminal, plain lines otherwise, the QR code and
+//!   session links;
+//! - [`explain`]: how a failed call reads to a person.
 
 mod agent;
 mod detect;
 pub(crate) mod display;
+mod explain;
+mod options;
+mod process;
 mod relay;
 mod session;
 mod supervisor;
+mod work;
 mod workspace;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use switchboard_client::{ApiError, BridgeApiClient, SessionsClient};
+use switchboard_client::{BridgeApiClient, SessionsClient};
 use switchboard_proto::environments::RegisterEnvironmentRequest;
 use switchboard_proto::sessions::CreateSessionRequest;
-use switchboard_proto::SessionId;
 use tokio_util::sync::CancellationToken;
 
 use crate::remote::RemoteArgs;
 use agent::AgentSpec;
-use display::Display;
+use display::{session_link, Display};
+use explain::explain;
+use options::{BridgeOptions, SpawnMode};
 use supervisor::Supervisor;
 
 /// The `metadata.worker_type` the environment is registered with: the official bridge's
@@ -55,17 +78,6 @@ const SESSION_SOURCE: &str = "remote-control";
 
 /// The longest title derived from a `--new` prompt.
 const MAX_TITLE_CHARS: usize = 80;
-
-/// How the bridge runs sessions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum SpawnMode {
-    /// One session; the bridge exits when it ends.
-    SingleSession,
-    /// Several sessions at once, all in the current directory.
-    SameDir,
-    /// Several sessions at once, each in its own git worktree.
-    Worktree,
-}
 
 /// How the agent is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -161,38 +173,6 @@ pub(crate) struct BridgeArgs {
     at_capacity_poll: u64,
     #[command(flatten)]
     remote: RemoteArgs,
-}
-
-/// The flags, checked: what the rest of the bridge runs on.
-#[derive(Debug, Clone)]
-pub(crate) struct BridgeOptions {
-    /// The server's base URL, without trailing slash.
-    pub(crate) base_url: String,
-    /// The base of the links the bridge prints: the server's public URL, as the server
-    /// names it when the environment registers (the bridge's own URL until then).
-    pub(crate) web_url: String,
-    /// The user's API key.
-    pub(crate) api_key: String,
-    /// The directory the bridge serves (absolute).
-    pub(crate) directory: PathBuf,
-    /// How sessions share it.
-    pub(crate) spawn: SpawnMode,
-    /// How many sessions may run at once.
-    pub(crate) max_sessions: u32,
-    /// How long one session may run.
-    pub(crate) session_timeout: Duration,
-    /// How to start an agent.
-    pub(crate) agent: AgentSpec,
-    /// Which agent mode runs and why, in one line.
-    pub(crate) agent_why: String,
-    /// How long agents get to stop before SIGKILL.
-    pub(crate) shutdown_grace: Duration,
-    /// The work heartbeat period, if any.
-    pub(crate) heartbeat: Option<Duration>,
-    /// The shortest pause between empty polls.
-    pub(crate) poll_interval: Duration,
-    /// The poll period at capacity.
-    pub(crate) at_capacity_poll: Duration,
 }
 
 /// The session the bridge creates at start, if any.
@@ -353,14 +333,6 @@ fn probe_urls(base_url: &str) -> Vec<String> {
     [v1, v2].into_iter().filter_map(Result::ok).collect()
 }
 
-/// The link to a session's page in the web UI.
-pub(crate) fn session_link(base_url: &str, session_id: &str) -> String {
-    let compat = SessionId::parse(session_id)
-        .map(|id| id.compat())
-        .unwrap_or_else(|| session_id.to_owned());
-    format!("{}/s/{compat}", base_url.trim_end_matches('/'))
-}
-
 /// A title from the first line of a prompt.
 fn title_from_prompt(prompt: &str) -> String {
     let line = prompt.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
@@ -370,44 +342,6 @@ fn title_from_prompt(prompt: &str) -> String {
     }
     let cut: String = line.chars().take(MAX_TITLE_CHARS - 1).collect();
     format!("{}…", cut.trim_end())
-}
-
-/// Turns a failed call into one line that says what happened and what to do.
-pub(crate) fn explain(error: &ApiError, base_url: &str) -> String {
-    if let Some(failure) = error.tls_failure() {
-        return crate::remote::tls_explanation(&failure, base_url);
-    }
-    match error {
-        ApiError::Fatal {
-            status: 401 | 403,
-            message,
-            ..
-        } => format!(
-            "the server at {base_url} refused the API key ({message}); create one with \
-             `switchboard token create` and pass it with SWITCHBOARD_TOKEN or --token-file"
-        ),
-        ApiError::Transport(e) => format!(
-            "cannot reach the server at {base_url} ({}); is `switchboard serve` running there? \
-             Pass its address with --url or SWITCHBOARD_URL",
-            root_cause(e)
-        ),
-        ApiError::Fatal {
-            status: 404,
-            message,
-            ..
-        } => format!("the server at {base_url} answered 404 ({message})"),
-        _ => format!("the server at {base_url} failed: {error}"),
-    }
-}
-
-/// The innermost cause of an error ("Connection refused" rather than "error sending
-/// request").
-pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<()> {
@@ -543,30 +477,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn links_use_the_compat_session_id() {
-        assert_eq!(
-            session_link("http://h:1/", "cse_abcd1234"),
-            "http://h:1/s/session_abcd1234"
-        );
-        assert_eq!(
-            session_link("http://h:1", "session_abcd1234"),
-            "http://h:1/s/session_abcd1234"
-        );
-    }
-
-    #[test]
     fn titles_come_from_the_first_line_and_are_cut() {
         assert_eq!(title_from_prompt("\n  fix it \nmore"), "fix it");
         let long = "x".repeat(200);
         let title = title_from_prompt(&long);
         assert_eq!(title.chars().count(), MAX_TITLE_CHARS);
         assert!(title.ends_with('…'));
-    }
-
-    #[test]
-    fn refused_keys_and_unreachable_servers_say_what_to_do() {
-        let refused = explain(&ApiError::from_status(401, b"", None), "http://h");
-        assert!(refused.contains("refused the API key"), "{refused}");
-        assert!(refused.contains("switchboard token create"), "{refused}");
     }
 }

@@ -1,9 +1,11 @@
 //! The env-less Remote Control bridge (docs/PROTOCOL.md §10.3, §11.4 and §16.2), mirroring the
 //! official remoteBridgeCore.ts: what the REPL's `/remote-control` runs when no
-//! environment is involved.
+//! environment is involved. (A bridge *with* an environment, such as `switchboard
+//! bridge`, uses [`BridgeApiClient`](crate::BridgeApiClient) instead; see the crate's
+//! note on names.)
 //!
 //! [`EnvLessBridge::start`] creates a code session, fetches worker credentials with
-//! `/bridge` and starts a [`WorkerTransport`] on `{base}/v1/code/sessions/{id}` (the
+//! `/bridge` (the worker credentials call) and starts a [`WorkerTransport`] on `{base}/v1/code/sessions/{id}` (the
 //! configured base URL is authoritative, like `CLAUDE_BRIDGE_BASE_URL`, so the
 //! credentials' `api_base_url` is not used). Before the worker JWT expires — at
 //! `max(expires_in − refresh buffer, 30 s)` — and whenever the stream is answered 401, it

@@ -114,8 +114,9 @@ impl RetryPolicy {
 #[derive(Debug, Clone)]
 pub struct CodeSessionsClient {
     rest: RestClient,
-    /// The same client plus the trusted-device header, which only `/bridge` carries.
-    bridge_rest: RestClient,
+    /// The same client plus the trusted-device header, which only the worker credentials
+    /// call (`/bridge`) carries.
+    credentials_rest: RestClient,
     retry: RetryPolicy,
 }
 
@@ -139,7 +140,7 @@ impl CodeSessionsClient {
         );
         let rest = RestClient::new(base_url.as_ref(), token, headers);
         Self {
-            bridge_rest: rest.clone(),
+            credentials_rest: rest.clone(),
             rest,
             retry: RetryPolicy::default(),
         }
@@ -149,7 +150,7 @@ impl CodeSessionsClient {
     /// timeouts are overridden per call.
     pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
         self.rest.set_http(http.clone());
-        self.bridge_rest.set_http(http);
+        self.credentials_rest.set_http(http);
         self
     }
 
@@ -169,7 +170,7 @@ impl CodeSessionsClient {
     pub fn with_trusted_device_token(mut self, token: impl AsRef<str>) -> Self {
         let mut value = lossy_header_value(token.as_ref());
         value.set_sensitive(true);
-        self.bridge_rest
+        self.credentials_rest
             .set_header(HeaderName::from_static(TRUSTED_DEVICE_HEADER), value);
         self
     }
@@ -249,7 +250,7 @@ impl CodeSessionsClient {
                 .json(&serde_json::json!({}))?
                 .timeout(CALL_TIMEOUT)
                 .accept(OK);
-                self.bridge_rest
+                self.credentials_rest
                     .call(call)
                     .await?
                     .json("FetchRemoteCredentials")

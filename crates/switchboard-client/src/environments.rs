@@ -1,4 +1,6 @@
-//! The Environments API client (docs/PROTOCOL.md §4), mirroring the official bridgeApi.ts.
+//! The Environments API client (docs/PROTOCOL.md §4), mirroring the official bridgeApi.ts:
+//! what a bridge (a program that registers an environment and runs its sessions, such
+//! as `switchboard bridge`) speaks. [`BridgeApiClient`] keeps the official client's name.
 //!
 //! Every call carries the H-ENV header set (§3.1). Which bearer token it carries differs:
 //! register, stop, reconnect, deregister and archive use the refreshable user token of the

@@ -25,6 +25,16 @@
 //! - [`tls`]: the roots every client trusts for `https` and `wss` (the system's plus any
 //!   private CA, [`ClientTls`]) and how a failed handshake is told apart.
 //!
+//! **Names.** The protocol says "bridge" for several things; here each has one name. A
+//! *bridge* is a program that registers an environment and runs the sessions it is
+//! given as work (`claude remote-control`, `switchboard bridge`). It speaks the
+//! *Environments API* through [`BridgeApiClient`] (the official client's name; the
+//! registration route is `POST /v1/environments/bridge`). The *env-less bridge*
+//! ([`EnvLessBridge`]) runs one code session with no environment; its
+//! `POST /v1/code/sessions/{id}/bridge` is the *worker credentials* call
+//! ([`CodeSessionsClient::fetch_remote_credentials`]). What runs the session's turns is
+//! the *agent* (or *child*), never the bridge.
+//!
 //! Every call returns [`ApiError`], which sorts failures the way the official client does:
 //! fatal statuses, retryable ones, other statuses, transport failures and ids rejected
 //! before anything was sent.

@@ -266,7 +266,9 @@ pub enum ViewerEvent {
     /// A socket opened: the first one, or one after a reconnect.
     Connected,
     /// An event from the session: a worker message with its `sequence_num`, a viewer's
-    /// message, or an `{"type":"error"}` frame the server sent about a refused message.
+    /// message, or an `{"type":"error"}` frame the server sent about a refused message
+    /// (its `error` is a [`switchboard_proto::ErrorDetail`], whose `refused_uuid` names
+    /// the refused message, docs/PROTOCOL.md §13.1).
     Message(Value),
     /// The socket was lost; the viewer reconnects after `delay`.
     Reconnecting {

@@ -20,6 +20,11 @@ pub struct ErrorDetail {
     /// A human readable explanation.
     #[serde(default)]
     pub message: String,
+    /// On the viewer socket only: the `uuid` of the viewer's message this error refuses,
+    /// when that message had one, so a viewer can tell which of its prompts failed
+    /// without reading `message` (docs/PROTOCOL.md §13.1, a Switchboard extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_uuid: Option<String>,
 }
 
 impl ErrorBody {
@@ -29,6 +34,7 @@ impl ErrorBody {
             error: ErrorDetail {
                 kind: kind.into(),
                 message: message.into(),
+                refused_uuid: None,
             },
         }
     }

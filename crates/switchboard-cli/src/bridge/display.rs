@@ -1,5 +1,5 @@
 //! What the bridge prints: a banner, the session link (with a QR code of it on a
-//! terminal), one line per thing that happened, and, on a terminal, a status line at the
+//! terminal), one line per thing that happened (a permission prompt among them), and, on a terminal, a status line at the
 //! bottom that says how many sessions run, what each is doing, and whether the bridge is
 //! reconnecting. When stdout is not a terminal there is no status line and no QR code,
 //! and every line starts with the time, so that the output reads as a log.
@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use qrcode::render::unicode;
 use qrcode::QrCode;
+use serde_json::Value;
+use switchboard_proto::SessionId;
 use time::OffsetDateTime;
 
+use super::options::{BridgeOptions, SpawnMode};
 use super::workspace::GitInfo;
-use super::BridgeOptions;
 
 /// Erases the current terminal line and returns to its start.
 const CLEAR_LINE: &str = "\r\x1b[2K";
@@ -111,11 +113,11 @@ impl Display {
             .map(|b| format!(" (branch {b})"))
             .unwrap_or_default();
         let spawn = match options.spawn {
-            super::SpawnMode::SingleSession => "one session".to_owned(),
-            super::SpawnMode::SameDir => {
+            SpawnMode::SingleSession => "one session".to_owned(),
+            SpawnMode::SameDir => {
                 format!("up to {} sessions in this directory", options.max_sessions)
             }
-            super::SpawnMode::Worktree => {
+            SpawnMode::Worktree => {
                 format!(
                     "up to {} sessions, one git worktree each",
                     options.max_sessions
@@ -167,9 +169,54 @@ pub(crate) fn qr(text: &str) -> Option<String> {
     )
 }
 
+/// The link to a session's page in the web UI.
+pub(crate) fn session_link(base_url: &str, session_id: &str) -> String {
+    let compat = SessionId::parse(session_id)
+        .map(|id| id.compat())
+        .unwrap_or_else(|| session_id.to_owned());
+    format!("{}/s/{compat}", base_url.trim_end_matches('/'))
+}
+
+/// A line about a permission prompt the agent raised, if `message` is one.
+pub(crate) fn permission_note(message: &Value) -> Option<String> {
+    if message["type"] != "control_request" || message["request"]["subtype"] != "can_use_tool" {
+        return None;
+    }
+    let tool = message["request"]["display_name"]
+        .as_str()
+        .or_else(|| message["request"]["tool_name"].as_str())
+        .unwrap_or("a tool");
+    Some(format!("waiting for permission to use {tool}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn links_use_the_compat_session_id() {
+        assert_eq!(
+            session_link("http://h:1/", "cse_abcd1234"),
+            "http://h:1/s/session_abcd1234"
+        );
+        assert_eq!(
+            session_link("http://h:1", "session_abcd1234"),
+            "http://h:1/s/session_abcd1234"
+        );
+    }
+
+    #[test]
+    fn only_permission_prompts_are_worth_a_line() {
+        let prompt = json!({"type": "control_request", "request_id": "r",
+            "request": {"subtype": "can_use_tool", "tool_name": "Bash", "display_name": "Bash"}});
+        assert_eq!(
+            permission_note(&prompt).as_deref(),
+            Some("waiting for permission to use Bash")
+        );
+        let interrupt = json!({"type": "control_request", "request": {"subtype": "interrupt"}});
+        assert_eq!(permission_note(&interrupt), None);
+    }
 
     #[test]
     fn a_link_becomes_a_block_of_half_blocks() {

@@ -35,10 +35,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::agent;
-use super::session::{
-    outcome, permission_note, short, spawn_failed, stderr_tail, terminate, Ending, Event, Outcome,
-    SessionContext, Work,
-};
+use super::display::permission_note;
+use super::explain::explain;
+use super::process::{outcome, spawn_failed, stderr_tail, terminate};
+use super::work::{short, Ending, Event, Outcome, SessionContext, Work};
 
 /// The most messages one v1 POST carries (the ingress limit).
 const MAX_V1_BATCH: usize = 500;
@@ -65,13 +65,13 @@ impl Transport {
     ) -> Result<(Self, mpsc::Receiver<Value>), String> {
         let base_url = &ctx.options.base_url;
         if work.use_code_sessions {
-            let (session_url, epoch) = super::session::register(base_url, work).await?;
+            let (session_url, epoch) = work.register_worker(base_url).await?;
             let config = WorkerConfig::new(&session_url, token, epoch)
                 .map_err(|e| format!("bad session URL {session_url}: {e}"))?;
             let (worker, inbound) = WorkerTransport::start(config).await.map_err(|e| {
                 format!(
                     "could not attach to the session ({})",
-                    super::explain(&e, base_url)
+                    explain(&e, base_url)
                 )
             })?;
             return Ok((Self::V2(worker), inbound));
@@ -82,7 +82,7 @@ impl Transport {
         let (ingress, inbound) = IngressTransport::connect(config).await.map_err(|e| {
             format!(
                 "could not attach to the session ({})",
-                super::explain(&e, base_url)
+                explain(&e, base_url)
             )
         })?;
         let (writer, mut queue) = mpsc::unbounded_channel::<Value>();

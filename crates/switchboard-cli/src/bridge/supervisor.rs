@@ -45,9 +45,11 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::display::Display;
-use super::session::{self, short, Event, Outcome, SessionContext, SessionControl, Work};
-use super::{explain, session_link, BridgeOptions, SpawnMode};
+use super::display::{session_link, Display};
+use super::explain::{explain, root_cause};
+use super::options::{BridgeOptions, SpawnMode};
+use super::session;
+use super::work::{short, Event, Outcome, SessionContext, SessionControl, Work};
 
 /// The `reclaim_older_than_ms` every poll sends (§4.2).
 const RECLAIM_OLDER_THAN_MS: u64 = 5_000;
@@ -721,7 +723,7 @@ fn refresh_time(token: &str) -> Option<Instant> {
 /// A short form of an error for the status line.
 fn short_error(error: &ApiError) -> String {
     match error {
-        ApiError::Transport(e) => super::root_cause(e),
+        ApiError::Transport(e) => root_cause(e),
         other => other.to_string(),
     }
 }

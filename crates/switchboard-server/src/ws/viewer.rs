@@ -157,25 +157,33 @@ fn too_slow(last: u64) -> Ended {
 }
 
 /// Handles a frame from the viewer: one message for the worker. Returns an error frame
-/// for the viewer when the message is refused.
+/// for the viewer when the message is refused, naming the message by the `uuid` the
+/// viewer gave it (docs/PROTOCOL.md §13.1).
 async fn accept_viewer_text(state: &AppState, session: &Session, text: &str) -> Option<Value> {
     let message: Value = match serde_json::from_str(text.trim()) {
         Ok(v) => v,
         Err(e) => {
-            return Some(error_frame(&ApiError::BadRequest(format!(
-                "frame is not JSON: {e}"
-            ))))
+            return Some(error_frame(
+                &ApiError::BadRequest(format!("frame is not JSON: {e}")),
+                None,
+            ))
         }
     };
+    let uuid = message
+        .get("uuid")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     match state
         .append_inbound(session, vec![message], Principal::OWNER_CLASS)
         .await
     {
         Ok(_) => None,
-        Err(e) => Some(error_frame(&e)),
+        Err(e) => Some(error_frame(&e, uuid)),
     }
 }
 
-fn error_frame(e: &ApiError) -> Value {
-    json!({ "type": "error", "error": e.body().error })
+fn error_frame(e: &ApiError, refused_uuid: Option<String>) -> Value {
+    let mut body = e.body();
+    body.error.refused_uuid = refused_uuid;
+    json!({ "type": "error", "error": body.error })
 }

@@ -334,20 +334,21 @@ async fn permission_round_trip(v2: bool) -> anyhow::Result<()> {
     b.send(Message::Text(interrupt.to_string().into())).await?;
     assert_eq!(worker.read().await?, interrupt);
 
-    // Malformed messages get an error frame and reach nobody.
+    // Malformed messages get an error frame, naming the refused message by its uuid,
+    // and reach nobody.
     a.send(Message::Text(
-        json!({"type":"user","message":{"role":"user","content":""}})
+        json!({"type":"user","uuid":"refused-1","message":{"role":"user","content":""}})
             .to_string()
             .into(),
     ))
     .await?;
     let error = until(&mut a, "error").await?;
     assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert_eq!(error["error"]["refused_uuid"], "refused-1");
     a.send(Message::Text("not json".into())).await?;
-    assert_eq!(
-        until(&mut a, "error").await?["error"]["type"],
-        "invalid_request_error"
-    );
+    let error = until(&mut a, "error").await?;
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert!(error["error"].get("refused_uuid").is_none(), "{error}");
     assert!(worker.nothing_more().await);
     Ok(())
 }
