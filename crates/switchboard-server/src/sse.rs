@@ -96,6 +96,7 @@ async fn run(
         }
     };
     tracing::info!(reason, "worker stream closed");
+    state.worker_gone(&session.id);
 }
 
 /// Sends the inbound events after `last`, advancing it and the session's worker cursor.

@@ -125,6 +125,46 @@ impl Backoff {
 }
 
 /// ±25 % of jitter, from the clock's nanoseconds (good enough to spread bridges out).
+/// Writes an error `result` (`subtype: error_during_execution`) with `reason` to a session,
+/// through the ingress write path with its token.
+async fn report_failure(
+    base_url: &str,
+    session_id: &str,
+    token: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let url = switchboard_client::ingress::post_url(
+        base_url,
+        session_id,
+        switchboard_client::IngressVersion::for_base_url(base_url),
+    )?;
+    let result = serde_json::json!({
+        "type": "result",
+        "subtype": "error_during_execution",
+        "is_error": true,
+        "result": reason,
+        "uuid": uuid::Uuid::new_v4().to_string(),
+        "duration_ms": 0,
+        "duration_api_ms": 0,
+        "num_turns": 0,
+        "total_cost_usd": 0,
+    });
+    let response = switchboard_client::ClientTls::default()
+        .http_client()
+        .post(url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(5))
+        .json(&serde_json::json!({ "events": [result] }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "the server answered {}",
+        response.status()
+    );
+    Ok(())
+}
+
 fn jitter(delay: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -503,7 +543,13 @@ impl Supervisor {
         // A work item the bridge itself cut short is stopped with force (§4.5).
         let force = shutting_down || matches!(outcome, Outcome::Interrupted);
         self.stop_work(active.work_id, force);
-        self.archive(body.to_owned(), active.session_id);
+        // An agent that failed says so in the session before it is archived: viewers see
+        // why it ended, and its owner's notifications call it an error.
+        let failure = match outcome {
+            Outcome::Failed(reason) => Some((active.token.clone(), reason.clone())),
+            _ => None,
+        };
+        self.archive_after(body.to_owned(), active.session_id, failure);
         self.refresh_status();
     }
 
@@ -529,14 +575,32 @@ impl Supervisor {
     }
 
     fn archive(&mut self, body: String, session_id: String) {
+        self.archive_after(body, session_id, None);
+    }
+
+    /// Archives a session; first, for an agent that failed (`failure`: the session's
+    /// ingress token and why), writes an error `result` saying why to the session, as
+    /// its worker would have (best effort, one attempt).
+    fn archive_after(
+        &mut self,
+        body: String,
+        session_id: String,
+        failure: Option<(String, String)>,
+    ) {
         if !self.archived.insert(body) {
             return;
         }
         let api = self.api.clone();
+        let base_url = self.options.base_url.clone();
         let compat = SessionId::parse(&session_id)
             .map(|id| id.compat())
             .unwrap_or(session_id);
         self.cleanup.spawn(async move {
+            if let Some((token, reason)) = failure {
+                if let Err(e) = report_failure(&base_url, &compat, &token, &reason).await {
+                    tracing::debug!(session = %compat, error = %e, "could not report the agent's failure");
+                }
+            }
             if let Err(e) = api.archive_session(&compat).await {
                 tracing::warn!(session = %compat, error = %e, "could not archive the session");
             }

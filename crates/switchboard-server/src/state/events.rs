@@ -11,6 +11,7 @@ use crate::error::ApiError;
 use crate::hub::LogEvent;
 use crate::limits;
 use crate::metrics::Metrics;
+use crate::notify::Signal;
 use crate::time::now_ms;
 
 /// The largest message a viewer may send towards a worker. The worker's SSE reader drops
@@ -72,7 +73,8 @@ impl AppState {
             let message =
                 messages::normalize_inbound(message, &mut || uuid::Uuid::new_v4().to_string())
                     .map_err(|e| ApiError::BadRequest(format!("event {i}: {e}")))?;
-            let mut event = new_event(Direction::Inbound, message);
+            let mut incoming = new_event(Direction::Inbound, message);
+            let event = &mut incoming.event;
             event.sent_with = Some(sent_with.to_string());
             if event.payload.len() > MAX_INBOUND_EVENT_BYTES {
                 return Err(ApiError::TooLarge(format!(
@@ -80,7 +82,7 @@ impl AppState {
                     event.payload.len()
                 )));
             }
-            events.push(event);
+            events.push(incoming);
         }
         self.append_checked(session, events, None, true).await
     }
@@ -129,7 +131,7 @@ impl AppState {
     async fn append(
         &self,
         session: &Session,
-        events: Vec<NewEvent>,
+        events: Vec<Incoming>,
         status: Option<(SessionStatus, Option<Value>)>,
     ) -> Result<Vec<Appended>, ApiError> {
         let accepted = self.append_checked(session, events, status, false).await?;
@@ -145,7 +147,7 @@ impl AppState {
     async fn append_checked(
         &self,
         session: &Session,
-        events: Vec<NewEvent>,
+        events: Vec<Incoming>,
         status: Option<(SessionStatus, Option<Value>)>,
         check_answers: bool,
     ) -> Result<Vec<Accepted>, ApiError> {
@@ -158,7 +160,8 @@ impl AppState {
             let mut verdicts: Vec<Option<String>> = Vec::with_capacity(events.len());
             let mut answered = std::collections::HashSet::new();
             let mut answers_pending = false;
-            for event in &events {
+            for incoming in &events {
+                let event = &incoming.event;
                 let verdict = match (&event.request_id, event.kind == "control_response") {
                     // A worker echoes the permission answer it got (docs/PROTOCOL.md
                     // §12.6): the answer is in the log already.
@@ -195,12 +198,12 @@ impl AppState {
                 };
                 verdicts.push(verdict);
             }
-            let to_store: Vec<NewEvent> = events
+            let (to_store, signals): (Vec<NewEvent>, Vec<Option<Signal>>) = events
                 .into_iter()
                 .zip(&verdicts)
                 .filter(|(_, v)| v.is_none())
-                .map(|(e, _)| e)
-                .collect();
+                .map(|(e, _)| (e.event, e.signal))
+                .unzip();
             let now = now_ms();
             let appended = if to_store.is_empty() {
                 Vec::new()
@@ -209,18 +212,13 @@ impl AppState {
                     .append_events(&session.id, &to_store, now)
                     .await?
             };
-            for (event, outcome) in to_store.into_iter().zip(&appended) {
+            for ((event, signal), outcome) in to_store.into_iter().zip(signals).zip(&appended) {
                 if outcome.duplicate {
                     continue;
                 }
                 Metrics::add(&self.metrics().events_appended, 1);
-                // A permission request, a finished turn, an answer…: someone may want to
-                // know (the worker's own control responses answer viewers, not requests).
-                let answer = event.kind == "control_response";
-                if (event.direction == Direction::Outbound) != answer {
-                    if let Some(signal) = crate::notify::classify(&event.kind, &event.payload) {
-                        self.notify_event(session, signal);
-                    }
+                if let Some(signal) = signal {
+                    self.notify_event(session, signal);
                 }
                 channel.publish(LogEvent {
                     seq: outcome.seq,
@@ -317,18 +315,37 @@ pub(crate) enum Accepted {
     Ignored(String),
 }
 
-fn new_event(direction: Direction, mut message: Value) -> NewEvent {
+/// An event on its way into the log, with what it means for notifications (worked out
+/// here, from the message as parsed once, rather than from its stored text).
+struct Incoming {
+    event: NewEvent,
+    signal: Option<Signal>,
+}
+
+fn new_event(direction: Direction, mut message: Value) -> Incoming {
     if let Some(obj) = message.as_object_mut() {
         // The server attaches its own sequence number on the way out.
         obj.remove(SEQUENCE_FIELD);
     }
-    NewEvent {
-        direction,
-        kind: message_type(&message).unwrap_or("unknown").to_string(),
-        uuid: message_uuid(&message).map(str::to_string),
-        request_id: messages::control_request_id(&message).map(str::to_string),
-        payload: message.to_string(),
-        sent_with: None,
+    let kind = message_type(&message).unwrap_or("unknown").to_string();
+    // A permission request, a finished turn, an answer…: someone may want to know (the
+    // worker's own control responses answer viewers, not requests).
+    let answer = kind == "control_response";
+    let signal = if (direction == Direction::Outbound) != answer {
+        crate::notify::classify(&kind, &message)
+    } else {
+        None
+    };
+    Incoming {
+        event: NewEvent {
+            direction,
+            uuid: message_uuid(&message).map(str::to_string),
+            request_id: messages::control_request_id(&message).map(str::to_string),
+            payload: message.to_string(),
+            sent_with: None,
+            kind,
+        },
+        signal,
     }
 }
 
