@@ -125,6 +125,10 @@ impl Backoff {
 }
 
 /// ±25 % of jitter, from the clock's nanoseconds (good enough to spread bridges out).
+/// The report of an agent's failure, which stopping its work and archiving its session
+/// wait for.
+type Reported = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
+
 /// Writes an error `result` (`subtype: error_during_execution`) with `reason` to a session,
 /// through the ingress write path with its token.
 async fn report_failure(
@@ -542,21 +546,48 @@ impl Supervisor {
         self.finished_work.insert(active.work_id.clone());
         // A work item the bridge itself cut short is stopped with force (§4.5).
         let force = shutting_down || matches!(outcome, Outcome::Interrupted);
-        self.stop_work(active.work_id, force);
-        // An agent that failed says so in the session before it is archived: viewers see
-        // why it ended, and its owner's notifications call it an error.
-        let failure = match outcome {
-            Outcome::Failed(reason) => Some((active.token.clone(), reason.clone())),
+        // An agent that failed says so in the session before its work is stopped (which
+        // ends the token) and the session archived: viewers see why it ended, and its
+        // owner's notifications call it an error.
+        let reported = match outcome {
+            Outcome::Failed(reason) => {
+                let (base_url, token, reason) = (
+                    self.options.base_url.clone(),
+                    active.token.clone(),
+                    reason.clone(),
+                );
+                let session_id = active.session_id.clone();
+                Some(
+                    async move {
+                        if let Err(e) =
+                            report_failure(&base_url, &session_id, &token, &reason).await
+                        {
+                            tracing::debug!(session = %session_id, error = %e, "could not report the agent's failure");
+                        }
+                    }
+                    .boxed()
+                    .shared(),
+                )
+            }
             _ => None,
         };
-        self.archive_after(body.to_owned(), active.session_id, failure);
+        self.stop_work_after(active.work_id, force, reported.clone());
+        self.archive_after(body.to_owned(), active.session_id, reported);
         self.refresh_status();
     }
 
     fn stop_work(&mut self, work_id: String, force: bool) {
+        self.stop_work_after(work_id, force, None);
+    }
+
+    /// Stops a work item, once `before` (if any) is done.
+    fn stop_work_after(&mut self, work_id: String, force: bool, before: Option<Reported>) {
         let api = self.api.clone();
         let environment = self.environment.environment_id.clone();
         self.cleanup.spawn(async move {
+            if let Some(before) = before {
+                before.await;
+            }
             let mut delay = STOP_FIRST_DELAY;
             for attempt in 1..=STOP_ATTEMPTS {
                 match api.stop_work(&environment, &work_id, force).await {
@@ -578,28 +609,19 @@ impl Supervisor {
         self.archive_after(body, session_id, None);
     }
 
-    /// Archives a session; first, for an agent that failed (`failure`: the session's
-    /// ingress token and why), writes an error `result` saying why to the session, as
-    /// its worker would have (best effort, one attempt).
-    fn archive_after(
-        &mut self,
-        body: String,
-        session_id: String,
-        failure: Option<(String, String)>,
-    ) {
+    /// Archives a session, once `before` (if any: the report of its agent's failure)
+    /// is done.
+    fn archive_after(&mut self, body: String, session_id: String, before: Option<Reported>) {
         if !self.archived.insert(body) {
             return;
         }
         let api = self.api.clone();
-        let base_url = self.options.base_url.clone();
         let compat = SessionId::parse(&session_id)
             .map(|id| id.compat())
             .unwrap_or(session_id);
         self.cleanup.spawn(async move {
-            if let Some((token, reason)) = failure {
-                if let Err(e) = report_failure(&base_url, &compat, &token, &reason).await {
-                    tracing::debug!(session = %compat, error = %e, "could not report the agent's failure");
-                }
+            if let Some(before) = before {
+                before.await;
             }
             if let Err(e) = api.archive_session(&compat).await {
                 tracing::warn!(session = %compat, error = %e, "could not archive the session");
