@@ -83,6 +83,11 @@ async function show(n) {
     return;
   }
   const permission = n.type === "permission" && n.request_id;
+  // Allow only what the notification shows whole (one line, not cut, nothing masked, as
+  // the server says in `shown_in_full`); otherwise the choice is to review it on its card.
+  const actions = !permission ? []
+    : n.shown_in_full === true ? [{ action: "allow", title: "Allow" }, { action: "deny", title: "Deny" }]
+    : [{ action: "review", title: "Review" }, { action: "deny", title: "Deny" }];
   await self.registration.showNotification(String(n.title || "Switchboard"), {
     body: String(n.body || ""),
     tag,
@@ -91,7 +96,7 @@ async function show(n) {
     icon: "/icons/icon-192.png",
     badge: "/icons/icon-192.png",
     data: n,
-    actions: permission ? [{ action: "allow", title: "Allow" }, { action: "deny", title: "Deny" }] : [],
+    actions,
   });
 }
 
@@ -137,9 +142,10 @@ async function answer(n, action) {
     const pending = info.requires_action;
     if (!pending || String(pending.request_id) !== String(n.request_id)) {
       outcome = "already answered";
-    } else if (action === "allow" && !shownInFull(n, pending.request?.input)) {
-      // The notification showed one line of a longer command: what would be allowed
-      // was never seen, so the card (with the whole input) is opened instead.
+    } else if (action === "allow" && (n.shown_in_full !== true || !shownInFull(n, pending.request?.input))) {
+      // The notification showed part of the command (one line of several, cut, or with
+      // secrets masked): what would be allowed was never seen, so the card (with the
+      // whole input) is opened instead, even if an Allow action was somehow used.
       await open(n.url || "/");
       outcome = "opened for review";
     } else {

@@ -64,7 +64,8 @@ export class Server {
   }
 
   async launch(listen) {
-    const proc = spawn(BIN, ["serve", "--listen", listen, "--data-dir", this.dataDir], {
+    // The tests' webhook and push doubles listen on 127.0.0.1.
+    const proc = spawn(BIN, ["serve", "--listen", listen, "--data-dir", this.dataDir, "--notify-allow-private"], {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" },
     });

@@ -21,7 +21,7 @@ enum NotifyCommand {
     /// Show which events notify, the channels and the subscribed browsers.
     List,
     /// Choose the events that notify (comma-separated; `none` for none):
-    /// permission, question, result, error, usage_limit.
+    /// permission, question, result, error, usage_limit, worker_lost.
     Events {
         /// e.g. `permission,question,error`.
         events: String,

@@ -98,6 +98,13 @@ pub(crate) struct ServeArgs {
         default_value_t = 10
     )]
     shutdown_timeout: u64,
+    /// Let notifications (webhook, ntfy, Web Push endpoints) go to loopback, private
+    /// (10/8, 172.16/12, 192.168/16, fc00::/7), link-local and other non-public
+    /// addresses. Off by default, so an API key cannot make the server probe its own
+    /// network; turn it on for an ntfy or webhook receiver on your LAN.
+    #[arg(long, env = "SWITCHBOARD_NOTIFY_ALLOW_PRIVATE",
+          value_parser = clap::builder::FalseyValueParser::new())]
+    notify_allow_private: bool,
 }
 
 /// Values of `--metrics`.
@@ -128,6 +135,7 @@ impl ServeArgs {
             });
         }
         options.trusted_proxies = self.trusted_proxies.clone();
+        options.notify_allow_private = self.notify_allow_private;
         let cap = |n: usize| (n > 0).then_some(n);
         let mut limits = ConnectionLimits::default();
         limits.header_read_timeout = Duration::from_secs(self.header_timeout);

@@ -463,7 +463,7 @@ async fn a_crashing_agent_is_reported_and_the_other_sessions_go_on() -> anyhow::
     let environment = bridge.environment_id().await?;
     let doomed = create_session(&served, &environment).await?;
     let survivor = create_session(&served, &environment).await?;
-    let doomed_viewer = Viewer::connect(&served, &doomed).await?;
+    let mut doomed_viewer = Viewer::connect(&served, &doomed).await?;
     let mut survivor_viewer = Viewer::connect(&served, &survivor).await?;
     ask(&mut survivor_viewer, "first").await?;
 
@@ -477,6 +477,18 @@ async fn a_crashing_agent_is_reported_and_the_other_sessions_go_on() -> anyhow::
         "the agent's last words: {line}"
     );
     assert!(line.contains("start a new one"), "what to do: {line}");
+    // The session says why it ended, as an error result (which notifies its owner of an
+    // error), before it is archived.
+    let result = doomed_viewer
+        .expect("the agent's failure as an error result", STEP, |m| {
+            m["type"] == "result"
+                && m["is_error"] == true
+                && m["result"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("exited with status 3"))
+        })
+        .await?;
+    assert_eq!(result["subtype"], "error_during_execution");
 
     ask(&mut survivor_viewer, "still there?").await?;
     let status = bridge.terminate(STEP).await?;

@@ -16,6 +16,7 @@ pub(crate) struct Metrics {
     pub(crate) notifications_sent: AtomicU64,
     pub(crate) notifications_failed: AtomicU64,
     pub(crate) notifications_dropped: AtomicU64,
+    pub(crate) notify_lookups: AtomicU64,
 }
 
 /// Increments a gauge for as long as the guard lives.
@@ -47,6 +48,11 @@ impl Metrics {
     /// A notification was refused or could not be delivered after its retries.
     pub(crate) fn notification_failed(&self) {
         Self::add(&self.notifications_failed, 1);
+    }
+
+    /// The notifier read an owner's channels and subscriptions from the store.
+    pub(crate) fn notify_lookup(&self) {
+        Self::add(&self.notify_lookups, 1);
     }
 
     /// Renders everything; `live_sessions` comes from the hub.
@@ -128,6 +134,13 @@ impl Metrics {
                 c(counter),
             );
         }
+        metric(
+            "switchboard_notify_owner_lookups_total",
+            "counter",
+            "Store reads of an owner's notification channels by the notifier (owners known to \
+             have none set are not read again).",
+            c(&self.notify_lookups),
+        );
         out
     }
 }

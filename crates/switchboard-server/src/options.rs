@@ -70,6 +70,14 @@ pub struct ServerOptions {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Header and body read timeouts, connection caps, the shutdown deadline.
     pub limits: crate::ConnectionLimits,
+    /// Let notifications (webhook, ntfy, push endpoints) go to loopback, private,
+    /// link-local and other non-public addresses. Off by default: an API key holder
+    /// could otherwise make the server probe its own network (`--notify-allow-private`).
+    pub notify_allow_private: bool,
+    /// How long a session's worker may stay away (socket closed, stream ended, silent
+    /// past its heartbeat TTL) before its owner is told it was lost; a reconnect within
+    /// it (the clients retry within seconds) notifies nobody.
+    pub worker_lost_grace: Duration,
 }
 
 /// Who may read `/metrics` (`switchboard serve --metrics`).
@@ -115,6 +123,11 @@ impl Default for ServerOptions {
             tls: None,
             trusted_proxies: Vec::new(),
             limits: crate::ConnectionLimits::default(),
+            notify_allow_private: false,
+            // Workers reconnect within a few seconds (v1 backs off to 2 s, v2 resumes its
+            // stream at once); half a minute rides out a network change or a server
+            // restart without a false alarm.
+            worker_lost_grace: Duration::from_secs(30),
         }
     }
 }

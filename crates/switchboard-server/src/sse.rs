@@ -80,6 +80,7 @@ async fn run(
         }
     };
     tracing::info!(reason, "worker stream closed");
+    state.worker_gone(&session.id);
 }
 
 /// Sends a batch, one `client_event` frame per event, then acknowledges it. A newer

@@ -129,6 +129,11 @@ impl AppState {
         let _ = self.inner.local_addr.set(addr);
     }
 
+    /// The address this server listens on, once it does.
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.local_addr.get().copied()
+    }
+
     /// The base URL clients reach the server at: `--public-url` when configured; else,
     /// for a request through a trusted proxy, the scheme and host it forwarded; else
     /// this server's own address.

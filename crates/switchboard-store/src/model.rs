@@ -475,6 +475,9 @@ pub struct NotifyChannel {
     pub url: String,
     /// The webhook's HMAC key, or the ntfy access token.
     pub secret: Option<String>,
+    /// The address (`scheme://host[:port]`) the owner used when setting it, where its
+    /// notifications' links start when the server has no configured public URL.
+    pub origin: Option<String>,
     /// When it was set.
     pub created_at: Millis,
 }
@@ -494,6 +497,9 @@ pub struct PushSubscription {
     pub auth: String,
     /// The browser that subscribed, to tell subscriptions apart in a list.
     pub user_agent: Option<String>,
+    /// The address (`scheme://host[:port]`) of the page that subscribed: its service
+    /// worker only opens links there.
+    pub origin: Option<String>,
     /// When it subscribed.
     pub created_at: Millis,
 }

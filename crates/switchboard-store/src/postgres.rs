@@ -1017,14 +1017,16 @@ impl Store for PgStore {
     #[instrument(skip_all)]
     async fn put_notify_channel(&self, ch: &NotifyChannel) -> Result<()> {
         sqlx::query(
-            "INSERT INTO notify_channels (owner_id, kind, url, secret, created_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner_id, kind) DO UPDATE SET \
-             url = excluded.url, secret = excluded.secret, created_at = excluded.created_at",
+            "INSERT INTO notify_channels (owner_id, kind, url, secret, origin, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (owner_id, kind) DO UPDATE SET \
+             url = excluded.url, secret = excluded.secret, origin = excluded.origin, \
+             created_at = excluded.created_at",
         )
         .bind(&ch.owner_id)
         .bind(&ch.kind)
         .bind(&ch.url)
         .bind(&ch.secret)
+        .bind(&ch.origin)
         .bind(ch.created_at)
         .execute(&self.pool)
         .await?;
@@ -1045,11 +1047,11 @@ impl Store for PgStore {
     async fn put_push_subscription(&self, sub: &PushSubscription) -> Result<()> {
         sqlx::query(
             "INSERT INTO push_subscriptions \
-             (id, owner_id, endpoint, p256dh, auth, user_agent, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (endpoint) DO UPDATE SET \
+             (id, owner_id, endpoint, p256dh, auth, user_agent, origin, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (endpoint) DO UPDATE SET \
              id = excluded.id, owner_id = excluded.owner_id, p256dh = excluded.p256dh, \
              auth = excluded.auth, user_agent = excluded.user_agent, \
-             created_at = excluded.created_at",
+             origin = excluded.origin, created_at = excluded.created_at",
         )
         .bind(&sub.id)
         .bind(&sub.owner_id)
@@ -1057,6 +1059,7 @@ impl Store for PgStore {
         .bind(&sub.p256dh)
         .bind(&sub.auth)
         .bind(&sub.user_agent)
+        .bind(&sub.origin)
         .bind(sub.created_at)
         .execute(&self.pool)
         .await?;

@@ -193,6 +193,7 @@ pub(crate) fn notify_channel_from_row<R: Columns + ?Sized>(row: &R) -> Result<No
         kind: row.text("kind")?,
         url: row.text("url")?,
         secret: row.opt_text("secret")?,
+        origin: row.opt_text("origin")?,
         created_at: row.int("created_at")?,
     })
 }
@@ -206,6 +207,7 @@ pub(crate) fn push_subscription_from_row<R: Columns + ?Sized>(row: &R) -> Result
         p256dh: row.text("p256dh")?,
         auth: row.text("auth")?,
         user_agent: row.opt_text("user_agent")?,
+        origin: row.opt_text("origin")?,
         created_at: row.int("created_at")?,
     })
 }

@@ -1322,10 +1322,18 @@ impl Store for SqliteStore {
         self.write(move |c| {
             exec(
                 c,
-                "INSERT INTO notify_channels (owner_id, kind, url, secret, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (owner_id, kind) DO UPDATE SET \
-                 url = excluded.url, secret = excluded.secret, created_at = excluded.created_at",
-                params![ch.owner_id, ch.kind, ch.url, ch.secret, ch.created_at],
+                "INSERT INTO notify_channels (owner_id, kind, url, secret, origin, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (owner_id, kind) DO UPDATE SET \
+                 url = excluded.url, secret = excluded.secret, origin = excluded.origin, \
+                 created_at = excluded.created_at",
+                params![
+                    ch.owner_id,
+                    ch.kind,
+                    ch.url,
+                    ch.secret,
+                    ch.origin,
+                    ch.created_at
+                ],
             )?;
             Ok(())
         })
@@ -1353,11 +1361,11 @@ impl Store for SqliteStore {
             exec(
                 c,
                 "INSERT INTO push_subscriptions \
-                 (id, owner_id, endpoint, p256dh, auth, user_agent, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (endpoint) DO UPDATE SET \
+                 (id, owner_id, endpoint, p256dh, auth, user_agent, origin, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (endpoint) DO UPDATE SET \
                  id = excluded.id, owner_id = excluded.owner_id, p256dh = excluded.p256dh, \
                  auth = excluded.auth, user_agent = excluded.user_agent, \
-                 created_at = excluded.created_at",
+                 origin = excluded.origin, created_at = excluded.created_at",
                 params![
                     sub.id,
                     sub.owner_id,
@@ -1365,6 +1373,7 @@ impl Store for SqliteStore {
                     sub.p256dh,
                     sub.auth,
                     sub.user_agent,
+                    sub.origin,
                     sub.created_at
                 ],
             )?;

@@ -738,6 +738,7 @@ async fn notifications(
         kind: "webhook".into(),
         url: "http://127.0.0.1:9/a".into(),
         secret: Some("k1".into()),
+        origin: Some("https://a.example".into()),
         created_at: now,
     };
     store.put_notify_channel(&hook).await?;
@@ -769,6 +770,7 @@ async fn notifications(
         p256dh: "BPk".into(),
         auth: "au".into(),
         user_agent: Some("phone".into()),
+        origin: Some("https://a.example".into()),
         created_at: at,
     };
     store

@@ -127,6 +127,50 @@ impl Backoff {
 }
 
 /// ±25 % of jitter, from the clock's nanoseconds (good enough to spread bridges out).
+/// The report of an agent's failure, which stopping its work and archiving its session
+/// wait for.
+type Reported = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
+
+/// Writes an error `result` (`subtype: error_during_execution`) with `reason` to a session,
+/// through the ingress write path with its token.
+async fn report_failure(
+    base_url: &str,
+    session_id: &str,
+    token: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let url = switchboard_client::ingress::post_url(
+        base_url,
+        session_id,
+        switchboard_client::IngressVersion::for_base_url(base_url),
+    )?;
+    let result = serde_json::json!({
+        "type": "result",
+        "subtype": "error_during_execution",
+        "is_error": true,
+        "result": reason,
+        "uuid": uuid::Uuid::new_v4().to_string(),
+        "duration_ms": 0,
+        "duration_api_ms": 0,
+        "num_turns": 0,
+        "total_cost_usd": 0,
+    });
+    let response = switchboard_client::ClientTls::default()
+        .http_client()
+        .post(url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(5))
+        .json(&serde_json::json!({ "events": [result] }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "the server answered {}",
+        response.status()
+    );
+    Ok(())
+}
+
 fn jitter(delay: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -504,15 +548,48 @@ impl Supervisor {
         self.finished_work.insert(active.work_id.clone());
         // A work item the bridge itself cut short is stopped with force (§4.5).
         let force = shutting_down || matches!(outcome, Outcome::Interrupted);
-        self.stop_work(active.work_id, force);
-        self.archive(body.to_owned(), active.session_id);
+        // An agent that failed says so in the session before its work is stopped (which
+        // ends the token) and the session archived: viewers see why it ended, and its
+        // owner's notifications call it an error.
+        let reported = match outcome {
+            Outcome::Failed(reason) => {
+                let (base_url, token, reason) = (
+                    self.options.base_url.clone(),
+                    active.token.clone(),
+                    reason.clone(),
+                );
+                let session_id = active.session_id.clone();
+                Some(
+                    async move {
+                        if let Err(e) =
+                            report_failure(&base_url, &session_id, &token, &reason).await
+                        {
+                            tracing::debug!(session = %session_id, error = %e, "could not report the agent's failure");
+                        }
+                    }
+                    .boxed()
+                    .shared(),
+                )
+            }
+            _ => None,
+        };
+        self.stop_work_after(active.work_id, force, reported.clone());
+        self.archive_after(body.to_owned(), active.session_id, reported);
         self.refresh_status();
     }
 
     fn stop_work(&mut self, work_id: String, force: bool) {
+        self.stop_work_after(work_id, force, None);
+    }
+
+    /// Stops a work item, once `before` (if any) is done.
+    fn stop_work_after(&mut self, work_id: String, force: bool, before: Option<Reported>) {
         let api = self.api.clone();
         let environment = self.environment.environment_id.clone();
         self.cleanup.spawn(async move {
+            if let Some(before) = before {
+                before.await;
+            }
             let mut delay = STOP_FIRST_DELAY;
             for attempt in 1..=STOP_ATTEMPTS {
                 match api.stop_work(&environment, &work_id, force).await {
@@ -531,6 +608,12 @@ impl Supervisor {
     }
 
     fn archive(&mut self, body: String, session_id: String) {
+        self.archive_after(body, session_id, None);
+    }
+
+    /// Archives a session, once `before` (if any: the report of its agent's failure)
+    /// is done.
+    fn archive_after(&mut self, body: String, session_id: String, before: Option<Reported>) {
         if !self.archived.insert(body) {
             return;
         }
@@ -539,6 +622,9 @@ impl Supervisor {
             .map(|id| id.compat())
             .unwrap_or(session_id);
         self.cleanup.spawn(async move {
+            if let Some(before) = before {
+                before.await;
+            }
             if let Err(e) = api.archive_session(&compat).await {
                 tracing::warn!(session = %compat, error = %e, "could not archive the session");
             }

@@ -52,13 +52,15 @@ pub(crate) async fn put_channel(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(kind): Path<String>,
+    headers: HeaderMap,
     Json(req): Json<Channel>,
 ) -> Result<JsonValue, ApiError> {
     let owner = AppState::require_owner(&principal)?;
     let secret = req.secret.filter(|s| !s.is_empty());
+    let origin = state.owner_origin(&headers);
     Ok(axum::Json(
         state
-            .set_notify_channel(owner, &kind, req.url.trim(), secret)
+            .set_notify_channel(owner, &kind, req.url.trim(), secret, origin)
             .await?,
     ))
 }
@@ -108,6 +110,7 @@ pub(crate) async fn subscribe(
     let agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
+    let origin = state.owner_origin(&headers);
     let sub = state
         .subscribe_push(
             owner,
@@ -115,6 +118,7 @@ pub(crate) async fn subscribe(
             &req.keys.p256dh,
             &req.keys.auth,
             agent,
+            origin,
         )
         .await?;
     Ok((StatusCode::CREATED, axum::Json(sub)))

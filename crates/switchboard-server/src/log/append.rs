@@ -30,6 +30,13 @@ pub(crate) enum Vetting {
     None,
 }
 
+/// An event on its way into the log, with what it means for notifications (worked out
+/// by the caller from the message as parsed once, rather than from its stored text).
+pub(crate) struct Incoming {
+    pub(crate) event: NewEvent,
+    pub(crate) signal: Option<crate::notify::Signal>,
+}
+
 /// What became of one message sent towards the worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Accepted {
@@ -47,7 +54,7 @@ pub(crate) enum Accepted {
 pub(crate) async fn append(
     state: &AppState,
     session: &Session,
-    events: Vec<NewEvent>,
+    events: Vec<Incoming>,
     status: Option<Status>,
     vetting: Vetting,
 ) -> Result<Vec<Accepted>, ApiError> {
@@ -56,21 +63,26 @@ pub(crate) async fn append(
     }
     let channel = state.hub().channel(&session.id);
     let _in_order = channel.append.lock().await;
+    let (events, signals): (Vec<NewEvent>, Vec<Option<crate::notify::Signal>>) =
+        events.into_iter().map(|i| (i.event, i.signal)).unzip();
     let vetted = vet(state, &session.id, &events, vetting).await?;
-    let to_store: Vec<NewEvent> = events
+    let (to_store, signals): (Vec<NewEvent>, Vec<Option<crate::notify::Signal>>) = events
         .into_iter()
+        .zip(signals)
         .zip(&vetted.verdicts)
         .filter(|(_, v)| v.is_none())
         .map(|(e, _)| e)
-        .collect();
+        .unzip();
     let now = now_ms();
     let appended = store(state, &session.id, &to_store, now).await?;
-    for (event, outcome) in to_store.into_iter().zip(&appended) {
+    for ((event, signal), outcome) in to_store.into_iter().zip(signals).zip(&appended) {
         if outcome.duplicate {
             continue;
         }
         count(state);
-        notify(state, session, &event);
+        if let Some(signal) = signal {
+            state.notify_event(session, signal);
+        }
         publish(&channel, event, outcome.seq, now);
     }
     advance_status(state, &session.id, &channel, status, vetted.answers_pending).await?;
@@ -169,18 +181,6 @@ async fn store(
 /// Counts one newly stored event.
 fn count(state: &AppState) {
     Metrics::add(&state.metrics().events_appended, 1);
-}
-
-/// Offers a newly stored event to the notifier. A permission request, a finished turn,
-/// an answer…: someone may want to know (the worker's own control responses answer
-/// viewers, not requests).
-fn notify(state: &AppState, session: &Session, event: &NewEvent) {
-    let answer = event.kind == "control_response";
-    if (event.direction == Direction::Outbound) != answer {
-        if let Some(signal) = crate::notify::classify(&event.kind, &event.payload) {
-            state.notify_event(session, signal);
-        }
-    }
 }
 
 /// Publishes a newly stored event on the session's channel. Call with the append lock

@@ -1,7 +1,8 @@
 //! Delivery to one place: a webhook (JSON, signed with HMAC-SHA256), an ntfy topic, or a
 //! browser's push service (RFC 8030, encrypted per RFC 8291, VAPID per RFC 8292). Each
 //! delivery is retried with a doubling wait on network errors, 429 and 5xx, a bounded
-//! number of times; a push service's 404 or 410 removes the subscription.
+//! number of times; a push service's 404 or 410 removes the subscription. Only public
+//! addresses are reached unless the server allows private ones (see [`super::guard`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use serde_json::json;
 use sha2::Sha256;
 use switchboard_store::{NotifyChannel, PushSubscription};
 
+use super::guard;
 use super::webpush::{self, Vapid};
 use super::{Kind, Notice, ATTEMPTS, ATTEMPT_TIMEOUT, RETRY_BASE};
 use crate::state::AppState;
@@ -32,14 +34,42 @@ pub(crate) enum Job {
     Push(PushSubscription, Arc<Vapid>),
 }
 
+impl Job {
+    /// The address the owner set it from, where its links start (when the server has no
+    /// configured public URL).
+    pub(crate) fn origin(&self) -> Option<&str> {
+        match self {
+            Job::Channel(c) => c.origin.as_deref(),
+            Job::Push(s, _) => s.origin.as_deref(),
+        }
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            Job::Channel(c) => &c.url,
+            Job::Push(s, _) => &s.endpoint,
+        }
+    }
+}
+
 /// The HTTP client deliveries share: no redirects (a signed request goes where it was
-/// set to go), a deadline per attempt.
-pub(crate) fn http_client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// set to go, and a redirect cannot lead inside), a deadline per attempt. Unless
+/// `allow_private`, names resolve only to public addresses ([`guard::PublicOnly`]) and
+/// connections go straight to them, never through a proxy from the environment (whose
+/// own address, and what it connects to, the check could not see).
+pub(crate) fn http_client(allow_private: bool) -> reqwest::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(ATTEMPT_TIMEOUT)
-        .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")));
+    if allow_private {
+        builder.build()
+    } else {
+        builder
+            .no_proxy()
+            .dns_resolver(Arc::new(guard::PublicOnly))
+            .build()
+    }
 }
 
 /// What an attempt came to.
@@ -57,7 +87,14 @@ pub(crate) enum Outcome {
 
 fn outcome(result: reqwest::Result<reqwest::Response>, push: bool) -> Outcome {
     match result {
-        Err(e) => Outcome::Retry(e.to_string()),
+        // A refused address is not worth another try, and the error says nothing about
+        // what is there (nothing was reached).
+        Err(e) => match guard::refusal(&e) {
+            Some(refused) => Outcome::Failed(refused.to_string()),
+            None if e.is_timeout() => Outcome::Retry("timed out".into()),
+            None if e.is_connect() => Outcome::Retry("could not connect".into()),
+            None => Outcome::Retry("the request failed".into()),
+        },
         Ok(r) => {
             let s = r.status();
             if s.is_success() {
@@ -73,8 +110,23 @@ fn outcome(result: reqwest::Result<reqwest::Response>, push: bool) -> Outcome {
     }
 }
 
-/// One try at delivering `notice` by `job`.
-pub(crate) async fn attempt(http: &reqwest::Client, job: &Job, notice: &Notice) -> Outcome {
+/// One try at delivering `notice` by `job`. Unless `allow_private`, a URL naming a
+/// non-public address literally is refused before any connection (the resolver, which
+/// checks names, never sees those).
+pub(crate) async fn attempt(
+    http: &reqwest::Client,
+    job: &Job,
+    notice: &Notice,
+    allow_private: bool,
+) -> Outcome {
+    if !allow_private {
+        let checked = url::Url::parse(job.url())
+            .map_err(|_| guard::Refused("an unparsable URL".into()))
+            .and_then(|u| guard::check_literal(&u));
+        if let Err(refused) = checked {
+            return Outcome::Failed(refused.to_string());
+        }
+    }
     match job {
         Job::Channel(c) if c.kind == "webhook" => outcome(webhook(http, c, notice).await, false),
         Job::Channel(c) => outcome(ntfy(http, c, notice).await, false),
@@ -91,9 +143,11 @@ pub(crate) async fn deliver(state: &AppState, http: &reqwest::Client, notice: &N
         Job::Channel(c) => c.kind.clone(),
         Job::Push(..) => "push".to_owned(),
     };
+    let notice = &notice.linked(&state.link_base(job.origin()));
+    let allow_private = state.options().notify_allow_private;
     let mut wait = RETRY_BASE;
     for tried in 1..=ATTEMPTS {
-        match attempt(http, &job, notice).await {
+        match attempt(http, &job, notice, allow_private).await {
             Outcome::Sent => {
                 state.metrics().notification_sent();
                 return;
@@ -192,6 +246,7 @@ async fn ntfy(
         Kind::Result => &["white_check_mark"],
         Kind::Error => &["x"],
         Kind::UsageLimit => &["hourglass"],
+        Kind::WorkerLost => &["electric_plug"],
         Kind::Resolved => &[],
         Kind::Test => &["bell"],
     };

@@ -9,10 +9,13 @@
 //! queue is full, notices are dropped and counted.
 
 pub(crate) mod channels;
+pub(crate) mod guard;
+pub(crate) mod redact;
 pub(crate) mod webpush;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -35,6 +38,10 @@ pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const ATTEMPTS: u32 = 4;
 /// The first wait before a retry.
 pub(crate) const RETRY_BASE: Duration = Duration::from_millis(500);
+/// How long "this owner has no channel and no browser" is believed without asking the
+/// store again. Changes made through this server forget it at once; the bound is for
+/// changes made elsewhere (another server on the same database).
+const NOTHING_SET_TTL: Duration = Duration::from_secs(30);
 
 /// What happened, as settings name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -50,6 +57,8 @@ pub(crate) enum Kind {
     Error,
     /// A usage limit stopped the agent.
     UsageLimit,
+    /// A session's worker went away mid-session and did not come back.
+    WorkerLost,
     /// A request the owner was notified about was answered: its notification can go.
     Resolved,
     /// `switchboard notify test`: always sent.
@@ -58,12 +67,16 @@ pub(crate) enum Kind {
 
 impl Kind {
     /// Every kind settings can turn on, with what it means.
-    pub(crate) const SETTABLE: [(Kind, &'static str); 5] = [
+    pub(crate) const SETTABLE: [(Kind, &'static str); 6] = [
         (Kind::Permission, "a tool waits for your permission"),
         (Kind::Question, "the agent asks a question"),
         (Kind::Result, "a turn ended"),
         (Kind::Error, "the agent stopped with an error"),
         (Kind::UsageLimit, "a usage limit stopped the agent"),
+        (
+            Kind::WorkerLost,
+            "a session's worker was lost (disconnected mid-session and did not come back)",
+        ),
     ];
 
     /// The name in settings and payloads.
@@ -74,6 +87,7 @@ impl Kind {
             Kind::Result => "result",
             Kind::Error => "error",
             Kind::UsageLimit => "usage_limit",
+            Kind::WorkerLost => "worker_lost",
             Kind::Resolved => "resolved",
             Kind::Test => "test",
         }
@@ -89,11 +103,15 @@ impl Kind {
 
     /// Whether it needs the person now (high urgency, kept on screen).
     pub(crate) fn urgent(self) -> bool {
-        matches!(self, Kind::Permission | Kind::Question | Kind::UsageLimit)
+        matches!(
+            self,
+            Kind::Permission | Kind::Question | Kind::UsageLimit | Kind::WorkerLost
+        )
     }
 }
 
-/// One notification, as every channel sends it: nothing secret, every text bounded.
+/// One notification, as every channel sends it: no credential, every text bounded, what
+/// it shows of a tool's input redacted (see [`redact`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Notice {
     /// What happened.
@@ -108,8 +126,16 @@ pub(crate) struct Notice {
     pub(crate) title: String,
     /// One or two lines.
     pub(crate) body: String,
-    /// The page that answers it.
+    /// The page that answers it: [`Notice::path`] on the address its channel was set
+    /// from (see [`Notice::linked`]).
     pub(crate) url: String,
+    /// The page's path and fragment; not sent.
+    #[serde(skip)]
+    pub(crate) path: String,
+    /// For a permission request: whether `body` shows the tool's input whole (one line,
+    /// not cut, nothing masked). A notification offers Allow only then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) shown_in_full: Option<bool>,
     /// The permission request it is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) request_id: Option<String>,
@@ -125,6 +151,16 @@ pub(crate) struct Notice {
     pub(crate) owner_id: String,
 }
 
+impl Notice {
+    /// The notice with its link on `base` (`scheme://host[:port]`).
+    pub(crate) fn linked(&self, base: &str) -> Notice {
+        Notice {
+            url: format!("{}{}", base.trim_end_matches('/'), self.path),
+            ..self.clone()
+        }
+    }
+}
+
 /// What a stored event says, before it is addressed: `(kind, title, body, request, tool)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Signal {
@@ -133,11 +169,15 @@ pub(crate) struct Signal {
     pub(crate) body: String,
     pub(crate) request_id: Option<String>,
     pub(crate) tool: Option<String>,
+    /// For a permission request: whether `body` is the tool's input whole, before it is
+    /// redacted and bounded.
+    pub(crate) complete: Option<bool>,
 }
 
-/// What one appended message means for notifications, if anything. Cheap for the
-/// messages that mean nothing (most of them): only a few kinds are parsed at all.
-pub(crate) fn classify(kind: &str, payload: &str) -> Option<Signal> {
+/// What one message about to be appended means for notifications, if anything. Takes
+/// the message as already parsed on the append path; returns at once for the kinds that
+/// mean nothing (most of them).
+pub(crate) fn classify(kind: &str, message: &Value) -> Option<Signal> {
     match kind {
         "control_request"
         | "result"
@@ -145,10 +185,9 @@ pub(crate) fn classify(kind: &str, payload: &str) -> Option<Signal> {
         | "control_response"
         | "control_cancel_request" => {}
         // An assistant message only matters when it reports an error.
-        "assistant" if payload.contains("\"error\"") => {}
+        "assistant" if message.get("error").is_some() => {}
         _ => return None,
     }
-    let message: Value = serde_json::from_str(payload).ok()?;
     let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_owned();
     match kind {
         "control_request" => {
@@ -172,6 +211,7 @@ pub(crate) fn classify(kind: &str, payload: &str) -> Option<Signal> {
                             body: question.to_owned(),
                             request_id,
                             tool: Some(tool),
+                            complete: None,
                         });
                     }
                     let label = request
@@ -179,12 +219,14 @@ pub(crate) fn classify(kind: &str, payload: &str) -> Option<Signal> {
                         .and_then(Value::as_str)
                         .unwrap_or(&tool)
                         .to_owned();
+                    let (body, complete) = summary(input);
                     Some(Signal {
                         kind: Kind::Permission,
                         title: format!("Allow {label}?"),
-                        body: summary(input),
+                        body,
                         request_id,
                         tool: Some(tool),
+                        complete: Some(complete),
                     })
                 }
                 "elicitation" => Some(Signal {
@@ -199,6 +241,7 @@ pub(crate) fn classify(kind: &str, payload: &str) -> Option<Signal> {
                     body: text(request.get("message")),
                     request_id,
                     tool: None,
+                    complete: None,
                 }),
                 _ => None,
             }
@@ -214,6 +257,7 @@ pub(crate) fn classify(kind: &str, payload: &str) -> Option<Signal> {
                 body: String::new(),
                 request_id: Some(request_id.to_owned()),
                 tool: None,
+                complete: None,
             })
         }
         "assistant" => {
@@ -249,6 +293,7 @@ pub(crate) fn classify(kind: &str, payload: &str) -> Option<Signal> {
                 },
                 request_id: None,
                 tool: None,
+                complete: None,
             })
         }
     }
@@ -265,6 +310,7 @@ fn limit_or_error(limit: bool, said: &str) -> Option<Signal> {
         body: said.to_owned(),
         request_id: None,
         tool: None,
+        complete: None,
     })
 }
 
@@ -274,8 +320,9 @@ fn is_usage_limit(text: &str) -> bool {
 }
 
 /// A tool input on one line: the field that says most (a command, a path…), else the
-/// input as compact JSON.
-pub(crate) fn summary(input: &Value) -> String {
+/// input as compact JSON; and whether that line is a command whole (a command of more
+/// lines is never complete; other inputs are told by their main field).
+pub(crate) fn summary(input: &Value) -> (String, bool) {
     const TELLING: [&str; 8] = [
         "command",
         "file_path",
@@ -286,14 +333,23 @@ pub(crate) fn summary(input: &Value) -> String {
         "query",
         "description",
     ];
-    TELLING
+    match TELLING
         .iter()
         .find_map(|k| input.get(*k).and_then(Value::as_str))
-        .map(|s| s.lines().next().unwrap_or_default().to_owned())
-        .unwrap_or_else(|| match input {
-            Value::Null => String::new(),
-            other => other.to_string(),
-        })
+    {
+        Some(s) => {
+            let first = s.lines().next().unwrap_or_default();
+            let whole = !s.contains(['\n', '\r']) || input.get("command").is_none();
+            (first.to_owned(), whole)
+        }
+        None => (
+            match input {
+                Value::Null => String::new(),
+                other => other.to_string(),
+            },
+            true,
+        ),
+    }
 }
 
 /// `text` on one line, cut to `max` characters with an ellipsis.
@@ -309,11 +365,19 @@ pub(crate) fn bound(text: &str, max: usize) -> String {
     }
 }
 
-/// The sending half of the notifier's queue, held by the state.
+/// The sending half of the notifier's queue, held by the state, with what the notifier
+/// remembers between notices.
 #[derive(Debug)]
 pub(crate) struct Notifier {
     tx: mpsc::Sender<Notice>,
-    rx: std::sync::Mutex<Option<mpsc::Receiver<Notice>>>,
+    rx: Mutex<Option<mpsc::Receiver<Notice>>>,
+    /// Owners known to have no channel and no browser subscription, and since when: their
+    /// notices cost no store read. Forgotten when they set one (see [`Notifier::changed`]).
+    nothing_set: Mutex<HashMap<String, Instant>>,
+    /// Sessions whose worker went away, and the ticket of the latest check that will see
+    /// whether it came back (an older check whose ticket is not the latest does nothing).
+    lost_checks: Mutex<HashMap<String, u64>>,
+    next_ticket: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Notifier {
@@ -321,7 +385,10 @@ impl Default for Notifier {
         let (tx, rx) = mpsc::channel(QUEUE);
         Self {
             tx,
-            rx: std::sync::Mutex::new(Some(rx)),
+            rx: Mutex::new(Some(rx)),
+            nothing_set: Mutex::new(HashMap::new()),
+            lost_checks: Mutex::new(HashMap::new()),
+            next_ticket: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -336,39 +403,104 @@ impl Notifier {
     fn take(&self) -> Option<mpsc::Receiver<Notice>> {
         self.rx.lock().expect("notifier lock poisoned").take()
     }
+
+    /// Whether `owner_id` is known (recently) to have nothing set.
+    fn has_nothing_set(&self, owner_id: &str) -> bool {
+        let mut known = self.nothing_set.lock().expect("notifier lock poisoned");
+        match known.get(owner_id) {
+            Some(since) if since.elapsed() < NOTHING_SET_TTL => true,
+            Some(_) => {
+                known.remove(owner_id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember_nothing_set(&self, owner_id: &str) {
+        let mut known = self.nothing_set.lock().expect("notifier lock poisoned");
+        // Bounded: stale entries go first, and a full map starts over.
+        if known.len() >= 10_000 {
+            known.retain(|_, since| since.elapsed() < NOTHING_SET_TTL);
+            if known.len() >= 10_000 {
+                known.clear();
+            }
+        }
+        known.insert(owner_id.to_owned(), Instant::now());
+    }
+
+    /// Forgets what is remembered about `owner_id`'s settings: call on every change of
+    /// them (channels, subscriptions).
+    pub(crate) fn changed(&self, owner_id: &str) {
+        self.nothing_set
+            .lock()
+            .expect("notifier lock poisoned")
+            .remove(owner_id);
+    }
+
+    /// A new check of whether `session_id`'s worker comes back; earlier ones give way.
+    pub(crate) fn lost_ticket(&self, session_id: &str) -> u64 {
+        let ticket = self
+            .next_ticket
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.lost_checks
+            .lock()
+            .expect("notifier lock poisoned")
+            .insert(session_id.to_owned(), ticket);
+        ticket
+    }
+
+    /// True (once) when `ticket` is still the latest check of `session_id`.
+    pub(crate) fn lost_ticket_current(&self, session_id: &str, ticket: u64) -> bool {
+        let mut checks = self.lost_checks.lock().expect("notifier lock poisoned");
+        if checks.get(session_id) == Some(&ticket) {
+            checks.remove(session_id);
+            true
+        } else {
+            false
+        }
+    }
 }
 
-/// Builds the notice for a signal from `session`.
-pub(crate) fn address(
-    state: &AppState,
-    session: &switchboard_store::Session,
-    signal: Signal,
-) -> Notice {
+/// Builds the notice for a signal from `session`: what it shows of a tool's input is
+/// redacted, and every text bounded. Its link is a path; each delivery puts it on the
+/// address its channel was set from (never the address of the request that caused it).
+pub(crate) fn address(session: &switchboard_store::Session, signal: Signal) -> Notice {
     let id = SessionId::from_body(session.id.clone())
         .map(|s| s.compat())
         .unwrap_or_else(|| session.id.clone());
-    let url = match &signal.request_id {
+    let path = match &signal.request_id {
         Some(r) if signal.kind != Kind::Resolved => format!(
-            "{}/s/{id}#request-{}",
-            state.public_url(),
+            "/s/{id}#request-{}",
             r.chars()
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
                 .collect::<String>()
         ),
-        _ => format!("{}/s/{id}", state.public_url()),
+        _ => format!("/s/{id}"),
     };
     let title = match (&session.title, signal.title.is_empty()) {
         (Some(t), false) if !t.is_empty() => format!("{} · {}", signal.title, t),
         _ => signal.title,
     };
+    let (said, masked) = if signal.kind == Kind::Permission {
+        redact::redact(&signal.body)
+    } else {
+        (signal.body, false)
+    };
+    let body = bound(&said, MAX_BODY);
+    let shown_in_full = signal
+        .complete
+        .map(|complete| complete && !masked && body == said);
     Notice {
         kind: signal.kind,
         collapse_key: id.clone(),
         session_id: id,
         session_title: session.title.as_deref().map(|t| bound(t, MAX_TITLE)),
         title: bound(&title, MAX_TITLE),
-        body: bound(&signal.body, MAX_BODY),
-        url,
+        body,
+        url: String::new(),
+        path,
+        shown_in_full,
         request_id: signal.request_id.map(|r| bound(&r, 100)),
         tool: signal.tool.map(|t| bound(&t, 64)),
         created_at: crate::time::iso(crate::time::now_ms()),
@@ -379,7 +511,7 @@ pub(crate) fn address(
 /// Starts the notifier task; it ends with the server.
 pub(crate) fn spawn(state: AppState) -> Option<tokio::task::JoinHandle<()>> {
     let mut rx = state.notifier().take()?;
-    let http = match channels::http_client() {
+    let http = match channels::http_client(state.options().notify_allow_private) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the notifications HTTP client");
@@ -419,13 +551,25 @@ pub(crate) async fn jobs(state: &AppState, notice: &Notice) -> anyhow::Result<Ve
     Ok(jobs)
 }
 
-/// Sends one notice everywhere its owner wants it.
+/// Sends one notice everywhere its owner wants it. An owner with nothing set costs no
+/// store read once that is known.
 async fn fan_out(
     state: &AppState,
     http: &reqwest::Client,
     slots: &Arc<Semaphore>,
     notice: Notice,
 ) -> anyhow::Result<()> {
+    let notifier = state.notifier();
+    if notice.kind != Kind::Test && notifier.has_nothing_set(&notice.owner_id) {
+        return Ok(());
+    }
+    state.metrics().notify_lookup();
+    let channels = state.store().notify_channels(&notice.owner_id).await?;
+    let subs = state.store().push_subscriptions(&notice.owner_id).await?;
+    if channels.is_empty() && subs.is_empty() {
+        notifier.remember_nothing_set(&notice.owner_id);
+        return Ok(());
+    }
     let enabled = state.notify_events(&notice.owner_id).await?;
     let wanted = match notice.kind {
         // The notification it closes was only shown when permissions notify.
@@ -436,8 +580,19 @@ async fn fan_out(
     if !wanted {
         return Ok(());
     }
+    let mut jobs: Vec<channels::Job> = Vec::new();
+    if notice.kind != Kind::Resolved {
+        jobs.extend(channels.into_iter().map(channels::Job::Channel));
+    }
+    if !subs.is_empty() {
+        let vapid = state.vapid().await?;
+        jobs.extend(
+            subs.into_iter()
+                .map(|sub| channels::Job::Push(sub, vapid.clone())),
+        );
+    }
     let notice = Arc::new(notice);
-    for job in jobs(state, &notice).await? {
+    for job in jobs {
         let permit = slots.clone().acquire_owned().await?;
         let (state, http, notice) = (state.clone(), http.clone(), notice.clone());
         tokio::spawn(async move {
@@ -456,7 +611,7 @@ mod tests {
 
     fn classify_json(message: Value) -> Option<Signal> {
         let kind = message["type"].as_str().unwrap_or_default().to_owned();
-        classify(&kind, &message.to_string())
+        classify(&kind, &message)
     }
 
     #[test]
@@ -512,7 +667,7 @@ mod tests {
             classify_json(json!({"type": "control_request", "request": {"subtype": "interrupt"}})),
             None
         );
-        assert_eq!(classify("stream_event", "{"), None);
+        assert_eq!(classify("stream_event", &json!({})), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::limits;
-use crate::log::{self, Accepted, Status, Vetting};
+use crate::log::{self, Accepted, Incoming, Status, Vetting};
 
 /// The largest message a viewer may send towards a worker. The worker's SSE reader drops
 /// any frame over 1 MiB (docs/PROTOCOL.md §9.8), and the frame wraps the message in an
@@ -71,7 +71,8 @@ impl AppState {
             let message =
                 messages::normalize_inbound(message, &mut || uuid::Uuid::new_v4().to_string())
                     .map_err(|e| ApiError::BadRequest(format!("event {i}: {e}")))?;
-            let mut event = new_event(Direction::Inbound, message);
+            let mut incoming = new_event(Direction::Inbound, message);
+            let event = &mut incoming.event;
             event.sent_with = Some(sent_with.to_string());
             if event.payload.len() > MAX_INBOUND_EVENT_BYTES {
                 return Err(ApiError::TooLarge(format!(
@@ -79,7 +80,7 @@ impl AppState {
                     event.payload.len()
                 )));
             }
-            events.push(event);
+            events.push(incoming);
         }
         log::append(self, session, events, None, Vetting::Answers).await
     }
@@ -129,7 +130,7 @@ impl AppState {
     async fn append(
         &self,
         session: &Session,
-        events: Vec<NewEvent>,
+        events: Vec<Incoming>,
         status: Option<Status>,
     ) -> Result<Vec<Appended>, ApiError> {
         let accepted = log::append(self, session, events, status, Vetting::None).await?;
@@ -143,18 +144,30 @@ impl AppState {
     }
 }
 
-fn new_event(direction: Direction, mut message: Value) -> NewEvent {
+fn new_event(direction: Direction, mut message: Value) -> Incoming {
     if let Some(obj) = message.as_object_mut() {
         // The server attaches its own sequence number on the way out.
         obj.remove(SEQUENCE_FIELD);
     }
-    NewEvent {
-        direction,
-        kind: message_type(&message).unwrap_or("unknown").to_string(),
-        uuid: message_uuid(&message).map(str::to_string),
-        request_id: messages::control_request_id(&message).map(str::to_string),
-        payload: message.to_string(),
-        sent_with: None,
+    let kind = message_type(&message).unwrap_or("unknown").to_string();
+    // A permission request, a finished turn, an answer…: someone may want to know (the
+    // worker's own control responses answer viewers, not requests).
+    let answer = kind == "control_response";
+    let signal = if (direction == Direction::Outbound) != answer {
+        crate::notify::classify(&kind, &message)
+    } else {
+        None
+    };
+    Incoming {
+        event: NewEvent {
+            direction,
+            uuid: message_uuid(&message).map(str::to_string),
+            request_id: messages::control_request_id(&message).map(str::to_string),
+            payload: message.to_string(),
+            sent_with: None,
+            kind,
+        },
+        signal,
     }
 }
 

@@ -1,15 +1,17 @@
 //! Notifications, per owner: which events notify, the webhook and ntfy channels, the
-//! browsers subscribed to Web Push, and handing a session's events to the notifier.
+//! browsers subscribed to Web Push, handing a session's events to the notifier, and
+//! telling the owner when a session's worker was lost.
 
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use switchboard_store::{NotifyChannel, PushSubscription, Session};
+use switchboard_store::{NotifyChannel, PushSubscription, Session, SessionStatus, StoreError};
 
 use super::AppState;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::notify::channels::{self, Outcome};
+use crate::notify::guard;
 use crate::notify::webpush::{self, Vapid};
 use crate::notify::{self, Kind, Notice, Signal};
 use crate::time::{iso, now_ms};
@@ -45,10 +47,126 @@ impl AppState {
     /// Hands what a just-stored event means to the notifier, without waiting. Called on
     /// the append path for every new (not repeated) event.
     pub(crate) fn notify_event(&self, session: &Session, signal: Signal) {
-        let notice = notify::address(self, session, signal);
+        let notice = notify::address(session, signal);
         if !self.notifier().offer(notice) {
             Metrics::add(&self.metrics().notifications_dropped, 1);
         }
+    }
+
+    /// Where a notification's link starts: the configured public URL; else the address
+    /// the owner used when setting the channel or subscribing the browser (`stored`);
+    /// else this server's own address. Never the address of the request being handled,
+    /// which for a notice is usually a worker's.
+    pub(crate) fn link_base(&self, stored: Option<&str>) -> String {
+        if let Some(url) = &self.options().public_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        if let Some(origin) = stored {
+            return origin.to_owned();
+        }
+        let scheme = if self.options().tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        match self.local_addr() {
+            Some(addr) => format!("{scheme}://{addr}"),
+            None => format!("{scheme}://127.0.0.1:8787"),
+        }
+    }
+
+    /// The address the owner is using in this request, to start the links of a channel
+    /// or subscription it sets: the page's `Origin` when it is this server (as the
+    /// same-origin rule sees it), else the public URL as this request reached it.
+    pub(crate) fn owner_origin(&self, headers: &axum::http::HeaderMap) -> String {
+        let page = headers
+            .get(axum::http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .filter(|_| self.same_origin(headers))
+            .and_then(|o| url::Url::parse(o).ok())
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .map(|u| u.origin().ascii_serialization());
+        page.filter(|o| o.len() <= 300)
+            .unwrap_or_else(|| self.public_url())
+    }
+
+    /// Called when one of a session's worker connections ended (a v1 socket closed or
+    /// dropped; a v2 stream closed, or its worker fell silent past the heartbeat TTL).
+    /// After `worker_lost_grace`, if no worker connection took over and the session was
+    /// neither idle nor archived, its owner is told the worker was lost (once per loss:
+    /// a later end restarts the wait, and only the latest check speaks).
+    pub(crate) fn worker_gone(&self, session_id: &str) {
+        let ticket = self.notifier().lost_ticket(session_id);
+        let (state, session_id) = (self.clone(), session_id.to_owned());
+        let grace = self.options().worker_lost_grace;
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {}
+                // A server that stops takes its workers with it; that is not their loss.
+                _ = state.shutdown().wait() => return,
+            }
+            if !state.notifier().lost_ticket_current(&session_id, ticket) {
+                return;
+            }
+            if let Err(e) = state.check_worker_lost(&session_id).await {
+                tracing::warn!(error = ?e, session = %session_id, "cannot check a lost worker");
+            }
+        });
+    }
+
+    async fn check_worker_lost(&self, session_id: &str) -> Result<(), ApiError> {
+        if self
+            .hub()
+            .get(session_id)
+            .is_some_and(|channel| channel.has_worker())
+        {
+            return Ok(());
+        }
+        let session = match self.store().session(session_id).await {
+            Ok(s) => s,
+            Err(StoreError::NotFound) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if session.archived_at.is_some()
+            || matches!(
+                session.status,
+                SessionStatus::Idle | SessionStatus::Archived
+            )
+        {
+            return Ok(());
+        }
+        let waiting = session.status == SessionStatus::RequiresAction;
+        tracing::info!(session = %session_id, "worker lost mid-session; telling its owner");
+        self.notify_event(
+            &session,
+            Signal {
+                kind: Kind::WorkerLost,
+                title: "Worker lost".into(),
+                body: if waiting {
+                    "The agent disconnected while waiting for your answer and has not come \
+                     back; it may have crashed or lost its network."
+                } else {
+                    "The agent disconnected mid-turn and has not come back; it may have \
+                     crashed or lost its network."
+                }
+                .into(),
+                request_id: None,
+                tool: None,
+                complete: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Refuses a notification URL that names a non-public address (unless the server
+    /// allows those): a 400 that says why.
+    async fn check_notify_target(&self, url: &url::Url) -> Result<(), ApiError> {
+        if self.options().notify_allow_private {
+            return Ok(());
+        }
+        guard::check_target(url)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("url: {e}")))
     }
 
     /// The server's VAPID key pair, made and stored on first use.
@@ -145,8 +263,10 @@ impl AppState {
         kind: &str,
         url: &str,
         secret: Option<String>,
+        origin: String,
     ) -> Result<Value, ApiError> {
         let parsed = check_url("url", url)?;
+        self.check_notify_target(&parsed).await?;
         if secret
             .as_ref()
             .is_some_and(|s| s.len() > MAX_SECRET || s.trim().is_empty())
@@ -187,9 +307,11 @@ impl AppState {
             kind: kind.to_owned(),
             url: parsed.to_string(),
             secret,
+            origin: Some(origin),
             created_at: now_ms(),
         };
         self.store().put_notify_channel(&channel).await?;
+        self.notifier().changed(owner_id);
         Ok(channel_json(channel))
     }
 
@@ -214,8 +336,10 @@ impl AppState {
         p256dh: &str,
         auth: &str,
         user_agent: Option<&str>,
+        origin: String,
     ) -> Result<Value, ApiError> {
-        check_url("endpoint", endpoint)?;
+        let parsed = check_url("endpoint", endpoint)?;
+        self.check_notify_target(&parsed).await?;
         webpush::check_keys(p256dh, auth).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let existing = self.store().push_subscriptions(owner_id).await?;
         if existing.len() >= MAX_SUBSCRIPTIONS && !existing.iter().any(|s| s.endpoint == endpoint) {
@@ -230,9 +354,11 @@ impl AppState {
             p256dh: p256dh.to_owned(),
             auth: auth.to_owned(),
             user_agent: user_agent.map(|u| notify::bound(u, 200)),
+            origin: Some(origin),
             created_at: now_ms(),
         };
         self.store().put_push_subscription(&sub).await?;
+        self.notifier().changed(owner_id);
         Ok(subscription_json(sub))
     }
 
@@ -246,7 +372,8 @@ impl AppState {
     }
 
     /// Sends a test notification everywhere the owner has set, once each, and says how
-    /// each went.
+    /// each went: sent, the status it was answered with, or why it was not (a refused
+    /// address is named as such, with nothing about what is there).
     pub(crate) async fn test_notify(&self, owner_id: &str) -> Result<Value, ApiError> {
         let notice = Notice {
             kind: Kind::Test,
@@ -254,14 +381,18 @@ impl AppState {
             session_title: None,
             title: "Switchboard test notification".into(),
             body: "Notifications reach you here.".into(),
-            url: format!("{}/", self.public_url()),
+            url: String::new(),
+            path: "/".into(),
+            shown_in_full: None,
             request_id: None,
             tool: None,
             collapse_key: "test".into(),
             created_at: iso(now_ms()),
             owner_id: owner_id.to_owned(),
         };
-        let http = channels::http_client().map_err(|e| ApiError::Internal(e.into()))?;
+        let allow_private = self.options().notify_allow_private;
+        let http =
+            channels::http_client(allow_private).map_err(|e| ApiError::Internal(e.into()))?;
         let jobs = notify::jobs(self, &notice)
             .await
             .map_err(ApiError::Internal)?;
@@ -271,7 +402,8 @@ impl AppState {
                 channels::Job::Channel(c) => c.kind.clone(),
                 channels::Job::Push(s, _) => format!("push {}", s.id),
             };
-            let outcome = channels::attempt(&http, &job, &notice).await;
+            let linked = notice.linked(&self.link_base(job.origin()));
+            let outcome = channels::attempt(&http, &job, &linked, allow_private).await;
             if outcome == Outcome::Gone {
                 if let channels::Job::Push(s, _) = &job {
                     self.store()

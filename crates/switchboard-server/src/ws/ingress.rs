@@ -112,6 +112,7 @@ async fn run(state: AppState, socket: WebSocket, session: Session) {
             let _ = tokio::time::timeout(limit, close(&mut sink, code, reason)).await;
         }
     }
+    state.worker_gone(&session.id);
 }
 
 /// A worker whose socket took nothing for the write timeout: it is cut, and it (or its

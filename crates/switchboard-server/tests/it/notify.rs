@@ -173,6 +173,11 @@ async fn slow(body: Bytes) -> StatusCode {
     StatusCode::OK
 }
 
+/// Answers with a redirect to the webhook: a notification must not follow it.
+async fn redirect() -> (StatusCode, [(&'static str, &'static str); 1]) {
+    (StatusCode::TEMPORARY_REDIRECT, [("location", "/hook")])
+}
+
 async fn ntfy(State(d): State<Arc<Doubles>>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let _ = d.tx.send(Received {
         channel: "ntfy",
@@ -235,6 +240,7 @@ async fn start_doubles() -> anyhow::Result<(String, Arc<Doubles>, mpsc::Unbounde
         .route("/slow", post(slow))
         .route("/ntfy/", post(ntfy))
         .route("/push/{id}", post(push))
+        .route("/redirect", post(redirect))
         .with_state(doubles.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -263,6 +269,37 @@ async fn deliveries(
     Ok(out)
 }
 
+/// A server that sends notifications to 127.0.0.1, where the doubles are.
+async fn allowing_private(
+    configure: impl FnOnce(&mut switchboard_server::ServerOptions),
+) -> anyhow::Result<TestServer> {
+    TestServer::start_with(|o| {
+        o.notify_allow_private = true;
+        configure(o);
+    })
+    .await
+}
+
+/// The notice a delivery carries (a webhook wraps it with the status it answered).
+fn notice_of(r: &Received) -> &Value {
+    if r.channel == "webhook" {
+        &r.body["payload"]
+    } else {
+        &r.body
+    }
+}
+
+/// Fails if anything is delivered within `wait`.
+async fn nothing_within(
+    rx: &mut mpsc::UnboundedReceiver<Received>,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    if let Ok(Some(r)) = tokio::time::timeout(wait, rx.recv()).await {
+        anyhow::bail!("unexpected delivery: {r:?}");
+    }
+    Ok(())
+}
+
 fn hmac_hex(secret: &str, timestamp: &str, body: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(timestamp.as_bytes());
@@ -280,7 +317,7 @@ fn can_use_tool(request_id: &str) -> Value {
 #[tokio::test]
 async fn a_permission_request_reaches_the_webhook_ntfy_and_a_browser_encrypted(
 ) -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    let server = allowing_private(|_| {}).await?;
     let (base, doubles, mut rx) = start_doubles().await?;
     let client = server.sessions();
     let http = server.http();
@@ -342,6 +379,8 @@ async fn a_permission_request_reaches_the_webhook_ntfy_and_a_browser_encrypted(
     assert_eq!(payload["type"], "permission");
     assert_eq!(payload["title"], "Allow Bash? · test");
     assert_eq!(payload["body"], "rm -rf build");
+    // One line of two: a notification never offers to allow what it did not show.
+    assert_eq!(payload["shown_in_full"], false);
     assert_eq!(payload["tool"], "Bash");
     assert_eq!(payload["request_id"], "perm-1");
     assert_eq!(payload["session_id"], d.session_id);
@@ -467,7 +506,7 @@ async fn a_permission_request_reaches_the_webhook_ntfy_and_a_browser_encrypted(
 #[tokio::test]
 async fn a_failing_webhook_is_retried_and_a_slow_one_never_slows_the_session() -> anyhow::Result<()>
 {
-    let server = TestServer::start().await?;
+    let server = allowing_private(|_| {}).await?;
     let (base, doubles, mut rx) = start_doubles().await?;
     let client = server.sessions();
     client
@@ -592,5 +631,395 @@ async fn channels_are_per_owner_and_bad_urls_are_refused() -> anyhow::Result<()>
     let id = sub["id"].as_str().unwrap();
     assert!(bob.delete_push_subscription(id).await.is_err());
     client.delete_push_subscription(id).await?;
+    Ok(())
+}
+
+/// Sets a channel with raw HTTP, so the request's headers can be chosen.
+async fn set_channel_with(
+    server: &TestServer,
+    kind: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<reqwest::Response> {
+    let mut request = server
+        .http()
+        .put(format!("{}/v1/notify/channels/{kind}", server.url()))
+        .bearer_auth(&server.key)
+        .json(&json!({ "url": url }));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    Ok(request.send().await?)
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_when_set_and_when_sent_and_the_test_says_nothing_of_them(
+) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let (base, doubles, mut rx) = start_doubles().await?;
+    let port = base.rsplit(':').next().unwrap().to_owned();
+    let client = server.sessions();
+
+    // Set: loopback, names of it, the cloud metadata address, private ranges: a 400 that
+    // says why and how to allow them.
+    for url in [
+        format!("http://127.0.0.1:{port}/hook"),
+        format!("http://localhost:{port}/hook"),
+        format!("http://LOCALHOST.:{port}/hook"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        format!("http://[::1]:{port}/hook"),
+        "http://[fd00::1]/hook".to_owned(),
+        "http://10.0.0.7/hook".to_owned(),
+        "http://192.168.1.1/hook".to_owned(),
+        "http://[::ffff:127.0.0.1]/hook".to_owned(),
+    ] {
+        let answer = set_channel_with(&server, "webhook", &url, &[]).await?;
+        assert_eq!(answer.status(), 400, "{url}");
+        let body: Value = answer.json().await?;
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("not a public address") && message.contains("--notify-allow-private"),
+            "{url}: {body}"
+        );
+    }
+    assert!(client
+        .set_notify_channel(
+            "ntfy",
+            &format!("http://127.0.0.1:{port}/ntfy/alerts"),
+            None
+        )
+        .await
+        .is_err());
+    let browser = Browser::new();
+    let refused = server
+        .http()
+        .post(format!("{}/v1/notify/push/subscriptions", server.url()))
+        .bearer_auth(&server.key)
+        .json(&json!({"endpoint": format!("{base}/push/phone"), "keys": {
+            "p256dh": browser.p256dh(), "auth": URL_SAFE_NO_PAD.encode(browser.auth)}}))
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 400);
+    assert!(client.notify_settings().await?["channels"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // Sent: targets that got into the store anyway (set while private addresses were
+    // allowed, or a name that resolves elsewhere now) are refused at every connection,
+    // by address literal and by name, and nothing reaches them.
+    let owner = server.state().store().ensure_owner("alice", 0).await?.id;
+    for (kind, url) in [
+        ("webhook", format!("{base}/hook")),
+        ("ntfy", format!("http://localhost:{port}/ntfy/alerts")),
+    ] {
+        server
+            .state()
+            .store()
+            .put_notify_channel(&switchboard_store::NotifyChannel {
+                owner_id: owner.clone(),
+                kind: kind.into(),
+                url,
+                secret: Some("k".into()),
+                origin: None,
+                created_at: 0,
+            })
+            .await?;
+    }
+    let test = client.test_notify().await?;
+    let results = test["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{test}");
+    for r in results {
+        assert_eq!(r["ok"], false, "{test}");
+        let detail = r["detail"].as_str().unwrap();
+        assert!(detail.contains("not a public address"), "{test}");
+        // Nothing about what is (or is not) listening there.
+        for telling in [
+            &port,
+            "refused",
+            "connect",
+            "answered",
+            "timed out",
+            "error",
+        ] {
+            assert!(!detail.contains(telling), "{detail:?} tells {telling:?}");
+        }
+    }
+    let d = dispatch(&server).await?;
+    let (worker, _inbound) =
+        IngressTransport::connect(ingress_config(&server, &d.work.data.id, &d.ingress_token))
+            .await?;
+    worker.write(vec![can_use_tool("p1")]).await?;
+    nothing_within(&mut rx, Duration::from_millis(1500)).await?;
+    drop(doubles);
+    Ok(())
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() -> anyhow::Result<()> {
+    let server = allowing_private(|_| {}).await?;
+    let (base, _doubles, mut rx) = start_doubles().await?;
+    let client = server.sessions();
+    client
+        .set_notify_channel("webhook", &format!("{base}/redirect"), None)
+        .await?;
+    let test = client.test_notify().await?;
+    assert_eq!(test["results"][0]["ok"], false, "{test}");
+    assert!(
+        test["results"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("307"),
+        "{test}"
+    );
+    nothing_within(&mut rx, Duration::from_millis(500)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn links_start_where_the_owner_set_the_channel_never_where_a_worker_connected(
+) -> anyhow::Result<()> {
+    // Behind a trusted proxy, with no --public-url: each request's forwarded host is
+    // believed for that request.
+    let server = allowing_private(|o| {
+        o.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await?;
+    let (base, _doubles, mut rx) = start_doubles().await?;
+    let answer = set_channel_with(
+        &server,
+        "webhook",
+        &format!("{base}/hook"),
+        &[
+            ("x-forwarded-host", "phone.example"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await?;
+    assert_eq!(answer.status(), 200);
+
+    // A worker posts a permission request through the proxy under another name.
+    let d = dispatch(&server).await?;
+    let posted = server
+        .http()
+        .post(format!(
+            "{}/v1/session_ingress/session/{}/events",
+            server.url(),
+            d.session_id
+        ))
+        .bearer_auth(&d.ingress_token)
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "http")
+        .json(&json!({"events": [can_use_tool("p1")]}))
+        .send()
+        .await?;
+    assert_eq!(posted.status(), 200, "{}", posted.text().await?);
+    let got = received(&mut rx).await?;
+    assert_eq!(
+        notice_of(&got)["url"],
+        format!("https://phone.example/s/{}#request-p1", d.session_id)
+    );
+
+    // A configured public URL is where every link starts.
+    let configured =
+        allowing_private(|o| o.public_url = Some("https://sb.example/".into())).await?;
+    let (base, _doubles, mut rx) = start_doubles().await?;
+    configured
+        .sessions()
+        .set_notify_channel("webhook", &format!("{base}/hook"), None)
+        .await?;
+    let d = dispatch(&configured).await?;
+    let (worker, _inbound) = IngressTransport::connect(ingress_config(
+        &configured,
+        &d.work.data.id,
+        &d.ingress_token,
+    ))
+    .await?;
+    worker.write(vec![can_use_tool("p2")]).await?;
+    let got = received(&mut rx).await?;
+    assert_eq!(
+        notice_of(&got)["url"],
+        format!("https://sb.example/s/{}#request-p2", d.session_id)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn what_a_notification_shows_of_a_command_is_bounded_and_its_secrets_masked(
+) -> anyhow::Result<()> {
+    let server = allowing_private(|_| {}).await?;
+    let (base, _doubles, mut rx) = start_doubles().await?;
+    let client = server.sessions();
+    client
+        .set_notify_channel("webhook", &format!("{base}/hook"), None)
+        .await?;
+    client
+        .set_notify_channel("ntfy", &format!("{base}/ntfy/alerts"), None)
+        .await?;
+    let d = dispatch(&server).await?;
+    let (worker, _inbound) =
+        IngressTransport::connect(ingress_config(&server, &d.work.data.id, &d.ingress_token))
+            .await?;
+    let bash = |id: &str, command: &str| {
+        json!({"type": "control_request", "request_id": id, "request": {
+            "subtype": "can_use_tool", "tool_name": "Bash", "input": {"command": command}}})
+    };
+    let secret_command = "curl -H 'Authorization: Bearer tok_live_123' \
+        --token ghp_abcdefghijklmnop https://u:hunter2@api.example.com?access_token=zzz";
+    worker.write(vec![bash("s1", secret_command)]).await?;
+    let got = deliveries(&mut rx, 2).await?;
+    for r in &got {
+        let text = r.raw.escape_ascii().to_string();
+        for secret in ["tok_live_123", "ghp_abcdefghijklmnop", "hunter2", "zzz"] {
+            assert!(
+                !text.contains(secret),
+                "{} shows {secret}: {text}",
+                r.channel
+            );
+        }
+    }
+    let notice = notice_of(&got[1]);
+    assert_eq!(
+        notice["body"],
+        "curl -H 'Authorization: Bearer ***' --token *** https://u:***@api.example.com?access_token=***"
+    );
+    assert_eq!(notice["shown_in_full"], false, "something was masked");
+    assert_eq!(
+        got[0].body["message"], notice["body"],
+        "ntfy shows the same"
+    );
+
+    // Bounded: a long command is cut, and then not shown in full either.
+    let long = format!("echo {}", "x".repeat(1000));
+    worker.write(vec![bash("s2", &long)]).await?;
+    let got = deliveries(&mut rx, 2).await?;
+    let notice = notice_of(&got[1]);
+    assert!(notice["body"].as_str().unwrap().chars().count() <= 241);
+    assert_eq!(notice["shown_in_full"], false);
+
+    // A short, plain command is shown whole, and may be allowed from the notification.
+    worker.write(vec![bash("s3", "cargo test")]).await?;
+    let got = deliveries(&mut rx, 2).await?;
+    let notice = notice_of(&got[1]);
+    assert_eq!(notice["body"], "cargo test");
+    assert_eq!(notice["shown_in_full"], true);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lost_v1_worker_notifies_once_after_the_grace_and_a_quick_reconnect_notifies_nobody(
+) -> anyhow::Result<()> {
+    let server = allowing_private(|o| o.worker_lost_grace = Duration::from_millis(300)).await?;
+    let (base, _doubles, mut rx) = start_doubles().await?;
+    let client = server.sessions();
+    client
+        .set_notify_channel("webhook", &format!("{base}/hook"), None)
+        .await?;
+    let settings = client.notify_settings().await?;
+    assert!(
+        settings["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "worker_lost" && e["enabled"] == true),
+        "worker_lost is a setting, on by default: {settings}"
+    );
+    let d = dispatch(&server).await?;
+    let config = || ingress_config(&server, &d.work.data.id, &d.ingress_token);
+
+    // Mid-turn, the worker's socket goes and another takes over at once: nobody is told.
+    let (worker, _inbound) = IngressTransport::connect(config()).await?;
+    worker
+        .write(vec![
+            json!({"type": "assistant", "uuid": "a1", "message": {"content": []}}),
+        ])
+        .await?;
+    worker.close().await;
+    let (worker, _inbound) = IngressTransport::connect(config()).await?;
+    nothing_within(&mut rx, Duration::from_millis(900)).await?;
+
+    // It goes for good: one notice, after the grace, collapsed on the session.
+    let gone = Instant::now();
+    worker.close().await;
+    let got = received(&mut rx).await?;
+    let notice = notice_of(&got);
+    assert_eq!(notice["type"], "worker_lost", "{notice}");
+    assert_eq!(notice["collapse_key"], d.session_id);
+    assert_eq!(got.headers["x-switchboard-event"], "worker_lost");
+    assert!(gone.elapsed() >= Duration::from_millis(250));
+    nothing_within(&mut rx, Duration::from_millis(900)).await?;
+
+    // A worker that leaves an idle session (the turn ended) was not lost.
+    let (worker, _inbound) = IngressTransport::connect(config()).await?;
+    worker
+        .write(vec![
+            json!({"type": "result", "subtype": "success", "uuid": "r1"}),
+        ])
+        .await?;
+    assert_eq!(notice_of(&received(&mut rx).await?)["type"], "result");
+    worker.close().await;
+    nothing_within(&mut rx, Duration::from_millis(900)).await?;
+
+    // Turned off, it is not sent.
+    let (worker, _inbound) = IngressTransport::connect(config()).await?;
+    worker
+        .write(vec![
+            json!({"type": "assistant", "uuid": "a2", "message": {"content": []}}),
+        ])
+        .await?;
+    client.set_notify_events(&["permission".into()]).await?;
+    worker.close().await;
+    nothing_within(&mut rx, Duration::from_millis(900)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn owners_with_nothing_set_cost_the_notifier_no_store_reads() -> anyhow::Result<()> {
+    let server = allowing_private(|_| {}).await?;
+    let (base, _doubles, mut rx) = start_doubles().await?;
+    let d = dispatch(&server).await?;
+    let (worker, _inbound) =
+        IngressTransport::connect(ingress_config(&server, &d.work.data.id, &d.ingress_token))
+            .await?;
+    let lookups = || async {
+        let metrics = server
+            .http()
+            .get(format!("{}/metrics", server.url()))
+            .bearer_auth(&server.key)
+            .send()
+            .await?
+            .text()
+            .await?;
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("switchboard_notify_owner_lookups_total "))
+            .ok_or_else(|| anyhow::anyhow!("no lookups metric"))?;
+        anyhow::Ok(line.rsplit(' ').next().unwrap().parse::<u64>()?)
+    };
+    for i in 0..20 {
+        worker
+            .write(vec![
+                json!({"type": "result", "subtype": "success", "uuid": format!("r{i}")}),
+            ])
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        lookups().await?,
+        1,
+        "the first notice found nothing set; the rest were free"
+    );
+
+    // Setting a channel is seen at once.
+    server
+        .sessions()
+        .set_notify_channel("webhook", &format!("{base}/hook"), None)
+        .await?;
+    worker
+        .write(vec![
+            json!({"type": "result", "subtype": "success", "uuid": "after"}),
+        ])
+        .await?;
+    assert_eq!(notice_of(&received(&mut rx).await?)["type"], "result");
     Ok(())
 }

@@ -609,3 +609,58 @@ async fn signing_keys_rotate_with_or_without_cutting_off_older_tokens() -> anyho
     assert_eq!(get(&server, &state_path, &signed_by_third).await?.0, 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_v2_worker_that_falls_silent_mid_turn_is_reported_lost_to_its_owner() -> anyhow::Result<()>
+{
+    let server = TestServer::start_with(|o| {
+        o.worker_heartbeat_ttl = Duration::from_millis(300);
+        o.worker_lost_grace = Duration::from_millis(200);
+        o.notify_allow_private = true;
+    })
+    .await?;
+    // A webhook on 127.0.0.1 that hands over the notices it gets.
+    let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(v);
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hook_url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+    server
+        .sessions()
+        .set_notify_channel("webhook", &hook_url, None)
+        .await?;
+
+    let w = code_session(&server).await?;
+    let url = format!("{}{}", server.url(), worker_path(&w.id, "/events/stream"));
+    let mut stream = SseReader::open(&url, &w.jwt, None).await?;
+    assert_eq!(
+        put(
+            &server,
+            &worker_path(&w.id, ""),
+            &w.jwt,
+            json!({"worker_status":"running","worker_epoch":w.epoch}),
+        )
+        .await?,
+        200
+    );
+    // No more heartbeats: the stream ends, and after the grace its owner is told.
+    assert!(stream.next(Duration::from_secs(3)).await.is_err());
+    let notice = tokio::time::timeout(Duration::from_secs(5), notices.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("webhook stopped"))?;
+    assert_eq!(notice["type"], "worker_lost", "{notice}");
+    let body = w.id.split_once('_').map_or("", |(_, b)| b);
+    assert!(
+        notice["session_id"].as_str().unwrap_or("").ends_with(body),
+        "{notice}"
+    );
+    Ok(())
+}
