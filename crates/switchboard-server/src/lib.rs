@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod cluster;
 mod dispatch;
 mod error;
 mod http;

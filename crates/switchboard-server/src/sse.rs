@@ -50,7 +50,7 @@ async fn run(
     tx: mpsc::Sender<Event>,
     watch: Option<Watch>,
 ) {
-    let channel = state.hub().channel(&session.id);
+    let channel = state.hub().channel(&session);
     let mut worker = channel.attach_worker();
     channel.heartbeat();
     let _gauge = GaugeGuard::new(&state.metrics().worker_connections);

@@ -199,7 +199,7 @@ impl AppState {
             Err(StoreError::Conflict(m)) => return Err(ApiError::Conflict(m)),
             Err(e) => return Err(e.into()),
         }
-        self.hub().channel(&session.id).heartbeat();
+        self.hub().channel(session).heartbeat();
         Ok(())
     }
 
@@ -217,7 +217,7 @@ impl AppState {
 
     /// `POST …/worker/heartbeat`.
     pub(crate) fn worker_heartbeat(&self, session: &Session) {
-        self.hub().channel(&session.id).heartbeat();
+        self.hub().channel(session).heartbeat();
     }
 
     /// `POST …/worker/events`: unwraps each `payload` and appends it.
@@ -241,7 +241,7 @@ impl AppState {
                 _ => return Err(ApiError::BadRequest(format!("event {i} is not an object"))),
             }
         }
-        self.hub().channel(&session.id).heartbeat();
+        self.hub().channel(session).heartbeat();
         self.append_outbound(session, payloads).await.map(drop)
     }
 

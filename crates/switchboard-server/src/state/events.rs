@@ -152,7 +152,7 @@ impl AppState {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let channel = self.hub().channel(&session.id);
+        let channel = self.hub().channel(session);
         let accepted = {
             let _in_order = channel.append.lock().await;
             let mut verdicts: Vec<Option<String>> = Vec::with_capacity(events.len());
@@ -222,7 +222,7 @@ impl AppState {
                         self.notify_event(session, signal);
                     }
                 }
-                channel.publish(LogEvent {
+                let event = LogEvent {
                     seq: outcome.seq,
                     direction: event.direction,
                     kind: event.kind,
@@ -230,7 +230,8 @@ impl AppState {
                     created_at: now,
                     payload: event.payload,
                     offset: 0,
-                });
+                };
+                crate::cluster::publish_in_order(self, &session.id, &channel, event).await;
             }
             self.advance_status(&session.id, &channel, status, answers_pending)
                 .await?;

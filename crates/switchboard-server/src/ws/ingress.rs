@@ -66,7 +66,7 @@ async fn authorize(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Se
 struct Ended(u16, &'static str);
 
 async fn run(state: AppState, socket: WebSocket, session: Session) {
-    let channel = state.hub().channel(&session.id);
+    let channel = state.hub().channel(&session);
     let mut worker = channel.attach_worker();
     let _gauge = GaugeGuard::new(&state.metrics().worker_connections);
     // Subscribe before reading the backlog, so nothing appended in between is missed.

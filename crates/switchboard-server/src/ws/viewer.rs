@@ -110,7 +110,7 @@ async fn run(
     from: Option<u64>,
     watch: Option<Watch>,
 ) {
-    let channel = state.hub().channel(&session.id);
+    let channel = state.hub().channel(&session);
     let gauge = GaugeGuard::new(&state.metrics().viewer_connections);
     // Everything published from here on counts against the viewer until it takes it.
     let mut lag = Lag {
