@@ -143,7 +143,7 @@ fn log() -> Stdio {
 struct Cluster {
     nodes: Vec<Node>,
     key: String,
-    _db: Database,
+    db: Database,
 }
 
 impl Cluster {
@@ -166,11 +166,22 @@ impl Cluster {
         for _ in 0..3 {
             nodes.push(Node::start(&db).await?);
         }
-        Ok(Some(Self {
-            nodes,
-            key,
-            _db: db,
-        }))
+        Ok(Some(Self { nodes, key, db }))
+    }
+
+    /// Cuts every node's listening connection, as a database restart or a network
+    /// blip would; returns how many were cut.
+    async fn cut_listeners(&self) -> anyhow::Result<u64> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&self.db.admin).await?;
+        let cut = sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND query LIKE 'LISTEN%'",
+        )
+        .bind(&self.db.name)
+        .fetch_all(&mut conn)
+        .await?;
+        Ok(cut.len() as u64)
     }
 
     fn url(&self, node: usize) -> &str {
@@ -632,5 +643,49 @@ async fn the_older_of_two_workers_on_two_nodes_is_closed() -> anyhow::Result<()>
         uuid.as_str()
     );
     newer.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_loses_its_listening_connection_catches_up_from_the_log() -> anyhow::Result<()>
+{
+    let Some(cluster) = Cluster::start().await? else {
+        return Ok(());
+    };
+    let d = dispatch(&cluster, 0, 0).await?;
+    let (worker, _inbound) =
+        IngressTransport::connect(ingress(cluster.url(0), &d.work_session_id, &d.token)).await?;
+    let mut viewer = Viewer::connect(&cluster, 1, &d.session_id).await?;
+    worker.write(vec![assistant("before the cut")]).await?;
+    viewer
+        .expect("the first reply", |m| m["type"] == "assistant")
+        .await?;
+
+    // The worker keeps writing while node 1 is deaf: what it misses comes from the log.
+    anyhow::ensure!(
+        cluster.cut_listeners().await? >= 3,
+        "not every node was listening"
+    );
+    for i in 0..20 {
+        worker
+            .write(vec![assistant(&format!("during {i}"))])
+            .await?;
+    }
+    worker.write(vec![result()]).await?;
+    viewer
+        .expect("the result", |m| m["type"] == "result")
+        .await?;
+    let seq = viewer.sequence();
+    check_gap_free(&seq)?;
+    assert_eq!(seq.len(), 22, "the viewer saw {seq:?}");
+    // And it follows live again afterwards.
+    worker.write(vec![assistant("after")]).await?;
+    viewer
+        .expect("a reply after reconnecting", |m| {
+            m["type"] == "assistant" && m.to_string().contains("after")
+        })
+        .await?;
+    check_gap_free(&viewer.sequence())?;
+    worker.close().await;
     Ok(())
 }

@@ -20,8 +20,9 @@
 //!   queued or an environment deregistered (`w`: wakes the polls waiting on it),
 //!   a session archived (`c`: its sockets close), a credential revoked (`r`: the sockets
 //!   it opened close; the store sends this too, for `switchboard token revoke`), signing
-//!   keys changed (`k`, sent by the store: keys are reloaded), a worker attached
-//!   (`a <session> <generation>`: see below).
+//!   keys changed (`k`, sent by the store: keys are reloaded), a v2 worker's heartbeat
+//!   reached a node without its event stream (`h`, at most once a second: the node with
+//!   the stream notes it), a worker attached (`a <session> <generation>`: see below).
 //! - **One worker delivers.** Notices reach every node in one order. A node closes its
 //!   own worker connections (4001) when another node's attach notice comes after its
 //!   own one's, so the attach announced last wins everywhere.
@@ -38,7 +39,8 @@
 //!   (a [`ChannelLink`], `None` on one node); `Hub::channel` takes the `Session` and
 //!   starts `next_seq` at its `last_seq + 1`; `attach_worker` calls
 //!   [`ChannelLink::worker_attached`]; `SessionChannel::supersede_up_to`; `Hub::close`
-//!   announces and `Hub::close_local` is what a notice runs; `Hub::live`.
+//!   announces and `Hub::close_local` is what a notice runs; `Hub::live`;
+//!   `SessionChannel::heartbeat` passes heartbeats on (`note_heartbeat` is local).
 //! - `state/events.rs`: the append publishes through [`publish_in_order`] (under the
 //!   append lock) instead of `channel.publish`.
 //! - `dispatch.rs`: `Dispatcher::notify` announces, `wake_local` is what a notice runs,
@@ -60,6 +62,8 @@ use crate::state::AppState;
 
 /// Events read from the log per query while catching up.
 const PAGE: u32 = 500;
+/// How often a node passes on the heartbeats of a worker whose stream is elsewhere.
+const HEARTBEAT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts to reconnect the listener.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -72,6 +76,9 @@ pub(crate) enum Announcement<'a> {
     SessionClosed(&'a str),
     /// The credential with this id was revoked.
     Revoked(&'a str),
+    /// A v2 worker of the session, whose event stream is on another node, showed a sign
+    /// of life here.
+    Heartbeat(&'a str),
     /// A worker connection of the session attached here, with this local generation.
     WorkerAttached {
         session_id: &'a str,
@@ -85,6 +92,7 @@ impl Announcement<'_> {
             Self::WorkQueued(env) => format!("w {node} {env}"),
             Self::SessionClosed(session) => format!("c {node} {session}"),
             Self::Revoked(id) => format!("r {node} {id}"),
+            Self::Heartbeat(session) => format!("h {node} {session}"),
             Self::WorkerAttached {
                 session_id,
                 generation,
@@ -202,6 +210,7 @@ impl Cluster {
             announced: AtomicU64::new(0),
             catching_up: AtomicBool::new(false),
             confirmed_generation: AtomicU64::new(0),
+            heartbeat_announced: Mutex::new(None),
         })
     }
 }
@@ -218,6 +227,8 @@ pub(crate) struct ChannelLink {
     /// The newest local worker generation whose own attach notice came back: workers up
     /// to it attached before any attach notice that follows.
     confirmed_generation: AtomicU64,
+    /// When a heartbeat received here was last passed on.
+    heartbeat_announced: Mutex<Option<std::time::Instant>>,
 }
 
 impl ChannelLink {
@@ -227,6 +238,21 @@ impl ChannelLink {
             session_id: &self.session_id,
             generation,
         });
+    }
+
+    /// Passes a v2 worker's sign of life on to the node holding its event stream (this
+    /// one has none), at most once a second.
+    pub(crate) fn heartbeat_elsewhere(&self) {
+        let mut last = self
+            .heartbeat_announced
+            .lock()
+            .expect("heartbeat lock poisoned");
+        if last.is_some_and(|t| t.elapsed() < HEARTBEAT_ANNOUNCE_INTERVAL) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        self.cluster
+            .announce(Announcement::Heartbeat(&self.session_id));
     }
 }
 
@@ -469,6 +495,11 @@ fn handle(state: &AppState, notice: Notice) {
                 "w" => state.dispatcher().wake_local(arg),
                 "c" => state.hub().close_local(arg),
                 "r" => state.revocations().revoke(arg),
+                "h" => {
+                    if let Some(channel) = state.hub().get(arg) {
+                        channel.note_heartbeat();
+                    }
+                }
                 "k" => {
                     let state = state.clone();
                     tokio::spawn(async move {

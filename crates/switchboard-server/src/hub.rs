@@ -117,8 +117,19 @@ impl SessionChannel {
         self.next_seq.load(Ordering::SeqCst)
     }
 
-    /// Records a sign of life from a v2 worker.
+    /// Records a sign of life from a v2 worker; with several nodes, also on the node
+    /// that holds its event stream.
     pub(crate) fn heartbeat(&self) {
+        self.note_heartbeat();
+        if let Some(link) = &self.cluster {
+            if !self.has_worker() {
+                link.heartbeat_elsewhere();
+            }
+        }
+    }
+
+    /// Records a sign of life from a v2 worker, on this node only.
+    pub(crate) fn note_heartbeat(&self) {
         *self.last_heartbeat.lock().expect("heartbeat lock poisoned") =
             Some(std::time::Instant::now());
     }
