@@ -65,6 +65,8 @@ struct Inner {
     store: ArcStore,
     hub: Hub,
     dispatcher: Dispatcher,
+    /// The other server nodes on the same database, if any (see `cluster`).
+    cluster: Arc<crate::log::cluster::Cluster>,
     metrics: Metrics,
     options: ServerOptions,
     shutdown: Shutdown,
@@ -84,11 +86,13 @@ struct Inner {
 impl AppState {
     /// Builds the state around an opened store.
     pub fn new(options: ServerOptions, store: ArcStore) -> Self {
+        let cluster = Arc::new(crate::log::cluster::Cluster::for_url(&options.database_url));
         Self {
             inner: Arc::new(Inner {
                 store,
-                hub: Hub::new(options.channel_capacity),
-                dispatcher: Dispatcher::default(),
+                hub: Hub::new(options.channel_capacity, cluster.clone()),
+                dispatcher: Dispatcher::new(cluster.clone()),
+                cluster,
                 metrics: Metrics::default(),
                 shutdown: Shutdown::default(),
                 local_addr: OnceLock::new(),
@@ -109,6 +113,18 @@ impl AppState {
 
     pub(crate) fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    pub(crate) fn dispatcher(&self) -> &Dispatcher {
+        &self.inner.dispatcher
+    }
+
+    pub(crate) fn cluster(&self) -> &crate::log::cluster::Cluster {
+        &self.inner.cluster
+    }
+
+    pub(crate) fn revocations(&self) -> &Revocations {
+        &self.inner.revocations
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
@@ -256,10 +272,13 @@ impl AppState {
         credential.map(|(_, id)| self.inner.revocations.watch(id))
     }
 
-    /// Closes the live connections opened with these credentials (just revoked).
+    /// Closes the live connections opened with these credentials (just revoked), on
+    /// every node.
     pub(crate) fn close_revoked<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
         for id in ids {
             self.inner.revocations.revoke(id);
+            self.cluster()
+                .announce(crate::log::cluster::Announcement::Revoked(id));
         }
     }
 
@@ -336,6 +355,7 @@ impl AppState {
 
     /// Starts the periodic collection of idle environments and unused channels.
     pub(crate) fn spawn_background_tasks(&self) -> tokio::task::JoinHandle<()> {
+        crate::log::cluster::spawn(self);
         let state = self.clone();
         // Connections whose credential was revoked elsewhere (the store) are closed here.
         let sweeper = self.clone();

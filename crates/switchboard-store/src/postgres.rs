@@ -21,6 +21,8 @@ use tracing::instrument;
 use crate::rules::{self, WorkMove};
 use crate::*;
 
+pub mod listen;
+
 /// How many connections the pool opens at most. Each append holds one for a single short
 /// transaction, so 16 serves many busy sessions while staying far below PostgreSQL's
 /// default `max_connections` of 100, which several server nodes may share.
@@ -75,6 +77,22 @@ impl PgStore {
             .await
             .map_err(|e| anyhow::anyhow!("cannot migrate PostgreSQL database: {e}"))?;
         Ok(Self { pool })
+    }
+
+    /// Tells every server node (`switchboard token rotate-signing-key` runs outside
+    /// them) to reload the signing keys now.
+    async fn signing_keys_changed(&self) -> Result<()> {
+        self.announce(listen::SIGNING_KEYS_CHANGED).await
+    }
+
+    /// Sends a control notice to every server node (see `listen`).
+    async fn announce(&self, payload: &str) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(listen::CONTROL_CHANNEL)
+            .bind(payload)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Closes the pool, waiting for queries in flight.
@@ -222,7 +240,13 @@ impl Store for PgStore {
         .bind(id)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let revoked = done.rows_affected() == 1;
+        if revoked {
+            // Every server node closes what this credential opened, now (a revocation
+            // from `switchboard token revoke` reaches no node otherwise).
+            self.announce(&listen::revoked_notice(id)).await?;
+        }
+        Ok(revoked)
     }
 
     #[instrument(skip_all)]
@@ -725,12 +749,19 @@ impl Store for PgStore {
             });
         }
         if out.iter().any(|a| !a.duplicate) {
-            sqlx::query("UPDATE sessions SET last_seq = $1, last_activity_at = $2 WHERE id = $3")
-                .bind(to_i64(seq))
-                .bind(now)
-                .bind(session_id)
-                .execute(&mut *tx)
-                .await?;
+            // The notice goes out at commit, in commit order, and never for a rollback:
+            // the other server nodes read the new events from the log (see `listen`).
+            sqlx::query(
+                "WITH s AS (UPDATE sessions SET last_seq = $1, last_activity_at = $2 \
+                 WHERE id = $3 RETURNING id) SELECT pg_notify($4, $5) FROM s",
+            )
+            .bind(to_i64(seq))
+            .bind(now)
+            .bind(session_id)
+            .bind(listen::EVENTS_CHANNEL)
+            .bind(listen::event_notice(session_id, seq))
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(out)
@@ -960,7 +991,7 @@ impl Store for PgStore {
         .bind(key.retired_at)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        self.signing_keys_changed().await
     }
 
     #[instrument(skip_all)]
@@ -972,6 +1003,9 @@ impl Store for PgStore {
         .bind(before)
         .execute(&self.pool)
         .await?;
+        if done.rows_affected() > 0 {
+            self.signing_keys_changed().await?;
+        }
         Ok(done.rows_affected())
     }
 

@@ -61,7 +61,7 @@ pub(crate) async fn append(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let channel = state.hub().channel(&session.id);
+    let channel = state.hub().channel(session);
     let _in_order = channel.append.lock().await;
     let (events, signals): (Vec<NewEvent>, Vec<Option<crate::notify::Signal>>) =
         events.into_iter().map(|i| (i.event, i.signal)).unzip();
@@ -83,7 +83,7 @@ pub(crate) async fn append(
         if let Some(signal) = signal {
             state.notify_event(session, signal);
         }
-        publish(&channel, event, outcome.seq, now);
+        publish(state, &session.id, &channel, event, outcome.seq, now).await;
     }
     advance_status(state, &session.id, &channel, status, vetted.answers_pending).await?;
     let mut appended = appended.into_iter();
@@ -185,13 +185,15 @@ fn count(state: &AppState) {
 
 /// Publishes a newly stored event on the session's channel. Call with the append lock
 /// held, in sequence order.
-fn publish(
+async fn publish(
+    state: &AppState,
+    session_id: &str,
     channel: &SessionChannel,
     event: NewEvent,
     seq: u64,
     created_at: switchboard_store::Millis,
 ) {
-    channel.publish(LogEvent {
+    let event = LogEvent {
         seq,
         direction: event.direction,
         kind: event.kind,
@@ -199,7 +201,9 @@ fn publish(
         created_at,
         payload: event.payload,
         offset: 0,
-    });
+    };
+    // After any event another node appended before it (a no-op on one node).
+    super::cluster::publish_in_order(state, session_id, channel, event).await;
 }
 
 /// Moves a session's status as the messages just stored say, against the status as

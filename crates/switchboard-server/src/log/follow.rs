@@ -166,7 +166,7 @@ pub(crate) struct Follower {
 /// appended from here on is missed. A worker takes the session's delivery over from any
 /// older connection of it at once.
 pub(crate) async fn follow(state: &AppState, session: &Session, audience: Audience) -> Follower {
-    let channel = state.hub().channel(&session.id);
+    let channel = state.hub().channel(session);
     let (reader, last, fresh) = match audience {
         Audience::Viewer { from } => {
             // Everything published from here on counts against the viewer until it

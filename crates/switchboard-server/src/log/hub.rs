@@ -87,10 +87,15 @@ pub(crate) struct SessionChannel {
     /// Woken on every publish, for readers that watch how far behind they are while
     /// they wait on a slow socket.
     grown: tokio::sync::Notify,
+    /// The next sequence number this channel publishes: with several nodes, events
+    /// appended elsewhere are read from the log up to here first (see `cluster`).
+    next_seq: AtomicU64,
+    /// Cross-node state; `None` on a single node (see `cluster`).
+    pub(crate) cluster: Option<crate::log::cluster::ChannelLink>,
 }
 
 impl SessionChannel {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, next_seq: u64, cluster: Option<crate::log::cluster::ChannelLink>) -> Self {
         Self {
             tx: broadcast::channel(capacity).0,
             append: tokio::sync::Mutex::new(()),
@@ -103,11 +108,29 @@ impl SessionChannel {
             status: Mutex::new(None),
             published_bytes: AtomicU64::new(0),
             grown: tokio::sync::Notify::new(),
+            next_seq: AtomicU64::new(next_seq),
+            cluster,
         }
     }
 
-    /// Records a sign of life from a v2 worker.
+    /// The next sequence number this channel will publish.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::SeqCst)
+    }
+
+    /// Records a sign of life from a v2 worker; with several nodes, also on the node
+    /// that holds its event stream.
     pub(crate) fn heartbeat(&self) {
+        self.note_heartbeat();
+        if let Some(link) = &self.cluster {
+            if !self.has_worker() {
+                link.heartbeat_elsewhere();
+            }
+        }
+    }
+
+    /// Records a sign of life from a v2 worker, on this node only.
+    pub(crate) fn note_heartbeat(&self) {
         *self.last_heartbeat.lock().expect("heartbeat lock poisoned") =
             Some(std::time::Instant::now());
     }
@@ -130,6 +153,7 @@ impl SessionChannel {
     pub(super) fn publish(&self, mut event: LogEvent) -> usize {
         let len = event.payload.len() as u64;
         event.offset = self.published_bytes.fetch_add(len, Ordering::SeqCst) + len;
+        self.next_seq.fetch_max(event.seq + 1, Ordering::SeqCst);
         let receivers = self.tx.send(Arc::new(event)).unwrap_or(0);
         self.grown.notify_waiters();
         receivers
@@ -150,10 +174,22 @@ impl SessionChannel {
         let generation = self.next_generation.fetch_add(1, Ordering::SeqCst) + 1;
         self.worker_generation.send_replace(generation);
         self.workers.fetch_add(1, Ordering::SeqCst);
+        if let Some(link) = &self.cluster {
+            link.worker_attached(generation);
+        }
         WorkerGuard {
             channel: self.clone(),
             generation,
             rx: self.worker_generation.subscribe(),
+        }
+    }
+
+    /// Closes the worker connections of this node whose generation is at most
+    /// `generation` (a worker attached on another node after them took over).
+    pub(crate) fn supersede_up_to(&self, generation: u64) {
+        if *self.worker_generation.borrow() <= generation {
+            let fresh = self.next_generation.fetch_add(1, Ordering::SeqCst) + 1;
+            self.worker_generation.send_replace(fresh);
         }
     }
 
@@ -196,23 +232,43 @@ impl Drop for WorkerGuard {
 pub(crate) struct Hub {
     channels: Mutex<HashMap<String, Arc<SessionChannel>>>,
     capacity: usize,
+    cluster: Arc<crate::log::cluster::Cluster>,
 }
 
 impl Hub {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, cluster: Arc<crate::log::cluster::Cluster>) -> Self {
         Self {
             channels: Mutex::new(HashMap::new()),
             capacity: capacity.max(16),
+            cluster,
         }
     }
 
-    /// The channel of a session, created on first use.
-    pub(crate) fn channel(&self, session_id: &str) -> Arc<SessionChannel> {
+    /// The channel of a session, created on first use. `session` must have been read
+    /// from the store before this call: a new channel publishes from its `last_seq` on
+    /// (everything before it is in the backlog any reader reads after subscribing).
+    pub(crate) fn channel(&self, session: &switchboard_store::Session) -> Arc<SessionChannel> {
         let mut channels = self.channels.lock().expect("hub lock poisoned");
         channels
-            .entry(session_id.to_string())
-            .or_insert_with(|| Arc::new(SessionChannel::new(self.capacity)))
+            .entry(session.id.clone())
+            .or_insert_with(|| {
+                let link = self.cluster.link(&session.id);
+                Arc::new(SessionChannel::new(
+                    self.capacity,
+                    session.last_seq + 1,
+                    link,
+                ))
+            })
             .clone()
+    }
+
+    /// Every live channel, with its session id.
+    pub(crate) fn live(&self) -> Vec<(String, Arc<SessionChannel>)> {
+        let channels = self.channels.lock().expect("hub lock poisoned");
+        channels
+            .iter()
+            .map(|(id, c)| (id.clone(), c.clone()))
+            .collect()
     }
 
     /// The channel of a session, if one is live.
@@ -224,8 +280,15 @@ impl Hub {
             .cloned()
     }
 
-    /// Ends a session's connections and forgets its channel.
+    /// Ends a session's connections, on every node, and forgets its channel.
     pub(crate) fn close(&self, session_id: &str) {
+        self.close_local(session_id);
+        self.cluster
+            .announce(crate::log::cluster::Announcement::SessionClosed(session_id));
+    }
+
+    /// Ends a session's connections on this node and forgets its channel.
+    pub(crate) fn close_local(&self, session_id: &str) {
         if let Some(channel) = self
             .channels
             .lock()

@@ -12,7 +12,8 @@ mod append;
 mod follow;
 mod hub;
 
-pub(crate) use append::{append, Accepted, Status, Vetting};
+pub(crate) mod cluster;
+pub(crate) use append::{append, Accepted, Incoming, Status, Vetting};
 pub(crate) use follow::{follow, Audience, Batch, End, Follower};
 pub(crate) use hub::{with_sequence, Hub};
 

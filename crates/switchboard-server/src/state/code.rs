@@ -208,7 +208,7 @@ impl AppState {
             Err(StoreError::Conflict(m)) => return Err(ApiError::Conflict(m)),
             Err(e) => return Err(e.into()),
         }
-        self.hub().channel(&session.id).heartbeat();
+        self.hub().channel(session).heartbeat();
         Ok(())
     }
 
@@ -227,7 +227,7 @@ impl AppState {
 
     /// `POST …/worker/heartbeat`.
     pub(crate) fn worker_heartbeat(&self, session: &Session) {
-        self.hub().channel(&session.id).heartbeat();
+        self.hub().channel(session).heartbeat();
     }
 
     /// `POST …/worker/events`: unwraps each `payload` and appends it.
@@ -246,7 +246,7 @@ impl AppState {
             }
             payloads.push(event.payload);
         }
-        self.hub().channel(&session.id).heartbeat();
+        self.hub().channel(session).heartbeat();
         self.append_outbound(session, payloads).await.map(drop)
     }
 
