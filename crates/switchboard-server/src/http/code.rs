@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::{Auth, AuthWith};
 use crate::error::{ApiError, Json, OptionalJson, Path, Query};
+use crate::roles::Capability;
 use crate::state::AppState;
 
 /// Reads `worker_epoch`: a JSON number, or a decimal string (protojson int64).
@@ -55,6 +56,7 @@ pub(crate) async fn create(
     Auth(principal): Auth,
     OptionalJson(req): OptionalJson<CreateCodeSession>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     let owner_id = AppState::require_owner(&principal)?;
     let session = state
         .create_code_session(owner_id, req.title, req.tags)
@@ -71,6 +73,7 @@ pub(crate) async fn bridge(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state.authorize_session(&principal, &id, false).await?;
     Ok(axum::Json(state.bridge_credentials(&session).await?))
 }
@@ -81,6 +84,7 @@ pub(crate) async fn register(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state.authorize_session(&principal, &id, true).await?;
     let epoch = state.register_worker(&session).await?;
     Ok(axum::Json(json!({ "worker_epoch": epoch })))
@@ -93,6 +97,7 @@ pub(crate) async fn put_worker(
     Path(id): Path<String>,
     Json(body): Json<Map<String, Value>>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = fenced(&state, &principal, &id, &body).await?;
     state
         .put_worker(&session, session.worker_epoch, &body)
@@ -106,6 +111,7 @@ pub(crate) async fn get_worker(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state.authorize_session(&principal, &id, true).await?;
     Ok(axum::Json(state.worker_state(&session)))
 }
@@ -117,6 +123,7 @@ pub(crate) async fn heartbeat(
     Path(id): Path<String>,
     Json(body): Json<Map<String, Value>>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = fenced(&state, &principal, &id, &body).await?;
     state.worker_heartbeat(&session);
     Ok(axum::Json(json!({})))
@@ -129,6 +136,7 @@ pub(crate) async fn events(
     Path(id): Path<String>,
     Json(mut body): Json<Map<String, Value>>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = fenced(&state, &principal, &id, &body).await?;
     state
         .worker_events(&session, array(&mut body, "events")?)
@@ -143,6 +151,7 @@ pub(crate) async fn post_internal(
     Path(id): Path<String>,
     Json(mut body): Json<Map<String, Value>>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = fenced(&state, &principal, &id, &body).await?;
     state
         .worker_internal_events(&session, array(&mut body, "events")?)
@@ -165,6 +174,7 @@ pub(crate) async fn get_internal(
     Path(id): Path<String>,
     Query(q): Query<InternalQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state.authorize_session(&principal, &id, true).await?;
     Ok(axum::Json(
         state
@@ -180,6 +190,7 @@ pub(crate) async fn delivery(
     Path(id): Path<String>,
     Json(mut body): Json<Map<String, Value>>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = fenced(&state, &principal, &id, &body).await?;
     let mut updates = Vec::new();
     for (i, update) in array(&mut body, "updates")?.into_iter().enumerate() {
@@ -212,6 +223,7 @@ pub(crate) async fn stream(
     Query(q): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state.authorize_session(&principal, &id, true).await?;
     if session.archived_at.is_some() {
         return Err(ApiError::NotFound("session is archived".into()));

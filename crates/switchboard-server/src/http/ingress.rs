@@ -6,6 +6,7 @@ use switchboard_proto::sessions::EventsRequest;
 
 use super::Auth;
 use crate::error::{ApiError, Json, Path};
+use crate::roles::Capability;
 use crate::state::AppState;
 
 /// Appends the worker's messages to the session's log. A 2xx means they are committed.
@@ -15,6 +16,7 @@ pub(crate) async fn post_events(
     Path(id): Path<String>,
     Json(req): Json<EventsRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state.authorize_session(&principal, &id, true).await?;
     state.append_outbound(&session, req.events).await?;
     Ok(axum::Json(json!({})))

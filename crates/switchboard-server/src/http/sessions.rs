@@ -9,6 +9,7 @@ use switchboard_proto::sessions::{
 
 use super::Auth;
 use crate::error::{ApiError, Json, OptionalJson, Path, Query};
+use crate::roles::Capability;
 use crate::state::{Accepted, AppState, HistoryQuery};
 
 /// `POST /v1/sessions`.
@@ -17,6 +18,7 @@ pub(crate) async fn create(
     Auth(principal): Auth,
     OptionalJson(req): OptionalJson<CreateSessionRequest>,
 ) -> Result<axum::Json<SessionResource>, ApiError> {
+    principal.require(Capability::Drive)?;
     let owner_id = AppState::require_owner(&principal)?;
     let session = state.create_session(owner_id, req).await?;
     Ok(axum::Json(state.describe(&session).await?))
@@ -35,6 +37,7 @@ pub(crate) async fn list(
     Auth(principal): Auth,
     Query(q): Query<ListQuery>,
 ) -> Result<axum::Json<Page<SessionResource>>, ApiError> {
+    principal.require(Capability::Read)?;
     let owner_id = AppState::require_owner(&principal)?;
     Ok(axum::Json(
         state
@@ -49,6 +52,7 @@ pub(crate) async fn get(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SessionResource>, ApiError> {
+    principal.require(Capability::Read)?;
     let session = state.authorize_session(&principal, &id, false).await?;
     Ok(axum::Json(state.describe(&session).await?))
 }
@@ -60,6 +64,7 @@ pub(crate) async fn patch(
     Path(id): Path<String>,
     Json(req): Json<PatchSessionRequest>,
 ) -> Result<axum::Json<SessionResource>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state.authorize_session(&principal, &id, false).await?;
     let session = match req.title.as_deref().map(str::trim) {
         Some(title) if !title.is_empty() => state.set_title(&session, title).await?,
@@ -78,6 +83,7 @@ pub(crate) async fn archive(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state.authorize_session(&principal, &id, false).await?;
     state.archive_session(&session).await?;
     Ok(axum::Json(json!({})))
@@ -112,6 +118,7 @@ pub(crate) async fn history(
     Path(id): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<axum::Json<Page<Value>>, ApiError> {
+    principal.require(Capability::Read)?;
     let session = state.authorize_session(&principal, &id, false).await?;
     Ok(axum::Json(state.history(&session, q).await?))
 }

@@ -122,8 +122,13 @@ impl AppState {
                 }
             }
         }
-        self.append_inbound(session, messages, principal.class())
-            .await
+        crate::roles::check_messages(principal, &messages)?;
+        let plan = super::access::audit_plan(&messages);
+        let accepted = self
+            .append_inbound(session, messages, principal.class())
+            .await?;
+        self.audit_sent(principal, session, plan, &accepted).await;
+        Ok(accepted)
     }
 
     async fn append(
@@ -222,6 +227,7 @@ impl AppState {
                         self.notify_event(session, signal);
                     }
                 }
+                self.policy_on_stored(session, &event);
                 channel.publish(LogEvent {
                     seq: outcome.seq,
                     direction: event.direction,

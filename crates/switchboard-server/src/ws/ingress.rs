@@ -56,6 +56,7 @@ pub(crate) async fn upgrade(
 async fn authorize(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Session, ApiError> {
     let (principal, _) = state.authenticate_request(headers).await?;
     let session = state.authorize_session(&principal, id, true).await?;
+    principal.require(crate::roles::Capability::Drive)?;
     if session.status == SessionStatus::Archived {
         return Err(ApiError::NotFound("session is archived".into()));
     }

@@ -24,6 +24,7 @@ use crate::error::{ApiError, Path, Query};
 use crate::hub::{with_sequence, SessionChannel};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::revocation::{self, Watch};
+use crate::roles::Capability;
 use crate::state::AppState;
 
 /// Close code for a viewer that fell too far behind; it reconnects and resumes from
@@ -56,8 +57,16 @@ pub(crate) async fn upgrade(
         .on_upgrade(move |socket| {
             async move {
                 match checked {
-                    Ok((session, watch)) => {
-                        run(state, socket, session, q.from_sequence_num, watch).await
+                    Ok((session, watch, principal)) => {
+                        run(
+                            state,
+                            socket,
+                            session,
+                            q.from_sequence_num,
+                            watch,
+                            principal,
+                        )
+                        .await
                     }
                     Err(e) => {
                         tracing::info!(error = %e, "refusing viewer connection");
@@ -73,11 +82,16 @@ async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
-) -> Result<(Session, Option<Watch>), ApiError> {
+) -> Result<(Session, Option<Watch>, Principal), ApiError> {
     let (principal, credential) = state.authenticate_request(headers).await?;
     let session = state.authorize_session(&principal, id, false).await?;
+    principal.require(Capability::Read)?;
     // Registered before the upgrade completes, so a revocation in between is not missed.
-    Ok((session, state.watch_revocation(credential.as_ref())))
+    Ok((
+        session,
+        state.watch_revocation(credential.as_ref()),
+        principal,
+    ))
 }
 
 struct Ended(u16, String);
@@ -109,6 +123,7 @@ async fn run(
     session: Session,
     from: Option<u64>,
     watch: Option<Watch>,
+    principal: Principal,
 ) {
     let channel = state.hub().channel(&session.id);
     let gauge = GaugeGuard::new(&state.metrics().viewer_connections);
@@ -158,7 +173,7 @@ async fn run(
                 },
                 message = stream.next() => match message {
                     Some(Ok(Message::Text(text))) => {
-                        if let Some(reply) = accept_viewer_text(&state, &session, text.as_str()).await {
+                        if let Some(reply) = accept_viewer_text(&state, &session, &principal, text.as_str()).await {
                             bounded(limit, last, sink.send(Message::Text(reply.to_string().into())), &lag).await?;
                         }
                     }
@@ -268,7 +283,12 @@ async fn send_backlog(
 
 /// Handles a frame from the viewer: one message for the worker. Returns an error frame
 /// for the viewer when the message is refused.
-async fn accept_viewer_text(state: &AppState, session: &Session, text: &str) -> Option<Value> {
+async fn accept_viewer_text(
+    state: &AppState,
+    session: &Session,
+    principal: &Principal,
+    text: &str,
+) -> Option<Value> {
     let message: Value = match serde_json::from_str(text.trim()) {
         Ok(v) => v,
         Err(e) => {
@@ -277,8 +297,10 @@ async fn accept_viewer_text(state: &AppState, session: &Session, text: &str) -> 
             ))))
         }
     };
+    // The caller's role is checked (and what it sends audited) as for the same message
+    // posted to `/v1/sessions/{id}/events`.
     match state
-        .append_inbound(session, vec![message], Principal::OWNER_CLASS)
+        .post_session_events(principal, session, vec![message])
         .await
     {
         Ok(_) => None,
