@@ -6,6 +6,7 @@
 // event is lost or shown twice.
 
 import { h, uuid, ago, pretty } from "./dom.js";
+import { alwaysAllowButton, canDo } from "./access.js";
 import { renderMarkdown } from "./markdown.js";
 import { reviewNode } from "./review.js";
 
@@ -83,6 +84,9 @@ export function sessionView(root, id, app) {
       log,
       pendingEl,
       composer));
+  // What this credential's role may not send is not offered (the server refuses it).
+  if (!canDo(app.me, "driver")) composer.hidden = settings.hidden = true;
+  if (!canDo(app.me, "approver")) interruptBtn.hidden = true;
 
   log.addEventListener("scroll", () => {
     st.stick = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
@@ -566,7 +570,10 @@ export function sessionView(root, id, app) {
       h("div", { class: "row" }, h("span", { class: "badge warn" }, "Permission"), h("strong", { class: "tool-name" }, toolName)),
       details.map((d) => h("p", { class: "perm-desc" }, d)),
       inputView(req),
-      h("div", { class: "perm-actions" }, reason, denyBtn, allowBtn),
+      canDo(app.me, "approver")
+        ? h("div", { class: "perm-actions" }, reason, denyBtn, allowBtn,
+          canDo(app.me, "admin") && alwaysAllowButton(app.api, req, () => allowBtn.click()))
+        : h("p", { class: "muted" }, "Your role can't answer permission requests."),
       status);
     reason.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); denyBtn.click(); } });
     pendingEl.append(el);
