@@ -224,7 +224,7 @@ fn command_matches(prefix: &str, command: &str, allow: bool) -> bool {
         !command.contains(SHELL_META) && prefix_matches(prefix, command)
     } else {
         command
-            .split(|c| matches!(c, ';' | '&' | '|' | '\n' | '\r' | '(' | '`'))
+            .split([';', '&', '|', '\n', '\r', '(', '`'])
             .any(|part| prefix_matches(prefix, part.trim_start_matches(['$', ' '])))
     }
 }
