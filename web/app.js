@@ -4,6 +4,7 @@
 import { h, ago, uuid } from "./dom.js";
 import { sessionView } from "./session.js";
 import { notifyPanel } from "./notify.js";
+import { accessPanel, canDo } from "./access.js";
 
 const root = document.getElementById("app");
 let current = null; // the mounted view: { destroy() }
@@ -74,7 +75,7 @@ async function route() {
   if (token !== routeToken) return;
   const s = path.match(/^\/s\/([A-Za-z0-9_-]+)\/?$/);
   if (s) mount(sessionView(root, s[1], { api, navigate, signedOut, me }));
-  else mount(listView());
+  else mount(listView(me));
 }
 
 function screen(...kids) {
@@ -169,13 +170,14 @@ function sessionState(s) {
   return ["idle", "idle"];
 }
 
-function listView() {
+function listView(me) {
   let timer = null;
   let destroyed = false;
   const list = h("ul", { class: "sessions", "aria-label": "Sessions" });
   const status = h("p", { class: "muted list-status" }, "Loading sessions…");
   const pairPanel = h("div", { class: "card pairing", hidden: true });
   const notifyCard = h("div", { class: "card notify-panel", hidden: true });
+  const accessCard = h("div", { class: "card access-panel", hidden: true });
 
   async function pairDevice() {
     pairPanel.hidden = false;
@@ -336,14 +338,16 @@ function listView() {
   root.replaceChildren(
     h("div", { class: "page" },
       topBar(
-        h("button", { type: "button", class: "ghost", onclick: newSession }, "New session"),
+        // What the role may not do is not offered (the server refuses it anyway).
+        canDo(me, "driver") && h("button", { type: "button", class: "ghost", onclick: newSession }, "New session"),
         h("button", { type: "button", class: "ghost", onclick: () => notifyPanel(notifyCard, api) }, "Notifications"),
-        h("button", { type: "button", class: "ghost", onclick: pairDevice }, "Pair device"),
+        canDo(me, "admin") && h("button", { type: "button", class: "ghost", onclick: () => accessPanel(accessCard, api) }, "Devices & rules"),
+        canDo(me, "driver") && h("button", { type: "button", class: "ghost", onclick: pairDevice }, "Pair device"),
         h("button", { type: "button", class: "ghost", onclick: signOut }, "Sign out"),
-        h("button", { type: "button", class: "ghost", onclick: signOutEverywhere }, "Sign out everywhere")),
+        canDo(me, "admin") && h("button", { type: "button", class: "ghost", onclick: signOutEverywhere }, "Sign out everywhere")),
       h("main", { class: "content" },
         h("h1", { class: "page-title" }, "Sessions"),
-        newPanel, pairPanel, notifyCard, warn, status, list)),
+        newPanel, pairPanel, notifyCard, accessCard, warn, status, list)),
   );
   poll();
   return {

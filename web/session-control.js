@@ -5,6 +5,7 @@
 import { h, pretty, uuid } from "./dom.js";
 import { reviewNode } from "./review.js";
 import { MODES } from "./session-state.js";
+import { alwaysAllowButton, canDo } from "./access.js";
 
 /** Sends a control request of this page; its id, or null when not connected. */
 export function sendControl(v, request) {
@@ -33,7 +34,10 @@ function permissionCard(v, ev) {
     h("div", { class: "row" }, h("span", { class: "badge warn" }, "Permission"), h("strong", { class: "tool-name" }, toolName)),
     details.map((d) => h("p", { class: "perm-desc" }, d)),
     inputView(req),
-    h("div", { class: "perm-actions" }, reason, denyBtn, allowBtn),
+    canDo(v.me, "approver")
+      ? h("div", { class: "perm-actions" }, reason, denyBtn, allowBtn,
+        canDo(v.me, "admin") && alwaysAllowButton(v.api, req, () => allowBtn.click()))
+      : h("p", { class: "muted" }, "Your role can't answer permission requests."),
     status);
   reason.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); denyBtn.click(); } });
   v.pendingEl.append(el);

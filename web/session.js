@@ -21,6 +21,7 @@ import { onAssistant, onStream, onUser, userBubble } from "./session-chat.js";
 import { onToolProgress } from "./session-tools.js";
 import { onResult, onSystem } from "./session-turns.js";
 import { onCancel, onControlRequest, onControlResponse, sendControl } from "./session-control.js";
+import { canDo } from "./access.js";
 
 const STATUS_EVENTS = new Set(["assistant", "result", "result_success", "control_request", "control_response", "control_cancel_request"]);
 
@@ -71,6 +72,9 @@ export function sessionView(root, id, app) {
       log.el,
       pendingEl,
       composer));
+  // What this credential's role may not send is not offered (the server refuses it).
+  if (!canDo(app.me, "driver")) composer.hidden = settings.hidden = true;
+  if (!canDo(app.me, "approver")) interruptBtn.hidden = true;
 
   function autosize() {
     input.style.height = "auto";
@@ -191,6 +195,8 @@ export function sessionView(root, id, app) {
     live: () => socket.live,
     showInfo,
     updateTitle,
+    me: app.me,
+    api: app.api,
     settings: {
       showModel: (model) => { modelInput.value = model; },
       showMode: (mode) => { modeSelect.value = mode; },

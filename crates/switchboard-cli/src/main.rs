@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod attach;
 mod backup;
 mod bridge;
@@ -51,6 +52,14 @@ enum Command {
     /// Choose what calls you back (permission requests, finished turns…) and where:
     /// a webhook, an ntfy topic, browsers.
     Notify(notify::NotifyArgs),
+    /// List, rename, re-role or revoke API keys and signed-in browsers.
+    #[command(subcommand)]
+    Devices(access::DevicesCommand),
+    /// Approval rules: answer permission requests by tool and input, or ask a person.
+    #[command(subcommand)]
+    Policy(access::PolicyCommand),
+    /// Show who answered, prompted, interrupted or changed what, newest first.
+    Audit(access::AuditArgs),
 }
 
 /// Where the server keeps its data; shared by `serve` and the commands that open the
@@ -180,6 +189,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Pair(args) => pair::run(args).await,
             Command::Backup(args) => backup::run(args).await,
             Command::Notify(args) => notify::run(args).await,
+            Command::Devices(cmd) => access::devices(cmd).await,
+            Command::Policy(cmd) => access::policy(cmd).await,
+            Command::Audit(args) => access::audit(args).await,
         }
     });
     // Tasks still running (a socket the server's deadline closed, a blocking read) get

@@ -16,6 +16,12 @@ pub(crate) enum TokenCommand {
         /// The owner the key acts as; owners never see each other's sessions.
         #[arg(long, default_value = "default")]
         owner: String,
+        /// What the key may do: viewer (reads sessions), approver (also answers
+        /// permission requests and interrupts), driver (also sends prompts, changes model
+        /// and mode, creates and archives sessions) or admin (also manages keys, devices
+        /// and policy).
+        #[arg(long, default_value = "admin", value_parser = parse_role)]
+        role: switchboard_store::Role,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -46,20 +52,35 @@ pub(crate) enum TokenCommand {
 
 pub(crate) async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
-        TokenCommand::Create { name, owner, store } => {
+        TokenCommand::Create {
+            name,
+            owner,
+            role,
+            store,
+        } => {
             if name.trim().is_empty() {
                 anyhow::bail!("--name must not be empty");
             }
             let store = open(&store).await?;
-            let key = switchboard_server::auth::create_api_key(
+            let now = crate::serve::now_ms_pub();
+            let owner_row = store
+                .ensure_owner(&owner, now)
+                .await
+                .context("failed to find the owner")?;
+            let (key, _) = switchboard_server::admin::create_key(
                 store.as_ref(),
-                &owner,
+                &owner_row.id,
                 &name,
-                crate::serve::now_ms_pub(),
+                role,
+                &switchboard_server::admin::Actor::cli(),
+                now,
             )
             .await
             .context("failed to store the new key")?;
-            eprintln!("Created API key {name:?} for owner {owner:?}. It is shown only this once:");
+            eprintln!(
+                "Created API key {name:?} ({}) for owner {owner:?}. It is shown only this once:",
+                role.as_str()
+            );
             println!("{key}");
         }
         TokenCommand::RotateSigningKey {
@@ -112,6 +133,17 @@ pub(crate) async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 .await
                 .context("failed to revoke the key")?
             {
+                switchboard_server::admin::record(
+                    store.as_ref(),
+                    &found.owner_id,
+                    &switchboard_server::admin::Actor::cli(),
+                    "key.revoke",
+                    None,
+                    serde_json::json!({"credential": found.id, "name": found.name,
+                                       "kind": "api_key"}),
+                    crate::serve::now_ms_pub(),
+                )
+                .await;
                 println!("Revoked API key {} ({:?})", found.id, found.name);
             } else {
                 println!(
@@ -128,14 +160,20 @@ pub(crate) async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 } else {
                     "active"
                 };
-                println!("{}\t{}\t{}", key.id, key.name, state);
+                println!("{}\t{}\t{}\t{}", key.id, key.name, key.role.as_str(), state);
             }
         }
     }
     Ok(())
 }
 
-async fn open(args: &StoreArgs) -> anyhow::Result<switchboard_store::ArcStore> {
+/// Parses a role named on the command line.
+pub(crate) fn parse_role(raw: &str) -> Result<switchboard_store::Role, String> {
+    switchboard_store::Role::parse(raw.trim())
+        .ok_or_else(|| format!("unknown role {raw:?}: expected viewer, approver, driver or admin"))
+}
+
+pub(crate) async fn open(args: &StoreArgs) -> anyhow::Result<switchboard_store::ArcStore> {
     let url = args.database_url()?;
     switchboard_store::open(&url).await.with_context(|| {
         format!(

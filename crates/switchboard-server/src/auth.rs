@@ -11,17 +11,23 @@ use rand::distr::{Alphanumeric, SampleString};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use switchboard_store::{Credential, CredentialKind, Millis, Store, StoreError};
+use switchboard_store::{Credential, CredentialKind, Millis, Role, Store, StoreError};
 
 use crate::error::ApiError;
 
 /// Who is calling, as established by their bearer token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    /// An API key: acts as its owner.
+    /// An API key or a web session: acts as its owner, within its role.
     Owner {
         /// The owner.
         owner_id: String,
+        /// What it may do (see `roles`).
+        role: Role,
+        /// The stored credential's public id.
+        credential_id: String,
+        /// Where the request came from (filled in by `AppState::authenticate_request`).
+        client: Client,
     },
     /// An environment secret: may poll one environment.
     Environment {
@@ -50,6 +56,15 @@ pub enum Principal {
     },
 }
 
+/// Where a request came from: for the devices list and the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Client {
+    /// The client's address.
+    pub address: Option<String>,
+    /// Its `User-Agent`, cut to a bounded length.
+    pub user_agent: Option<String>,
+}
+
 impl Principal {
     /// [`Principal::class`] of an owner's credential.
     pub const OWNER_CLASS: &'static str = "owner";
@@ -74,7 +89,7 @@ impl Principal {
     /// The owner behind any credential.
     pub fn owner_id(&self) -> &str {
         match self {
-            Principal::Owner { owner_id }
+            Principal::Owner { owner_id, .. }
             | Principal::Environment { owner_id, .. }
             | Principal::Ingress { owner_id, .. }
             | Principal::Worker { owner_id, .. } => owner_id,
@@ -142,20 +157,37 @@ pub fn mint(
             created_at: now,
             expires_at,
             revoked_at: None,
+            // Owner credentials get their role from whoever mints them; the others carry
+            // none that is ever read.
+            role: Role::Admin,
         },
     }
 }
 
-/// Creates an API key for the owner named `owner_name` (creating the owner if needed)
-/// and returns the token, which is not stored and cannot be shown again.
+/// Creates an `admin` API key for the owner named `owner_name` (creating the owner if
+/// needed) and returns the token, which is not stored and cannot be shown again.
 pub async fn create_api_key(
     store: &dyn Store,
     owner_name: &str,
     key_name: &str,
     now: Millis,
 ) -> Result<String, StoreError> {
+    create_api_key_with_role(store, owner_name, key_name, Role::Admin, now)
+        .await
+        .map(|(token, _)| token)
+}
+
+/// Creates an API key of `role` for the owner named `owner_name` (creating the owner if
+/// needed); returns the token (shown once) and the stored row.
+pub async fn create_api_key_with_role(
+    store: &dyn Store,
+    owner_name: &str,
+    key_name: &str,
+    role: Role,
+    now: Millis,
+) -> Result<(String, Credential), StoreError> {
     let owner = store.ensure_owner(owner_name, now).await?;
-    let minted = mint(
+    let mut minted = mint(
         CredentialKind::ApiKey,
         &owner.id,
         None,
@@ -164,8 +196,9 @@ pub async fn create_api_key(
         now,
         None,
     );
+    minted.credential.role = role;
     store.insert_credential(&minted.credential).await?;
-    Ok(minted.token)
+    Ok((minted.token, minted.credential))
 }
 
 /// Splits a token into its class, id and secret; `None` if it is not one of ours.
@@ -216,7 +249,10 @@ pub async fn verify(store: &dyn Store, token: &str, now: Millis) -> Result<Princ
     };
     Ok(match kind {
         CredentialKind::ApiKey | CredentialKind::WebSession => Principal::Owner {
+            role: credential.role,
+            credential_id: credential.id,
             owner_id: credential.owner_id,
+            client: Client::default(),
         },
         CredentialKind::Pairing => return Err(unknown()),
         CredentialKind::EnvironmentSecret => Principal::Environment {

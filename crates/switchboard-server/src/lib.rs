@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 mod dispatch;
 mod error;
@@ -22,8 +23,10 @@ mod metrics;
 mod notify;
 mod options;
 mod origin;
+mod policy;
 mod ratelimit;
 mod revocation;
+mod roles;
 mod router;
 mod shutdown;
 mod sse;

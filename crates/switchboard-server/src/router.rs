@@ -2,11 +2,11 @@
 //! socket).
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
-use crate::http::{self, code, environments, health, ingress, notify, sessions, web};
+use crate::http::{self, access, code, environments, health, ingress, notify, sessions, web};
 use crate::state::AppState;
 use crate::ws;
 
@@ -102,6 +102,20 @@ pub(crate) fn build(state: AppState) -> Router {
             "/v1/notify/push/subscriptions/{id}",
             delete(notify::unsubscribe),
         )
+        // Keys, devices, approval policy, audit log (Switchboard extensions, issue 16).
+        .route("/v1/keys", get(access::list_keys).post(access::create_key))
+        .route("/v1/keys/{id}", delete(access::revoke))
+        .route("/v1/devices", get(access::list_devices))
+        .route(
+            "/v1/devices/{id}",
+            patch(access::update_device).delete(access::revoke),
+        )
+        .route("/v1/policy", get(access::get_policy))
+        .route("/v1/policy/settings", put(access::put_settings))
+        .route("/v1/policy/rules", post(access::add_rule))
+        .route("/v1/policy/rules/{id}", delete(access::remove_rule))
+        .route("/v1/policy/test", post(access::test_policy))
+        .route("/v1/audit", get(access::audit))
         // Viewers (§13.1).
         .route("/v1/sessions/ws/{id}/subscribe", get(ws::viewer::upgrade));
     // Session ingress v1 (§8), under both version segments the client builds.

@@ -3,6 +3,7 @@
 //! Handlers extract and authorize, then call one method here; the methods hold the
 //! protocol's rules and talk to the store and the hub. Nothing else touches either.
 
+mod access;
 mod code;
 mod environments;
 mod events;
@@ -81,6 +82,8 @@ struct Inner {
     notifier: crate::notify::Notifier,
     /// The VAPID key pair, loaded (or first made) on first use.
     vapid: tokio::sync::OnceCell<Arc<crate::notify::webpush::Vapid>>,
+    /// Devices' last use, approval-policy timers (see `state/access.rs`).
+    access: access::AccessState,
 }
 
 impl AppState {
@@ -102,6 +105,7 @@ impl AppState {
                 options,
                 notifier: crate::notify::Notifier::default(),
                 vapid: tokio::sync::OnceCell::new(),
+                access: access::AccessState::default(),
             }),
         }
     }
@@ -233,7 +237,8 @@ impl AppState {
         if source == auth::Source::Cookie {
             self.refuse_cross_site(headers, "request")?;
         }
-        let principal = self.authenticate(token).await?;
+        let mut principal = self.authenticate(token).await?;
+        self.note_client(&mut principal, headers);
         let credential = auth::credential_ref(token).map(|(kind, id)| (kind, id.to_string()));
         Ok((principal, credential))
     }
@@ -329,7 +334,7 @@ impl AppState {
         };
         let worker = access == Access::OwnerOrSessionWorker;
         match principal {
-            Principal::Owner { owner_id } if *owner_id == session.owner_id => Ok(session),
+            Principal::Owner { owner_id, .. } if *owner_id == session.owner_id => Ok(session),
             Principal::Ingress { session_id, .. } | Principal::Worker { session_id, .. }
                 if worker && *session_id == session.id =>
             {
@@ -348,7 +353,7 @@ impl AppState {
     /// Requires an API key and returns its owner.
     pub(crate) fn require_owner(principal: &Principal) -> Result<&str, ApiError> {
         match principal {
-            Principal::Owner { owner_id } => Ok(owner_id),
+            Principal::Owner { owner_id, .. } => Ok(owner_id),
             _ => Err(ApiError::Forbidden("this endpoint needs an API key".into())),
         }
     }

@@ -305,6 +305,47 @@ pub trait Store: Send + Sync + 'static {
     /// The server's VAPID private key: `candidate` is stored if there is none yet, and
     /// the stored one is returned (so concurrent first calls agree on one key).
     async fn vapid_key(&self, candidate: &str, now: Millis) -> Result<String>;
+
+    // --- roles, devices, approval policy, audit log (issue 16) ---
+
+    /// The live (unrevoked, unexpired at `now`) API keys and web sessions of an owner,
+    /// newest first, with their last use.
+    async fn devices(&self, owner_id: &str, now: Millis) -> Result<Vec<Device>>;
+    /// Records a use of a credential: when, from where, by what.
+    async fn touch_credential(
+        &self,
+        id: &str,
+        now: Millis,
+        address: Option<&str>,
+        user_agent: Option<&str>,
+    ) -> Result<()>;
+    /// Renames an owner's API key or web session; false when it has none by that id.
+    async fn rename_credential(&self, owner_id: &str, id: &str, name: &str) -> Result<bool>;
+    /// Sets the role of an owner's live API key or web session; false when it has none
+    /// by that id.
+    async fn set_credential_role(&self, owner_id: &str, id: &str, role: Role) -> Result<bool>;
+    /// Revokes an owner's live API key, web session or pairing link; false when it has
+    /// no live one by that id.
+    async fn revoke_owner_credential(&self, owner_id: &str, id: &str, now: Millis) -> Result<bool>;
+    /// An owner's approval rules, in order.
+    async fn policy_rules(&self, owner_id: &str) -> Result<Vec<PolicyRule>>;
+    /// Stores a new approval rule.
+    async fn insert_policy_rule(&self, rule: &PolicyRule) -> Result<()>;
+    /// Deletes an owner's rule; false when it has none by that id.
+    async fn delete_policy_rule(&self, owner_id: &str, id: &str) -> Result<bool>;
+    /// An owner's policy settings (the defaults when never set).
+    async fn policy_settings(&self, owner_id: &str) -> Result<PolicySettings>;
+    /// Replaces an owner's policy settings.
+    async fn set_policy_settings(
+        &self,
+        owner_id: &str,
+        settings: PolicySettings,
+        now: Millis,
+    ) -> Result<()>;
+    /// Appends to the audit log; returns the entry's id.
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<i64>;
+    /// Reads an owner's audit log, newest first, with each credential's current name.
+    async fn audit_log(&self, owner_id: &str, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created if missing) is the embedded

@@ -79,6 +79,8 @@ pub struct Credential {
     pub expires_at: Option<Millis>,
     /// Revocation time, if revoked.
     pub revoked_at: Option<Millis>,
+    /// What it may do (owner credentials: API keys, web sessions, pairing links).
+    pub role: Role,
 }
 
 /// A registered bridge environment.
@@ -502,4 +504,161 @@ pub struct PushSubscription {
     pub origin: Option<String>,
     /// When it subscribed.
     pub created_at: Millis,
+}
+
+/// What an owner's credential may do (issue 16), weakest first: each role may do all that
+/// the roles before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Reads sessions.
+    Viewer,
+    /// Also answers permission requests and interrupts.
+    Approver,
+    /// Also sends prompts, changes model and mode, creates and archives sessions.
+    Driver,
+    /// Also manages keys, devices and policy.
+    Admin,
+}
+
+impl Role {
+    /// Every role, weakest first.
+    pub const ALL: [Role; 4] = [Role::Viewer, Role::Approver, Role::Driver, Role::Admin];
+
+    /// The stored (and wire) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Approver => "approver",
+            Role::Driver => "driver",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses a stored (or wire) name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A credential a person holds (an API key or a signed-in browser), with when, from where
+/// and by what it was last used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// The credential.
+    pub credential: Credential,
+    /// When it was last used (to the minute).
+    pub last_used_at: Option<Millis>,
+    /// The client address it was last used from.
+    pub last_address: Option<String>,
+    /// The user agent that last used it.
+    pub user_agent: Option<String>,
+}
+
+/// What a policy rule (or the default) answers a permission request with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Approve at once.
+    Allow,
+    /// Refuse at once.
+    Deny,
+    /// Wait for a person.
+    Ask,
+}
+
+impl Decision {
+    /// The stored (and wire) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::Ask => "ask",
+        }
+    }
+
+    /// Parses a stored (or wire) name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Decision::Allow, Decision::Deny, Decision::Ask]
+            .into_iter()
+            .find(|d| d.as_str() == s)
+    }
+}
+
+/// One approval rule of an owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRule {
+    /// Opaque id (`rule_…`).
+    pub id: String,
+    /// Whose it is.
+    pub owner_id: String,
+    /// Applies only to sessions on this environment, if set.
+    pub environment_id: Option<String>,
+    /// Applies only to this session (body id), if set.
+    pub session_id: Option<String>,
+    /// Order: the lowest position that matches wins.
+    pub position: i64,
+    /// The tool name it matches (`*` for any).
+    pub tool: String,
+    /// The pattern on the tool's input (command prefix, path glob, domain), if any.
+    pub pattern: Option<String>,
+    /// Its answer.
+    pub decision: Decision,
+    /// When it was made.
+    pub created_at: Millis,
+}
+
+/// An owner's policy settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicySettings {
+    /// The answer when no rule matches.
+    pub default: Decision,
+    /// How long a request may wait for a person before it gets the default answer
+    /// (`deny` when the default is `ask`); `None`: forever.
+    pub timeout_ms: Option<Millis>,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            default: Decision::Ask,
+            timeout_ms: None,
+        }
+    }
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Its place in the log (ignored when appending).
+    pub id: i64,
+    /// The owner whose log it is.
+    pub owner_id: String,
+    /// When.
+    pub at: Millis,
+    /// What, e.g. `permission.answer`, `session.prompt`, `policy.add`, `key.revoke`.
+    pub action: String,
+    /// The credential that did it (`None` for a rule or the server).
+    pub credential_id: Option<String>,
+    /// That credential's name, when read back.
+    pub credential_name: Option<String>,
+    /// The client address.
+    pub address: Option<String>,
+    /// The client's user agent.
+    pub user_agent: Option<String>,
+    /// The session it concerned, if one.
+    pub session_id: Option<String>,
+    /// The particulars, as JSON text.
+    pub detail: String,
+}
+
+/// Which audit entries to read, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only this session's.
+    pub session_id: Option<String>,
+    /// Only those at or after this time.
+    pub since: Option<Millis>,
+    /// Only those older than this entry (paging).
+    pub before_id: Option<i64>,
+    /// At most this many.
+    pub limit: u32,
 }

@@ -142,6 +142,43 @@ impl rules::Columns for PgRow {
     fn flag(&self, name: &str) -> Result<bool> {
         Ok(self.try_get(name)?)
     }
+
+fn role_from(role: &str) -> Result<Role> {
+    Role::parse(role).ok_or_else(|| anyhow::anyhow!("unknown role {role:?}").into())
+}
+
+fn decision_from(decision: &str) -> Result<Decision> {
+    Decision::parse(decision).ok_or_else(|| anyhow::anyhow!("unknown decision {decision:?}").into())
+}
+
+fn policy_rule_from_row(row: &PgRow) -> Result<PolicyRule> {
+    Ok(PolicyRule {
+        id: row.try_get("id")?,
+        owner_id: row.try_get("owner_id")?,
+        environment_id: row.try_get("environment_id")?,
+        session_id: row.try_get("session_id")?,
+        position: row.try_get("position")?,
+        tool: row.try_get("tool")?,
+        pattern: row.try_get("pattern")?,
+        decision: decision_from(&row.try_get::<String, _>("decision")?)?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn audit_from_row(row: &PgRow) -> Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: row.try_get("id")?,
+        owner_id: row.try_get("owner_id")?,
+        at: row.try_get("at")?,
+        action: row.try_get("action")?,
+        credential_id: row.try_get("credential_id")?,
+        credential_name: row.try_get("credential_name")?,
+        address: row.try_get("address")?,
+        user_agent: row.try_get("user_agent")?,
+        session_id: row.try_get("session_id")?,
+        detail: row.try_get("detail")?,
+    })
+}
 }
 
 #[async_trait]
@@ -171,7 +208,8 @@ impl Store for PgStore {
     async fn insert_credential(&self, c: &Credential) -> Result<()> {
         sqlx::query(
             "INSERT INTO credentials (id, kind, owner_id, scope, work_id, name, secret_hash, \
-             created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             created_at, expires_at, revoked_at, role) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&c.id)
         .bind(c.kind.as_str())
@@ -183,6 +221,7 @@ impl Store for PgStore {
         .bind(c.created_at)
         .bind(c.expires_at)
         .bind(c.revoked_at)
+        .bind(c.role.as_str())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1135,6 +1174,213 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get("private_key")?)
+    }
+
+    #[instrument(skip_all)]
+    async fn devices(&self, owner_id: &str, now: Millis) -> Result<Vec<Device>> {
+        let rows = sqlx::query(
+            "SELECT * FROM credentials WHERE owner_id = $1 AND kind IN ($2, $3) \
+             AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $4) \
+             ORDER BY created_at DESC, id",
+        )
+        .bind(owner_id)
+        .bind(CredentialKind::ApiKey.as_str())
+        .bind(CredentialKind::WebSession.as_str())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Device {
+                    credential: credential_from_row(row)?,
+                    last_used_at: row.try_get("last_used_at")?,
+                    last_address: row.try_get("last_address")?,
+                    user_agent: row.try_get("user_agent")?,
+                })
+            })
+            .collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn touch_credential(
+        &self,
+        id: &str,
+        now: Millis,
+        address: Option<&str>,
+        user_agent: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE credentials SET last_used_at = $1, \
+             last_address = COALESCE($2, last_address), \
+             user_agent = COALESCE($3, user_agent) WHERE id = $4",
+        )
+        .bind(now)
+        .bind(address)
+        .bind(user_agent)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn rename_credential(&self, owner_id: &str, id: &str, name: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE credentials SET name = $1 WHERE owner_id = $2 AND id = $3 \
+             AND kind IN ('api_key', 'web_session')",
+        )
+        .bind(name)
+        .bind(owner_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    #[instrument(skip_all)]
+    async fn set_credential_role(&self, owner_id: &str, id: &str, role: Role) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE credentials SET role = $1 WHERE owner_id = $2 AND id = $3 \
+             AND kind IN ('api_key', 'web_session') AND revoked_at IS NULL",
+        )
+        .bind(role.as_str())
+        .bind(owner_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    #[instrument(skip_all)]
+    async fn revoke_owner_credential(&self, owner_id: &str, id: &str, now: Millis) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE credentials SET revoked_at = $1 WHERE owner_id = $2 AND id = $3 \
+             AND kind IN ('api_key', 'web_session', 'pairing') AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(owner_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    #[instrument(skip_all)]
+    async fn policy_rules(&self, owner_id: &str) -> Result<Vec<PolicyRule>> {
+        let rows = sqlx::query(
+            "SELECT * FROM policy_rules WHERE owner_id = $1 ORDER BY position, created_at, id",
+        )
+        .bind(owner_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(policy_rule_from_row).collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn insert_policy_rule(&self, r: &PolicyRule) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO policy_rules (id, owner_id, environment_id, session_id, position, \
+             tool, pattern, decision, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&r.id)
+        .bind(&r.owner_id)
+        .bind(&r.environment_id)
+        .bind(&r.session_id)
+        .bind(r.position)
+        .bind(&r.tool)
+        .bind(&r.pattern)
+        .bind(r.decision.as_str())
+        .bind(r.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn delete_policy_rule(&self, owner_id: &str, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM policy_rules WHERE owner_id = $1 AND id = $2")
+            .bind(owner_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    #[instrument(skip_all)]
+    async fn policy_settings(&self, owner_id: &str) -> Result<PolicySettings> {
+        let row = sqlx::query(
+            "SELECT default_decision, timeout_ms FROM policy_settings WHERE owner_id = $1",
+        )
+        .bind(owner_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(PolicySettings {
+                default: decision_from(&row.try_get::<String, _>("default_decision")?)?,
+                timeout_ms: row.try_get("timeout_ms")?,
+            }),
+            None => Ok(PolicySettings::default()),
+        }
+    }
+
+    #[instrument(skip_all)]
+    async fn set_policy_settings(
+        &self,
+        owner_id: &str,
+        settings: PolicySettings,
+        now: Millis,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO policy_settings (owner_id, default_decision, timeout_ms, updated_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (owner_id) DO UPDATE SET \
+             default_decision = excluded.default_decision, \
+             timeout_ms = excluded.timeout_ms, updated_at = excluded.updated_at",
+        )
+        .bind(owner_id)
+        .bind(settings.default.as_str())
+        .bind(settings.timeout_ms)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn append_audit(&self, e: &AuditEntry) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO audit_log (owner_id, at, action, credential_id, address, user_agent, \
+             session_id, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(&e.owner_id)
+        .bind(e.at)
+        .bind(&e.action)
+        .bind(&e.credential_id)
+        .bind(&e.address)
+        .bind(&e.user_agent)
+        .bind(&e.session_id)
+        .bind(&e.detail)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    #[instrument(skip_all)]
+    async fn audit_log(&self, owner_id: &str, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT a.*, c.name AS credential_name FROM audit_log a \
+             LEFT JOIN credentials c ON c.id = a.credential_id \
+             WHERE a.owner_id = $1 AND ($2::TEXT IS NULL OR a.session_id = $2) \
+             AND ($3::BIGINT IS NULL OR a.at >= $3) AND ($4::BIGINT IS NULL OR a.id < $4) \
+             ORDER BY a.id DESC LIMIT $5",
+        )
+        .bind(owner_id)
+        .bind(&q.session_id)
+        .bind(q.since)
+        .bind(q.before_id)
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_from_row).collect()
     }
 }
 

@@ -74,6 +74,7 @@ pub(crate) fn credential_from_row<R: Columns + ?Sized>(row: &R) -> Result<Creden
         created_at: row.int("created_at")?,
         expires_at: row.opt_int("expires_at")?,
         revoked_at: row.opt_int("revoked_at")?,
+        role: parse_name("role", &row.text("role")?, Role::parse)?,
     })
 }
 

@@ -291,6 +291,43 @@ impl rules::Columns for Row<'_> {
     fn flag(&self, name: &str) -> Result<bool> {
         Ok(self.get(name)?)
     }
+
+fn role_from(role: &str) -> Result<Role> {
+    Role::parse(role).ok_or_else(|| anyhow::anyhow!("unknown role {role:?}").into())
+}
+
+fn decision_from(decision: &str) -> Result<Decision> {
+    Decision::parse(decision).ok_or_else(|| anyhow::anyhow!("unknown decision {decision:?}").into())
+}
+
+fn policy_rule_from_row(row: &Row<'_>) -> Result<PolicyRule> {
+    Ok(PolicyRule {
+        id: row.get("id")?,
+        owner_id: row.get("owner_id")?,
+        environment_id: row.get("environment_id")?,
+        session_id: row.get("session_id")?,
+        position: row.get("position")?,
+        tool: row.get("tool")?,
+        pattern: row.get("pattern")?,
+        decision: decision_from(&row.get::<_, String>("decision")?)?,
+        created_at: row.get("created_at")?,
+    })
+}
+
+fn audit_from_row(row: &Row<'_>) -> Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: row.get("id")?,
+        owner_id: row.get("owner_id")?,
+        at: row.get("at")?,
+        action: row.get("action")?,
+        credential_id: row.get("credential_id")?,
+        credential_name: row.get("credential_name")?,
+        address: row.get("address")?,
+        user_agent: row.get("user_agent")?,
+        session_id: row.get("session_id")?,
+        detail: row.get("detail")?,
+    })
+}
 }
 
 /// One work item of an environment.
@@ -360,8 +397,8 @@ impl Store for SqliteStore {
             exec(
                 c,
                 "INSERT INTO credentials (id, kind, owner_id, scope, work_id, name, secret_hash, \
-                 created_at, expires_at, revoked_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 created_at, expires_at, revoked_at, role) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     cred.id,
                     cred.kind.as_str(),
@@ -373,6 +410,7 @@ impl Store for SqliteStore {
                     cred.created_at,
                     cred.expires_at,
                     cred.revoked_at,
+                    cred.role.as_str(),
                 ],
             )?;
             Ok(())
@@ -1428,6 +1466,250 @@ impl Store for SqliteStore {
                 |row| Ok(row.get::<_, String>("private_key")?),
             )?
             .ok_or(StoreError::NotFound)
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn devices(&self, owner_id: &str, now: Millis) -> Result<Vec<Device>> {
+        let owner_id = owner_id.to_owned();
+        self.read(move |c| {
+            query_all(
+                c,
+                "SELECT * FROM credentials WHERE owner_id = ?1 AND kind IN (?2, ?3) \
+                 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?4) \
+                 ORDER BY created_at DESC, id",
+                params![
+                    owner_id,
+                    CredentialKind::ApiKey.as_str(),
+                    CredentialKind::WebSession.as_str(),
+                    now
+                ],
+                |row| {
+                    Ok(Device {
+                        credential: credential_from_row(row)?,
+                        last_used_at: row.get("last_used_at")?,
+                        last_address: row.get("last_address")?,
+                        user_agent: row.get("user_agent")?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn touch_credential(
+        &self,
+        id: &str,
+        now: Millis,
+        address: Option<&str>,
+        user_agent: Option<&str>,
+    ) -> Result<()> {
+        let (id, address, user_agent) = (
+            id.to_owned(),
+            address.map(str::to_owned),
+            user_agent.map(str::to_owned),
+        );
+        self.write(move |c| {
+            exec(
+                c,
+                "UPDATE credentials SET last_used_at = ?1, \
+                 last_address = COALESCE(?2, last_address), \
+                 user_agent = COALESCE(?3, user_agent) WHERE id = ?4",
+                params![now, address, user_agent, id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn rename_credential(&self, owner_id: &str, id: &str, name: &str) -> Result<bool> {
+        let (owner_id, id, name) = (owner_id.to_owned(), id.to_owned(), name.to_owned());
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "UPDATE credentials SET name = ?1 WHERE owner_id = ?2 AND id = ?3 \
+                 AND kind IN ('api_key', 'web_session')",
+                params![name, owner_id, id],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn set_credential_role(&self, owner_id: &str, id: &str, role: Role) -> Result<bool> {
+        let (owner_id, id) = (owner_id.to_owned(), id.to_owned());
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "UPDATE credentials SET role = ?1 WHERE owner_id = ?2 AND id = ?3 \
+                 AND kind IN ('api_key', 'web_session') AND revoked_at IS NULL",
+                params![role.as_str(), owner_id, id],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn revoke_owner_credential(&self, owner_id: &str, id: &str, now: Millis) -> Result<bool> {
+        let (owner_id, id) = (owner_id.to_owned(), id.to_owned());
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "UPDATE credentials SET revoked_at = ?1 WHERE owner_id = ?2 AND id = ?3 \
+                 AND kind IN ('api_key', 'web_session', 'pairing') AND revoked_at IS NULL",
+                params![now, owner_id, id],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn policy_rules(&self, owner_id: &str) -> Result<Vec<PolicyRule>> {
+        let owner_id = owner_id.to_owned();
+        self.read(move |c| {
+            query_all(
+                c,
+                "SELECT * FROM policy_rules WHERE owner_id = ?1 ORDER BY position, created_at, id",
+                [&owner_id],
+                policy_rule_from_row,
+            )
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn insert_policy_rule(&self, rule: &PolicyRule) -> Result<()> {
+        let r = rule.clone();
+        self.write(move |c| {
+            exec(
+                c,
+                "INSERT INTO policy_rules (id, owner_id, environment_id, session_id, position, \
+                 tool, pattern, decision, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    r.id,
+                    r.owner_id,
+                    r.environment_id,
+                    r.session_id,
+                    r.position,
+                    r.tool,
+                    r.pattern,
+                    r.decision.as_str(),
+                    r.created_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn delete_policy_rule(&self, owner_id: &str, id: &str) -> Result<bool> {
+        let (owner_id, id) = (owner_id.to_owned(), id.to_owned());
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "DELETE FROM policy_rules WHERE owner_id = ?1 AND id = ?2",
+                params![owner_id, id],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn policy_settings(&self, owner_id: &str) -> Result<PolicySettings> {
+        let owner_id = owner_id.to_owned();
+        self.read(move |c| {
+            let found = query_one(
+                c,
+                "SELECT default_decision, timeout_ms FROM policy_settings WHERE owner_id = ?1",
+                [&owner_id],
+                |row| {
+                    Ok(PolicySettings {
+                        default: decision_from(&row.get::<_, String>("default_decision")?)?,
+                        timeout_ms: row.get("timeout_ms")?,
+                    })
+                },
+            )?;
+            Ok(found.unwrap_or_default())
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn set_policy_settings(
+        &self,
+        owner_id: &str,
+        settings: PolicySettings,
+        now: Millis,
+    ) -> Result<()> {
+        let owner_id = owner_id.to_owned();
+        self.write(move |c| {
+            exec(
+                c,
+                "INSERT INTO policy_settings (owner_id, default_decision, timeout_ms, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (owner_id) DO UPDATE SET \
+                 default_decision = excluded.default_decision, \
+                 timeout_ms = excluded.timeout_ms, updated_at = excluded.updated_at",
+                params![
+                    owner_id,
+                    settings.default.as_str(),
+                    settings.timeout_ms,
+                    now
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<i64> {
+        let e = entry.clone();
+        self.write(move |c| {
+            query_one(
+                c,
+                "INSERT INTO audit_log (owner_id, at, action, credential_id, address, \
+                 user_agent, session_id, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 RETURNING id",
+                params![
+                    e.owner_id,
+                    e.at,
+                    e.action,
+                    e.credential_id,
+                    e.address,
+                    e.user_agent,
+                    e.session_id,
+                    e.detail
+                ],
+                |row| Ok(row.get::<_, i64>(0)?),
+            )?
+            .ok_or(StoreError::NotFound)
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn audit_log(&self, owner_id: &str, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let (owner_id, q) = (owner_id.to_owned(), query.clone());
+        self.read(move |c| {
+            query_all(
+                c,
+                "SELECT a.*, c.name AS credential_name FROM audit_log a \
+                 LEFT JOIN credentials c ON c.id = a.credential_id \
+                 WHERE a.owner_id = ?1 AND (?2 IS NULL OR a.session_id = ?2) \
+                 AND (?3 IS NULL OR a.at >= ?3) AND (?4 IS NULL OR a.id < ?4) \
+                 ORDER BY a.id DESC LIMIT ?5",
+                params![owner_id, q.session_id, q.since, q.before_id, q.limit],
+                audit_from_row,
+            )
         })
         .await
     }

@@ -197,6 +197,7 @@ async fn story(store: &dyn Store) -> anyhow::Result<()> {
         created_at: now,
         expires_at: None,
         revoked_at: None,
+        role: Role::Admin,
     };
     store.insert_credential(&cred).await?;
     assert_eq!(store.credential("c1").await?, cred);
@@ -1081,4 +1082,238 @@ fn test_database_urls_keep_credentials_and_parameters() -> anyhow::Result<()> {
         "postgres://h:5432/sb_x"
     );
     Ok(())
+}
+
+/// Roles, devices, approval rules and the audit log (issue 16).
+async fn access_story(store: &dyn Store) -> anyhow::Result<()> {
+    let now = 1_700_000_000_000;
+    let alice = store.ensure_owner("alice", now).await?;
+    let bob = store.ensure_owner("bob", now).await?;
+    let cred = |id: &str, kind, owner: &str, role, created_at| Credential {
+        id: id.into(),
+        kind,
+        owner_id: owner.to_string(),
+        scope: None,
+        work_id: None,
+        name: id.into(),
+        secret_hash: "ab".into(),
+        created_at,
+        expires_at: None,
+        revoked_at: None,
+        role,
+    };
+    // Roles round-trip; devices are an owner's live keys and browsers, newest first.
+    store
+        .insert_credential(&cred(
+            "k1",
+            CredentialKind::ApiKey,
+            &alice.id,
+            Role::Admin,
+            now,
+        ))
+        .await?;
+    store
+        .insert_credential(&cred(
+            "w1",
+            CredentialKind::WebSession,
+            &alice.id,
+            Role::Viewer,
+            now + 1,
+        ))
+        .await?;
+    store
+        .insert_credential(&cred(
+            "p1",
+            CredentialKind::Pairing,
+            &alice.id,
+            Role::Driver,
+            now + 2,
+        ))
+        .await?;
+    store
+        .insert_credential(&cred(
+            "k2",
+            CredentialKind::ApiKey,
+            &bob.id,
+            Role::Approver,
+            now,
+        ))
+        .await?;
+    let expired = Credential {
+        expires_at: Some(now),
+        ..cred(
+            "w2",
+            CredentialKind::WebSession,
+            &alice.id,
+            Role::Admin,
+            now,
+        )
+    };
+    store.insert_credential(&expired).await?;
+    assert_eq!(store.credential("w1").await?.role, Role::Viewer);
+    assert_eq!(store.credential("k2").await?.role, Role::Approver);
+    let devices = store.devices(&alice.id, now + 10).await?;
+    let ids: Vec<_> = devices.iter().map(|d| d.credential.id.as_str()).collect();
+    assert_eq!(ids, ["w1", "k1"]);
+    assert_eq!(devices[0].last_used_at, None);
+    // A use is recorded; a use without an address keeps the one before.
+    store
+        .touch_credential("w1", now + 20, Some("10.0.0.1"), Some("Firefox"))
+        .await?;
+    store.touch_credential("w1", now + 30, None, None).await?;
+    let w1 = store.devices(&alice.id, now + 40).await?.remove(0);
+    assert_eq!(w1.last_used_at, Some(now + 30));
+    assert_eq!(w1.last_address.as_deref(), Some("10.0.0.1"));
+    assert_eq!(w1.user_agent.as_deref(), Some("Firefox"));
+    // Renaming and revoking reach only the owner's own credentials, once.
+    assert!(store.rename_credential(&alice.id, "w1", "phone").await?);
+    assert!(!store.rename_credential(&bob.id, "w1", "mine").await?);
+    assert_eq!(store.credential("w1").await?.name, "phone");
+    assert!(
+        store
+            .set_credential_role(&alice.id, "w1", Role::Approver)
+            .await?
+    );
+    assert!(
+        !store
+            .set_credential_role(&bob.id, "w1", Role::Admin)
+            .await?
+    );
+    assert!(
+        !store
+            .set_credential_role(&alice.id, "p1", Role::Admin)
+            .await?
+    );
+    assert_eq!(store.credential("w1").await?.role, Role::Approver);
+    assert!(
+        !store
+            .revoke_owner_credential(&bob.id, "w1", now + 50)
+            .await?
+    );
+    assert!(
+        store
+            .revoke_owner_credential(&alice.id, "w1", now + 50)
+            .await?
+    );
+    assert!(
+        !store
+            .revoke_owner_credential(&alice.id, "w1", now + 51)
+            .await?
+    );
+    assert_eq!(store.credential("w1").await?.revoked_at, Some(now + 50));
+    assert_eq!(store.devices(&alice.id, now + 60).await?.len(), 1);
+
+    // Rules come back in position order, per owner; deleting reaches only the owner's.
+    assert_eq!(store.policy_rules(&alice.id).await?, vec![]);
+    let rule = |id: &str, position, decision| PolicyRule {
+        id: id.into(),
+        owner_id: alice.id.clone(),
+        environment_id: None,
+        session_id: Some("s1".into()),
+        position,
+        tool: "Bash".into(),
+        pattern: Some("git status".into()),
+        decision,
+        created_at: now,
+    };
+    store
+        .insert_policy_rule(&rule("r2", 2, Decision::Deny))
+        .await?;
+    store
+        .insert_policy_rule(&rule("r1", 1, Decision::Allow))
+        .await?;
+    let rules = store.policy_rules(&alice.id).await?;
+    assert_eq!(
+        rules,
+        vec![
+            rule("r1", 1, Decision::Allow),
+            rule("r2", 2, Decision::Deny)
+        ]
+    );
+    assert!(store.policy_rules(&bob.id).await?.is_empty());
+    assert!(!store.delete_policy_rule(&bob.id, "r1").await?);
+    assert!(store.delete_policy_rule(&alice.id, "r1").await?);
+    assert_eq!(store.policy_rules(&alice.id).await?.len(), 1);
+    // Settings: `ask` without a timeout until set; set twice, the last one holds.
+    assert_eq!(
+        store.policy_settings(&alice.id).await?,
+        PolicySettings::default()
+    );
+    for timeout in [Some(5_000), None] {
+        let settings = PolicySettings {
+            default: Decision::Deny,
+            timeout_ms: timeout,
+        };
+        store.set_policy_settings(&alice.id, settings, now).await?;
+        assert_eq!(store.policy_settings(&alice.id).await?, settings);
+    }
+
+    // The audit log: newest first, filtered by session and time, paged by id, with the
+    // credential's current name.
+    let entry = |at, session: Option<&str>| AuditEntry {
+        id: 0,
+        owner_id: alice.id.clone(),
+        at,
+        action: "session.prompt".into(),
+        credential_id: Some("k1".into()),
+        credential_name: None,
+        address: Some("127.0.0.1".into()),
+        user_agent: None,
+        session_id: session.map(str::to_string),
+        detail: "{}".into(),
+    };
+    let mut ids = Vec::new();
+    for (i, session) in [Some("s1"), None, Some("s1"), Some("s2")]
+        .into_iter()
+        .enumerate()
+    {
+        ids.push(store.append_audit(&entry(now + i as i64, session)).await?);
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let all = AuditQuery {
+        limit: 10,
+        ..AuditQuery::default()
+    };
+    let log = store.audit_log(&alice.id, &all).await?;
+    assert_eq!(
+        log.iter().map(|e| e.id).collect::<Vec<_>>(),
+        ids.iter().rev().copied().collect::<Vec<_>>()
+    );
+    assert_eq!(log[0].credential_name.as_deref(), Some("k1"));
+    assert_eq!(log[0].address.as_deref(), Some("127.0.0.1"));
+    let s1 = AuditQuery {
+        session_id: Some("s1".into()),
+        ..all.clone()
+    };
+    assert_eq!(store.audit_log(&alice.id, &s1).await?.len(), 2);
+    let page = AuditQuery {
+        before_id: Some(ids[2]),
+        limit: 1,
+        ..all.clone()
+    };
+    assert_eq!(store.audit_log(&alice.id, &page).await?[0].id, ids[1]);
+    let since = AuditQuery {
+        since: Some(now + 2),
+        ..all.clone()
+    };
+    assert_eq!(store.audit_log(&alice.id, &since).await?.len(), 2);
+    assert!(store.audit_log(&bob.id, &all).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_roles_devices_rules_and_the_audit_log() -> anyhow::Result<()> {
+    let (_dir, store) = sqlite().await?;
+    access_story(store.as_ref()).await
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_roles_devices_rules_and_the_audit_log() -> anyhow::Result<()> {
+    let Some(db) =
+        PgTestDb::create("postgres_store_keeps_roles_devices_rules_and_the_audit_log").await?
+    else {
+        return Ok(());
+    };
+    let store = open(&db.url).await?;
+    access_story(store.as_ref()).await
 }

@@ -23,6 +23,7 @@ use switchboard_proto::code::{
 use super::{Auth, AuthWith};
 use crate::error::{ApiError, Json, OptionalJson, Path, Query};
 use crate::state::{Access, AppState};
+use crate::roles::Capability;
 
 /// The body of a worker's write, read in two steps: first as a JSON object (malformed
 /// JSON is refused before anything else), then, once the epoch fence has let the write
@@ -79,6 +80,7 @@ pub(crate) async fn create(
     Auth(principal): Auth,
     OptionalJson(req): OptionalJson<CreateCodeSessionRequest>,
 ) -> Result<axum::Json<CreateCodeSessionResponse>, ApiError> {
+    principal.require(Capability::Drive)?;
     let owner_id = AppState::require_owner(&principal)?;
     let session = state.create_code_session(owner_id, req).await?;
     Ok(axum::Json(state.code_session_resource(&session)?))
@@ -90,6 +92,7 @@ pub(crate) async fn credentials(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<BridgeCredentials>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state.authorize_session(&principal, &id, Access::OwnerOnly).await?;
     Ok(axum::Json(state.worker_credentials(&session).await?))
 }
@@ -100,6 +103,7 @@ pub(crate) async fn register(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RegisterWorkerResponse>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state.authorize_session(&principal, &id, Access::OwnerOrSessionWorker).await?;
     let worker_epoch = state.register_worker(&session).await?;
     Ok(axum::Json(RegisterWorkerResponse { worker_epoch }))
@@ -112,6 +116,7 @@ pub(crate) async fn put_worker(
     Path(id): Path<String>,
     Json(body): Json<WorkerWrite<WorkerStateRequest>>,
 ) -> Result<axum::Json<Accepted>, ApiError> {
+    principal.require(Capability::Drive)?;
     let (session, report) = body.fenced(&state, &principal, &id).await?;
     state
         .put_worker(&session, session.worker_epoch, report)
@@ -125,6 +130,7 @@ pub(crate) async fn get_worker(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<WorkerResponse>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state.authorize_session(&principal, &id, Access::OwnerOrSessionWorker).await?;
     Ok(axum::Json(state.worker_state(&session)))
 }
@@ -136,6 +142,7 @@ pub(crate) async fn heartbeat(
     Path(id): Path<String>,
     Json(body): Json<WorkerWrite<HeartbeatRequest>>,
 ) -> Result<axum::Json<Accepted>, ApiError> {
+    principal.require(Capability::Drive)?;
     let (session, _beat) = body.fenced(&state, &principal, &id).await?;
     state.worker_heartbeat(&session);
     Ok(axum::Json(Accepted {}))
@@ -148,6 +155,7 @@ pub(crate) async fn events(
     Path(id): Path<String>,
     Json(body): Json<WorkerWrite<WorkerEventsRequest>>,
 ) -> Result<axum::Json<Accepted>, ApiError> {
+    principal.require(Capability::Drive)?;
     let (session, req) = body.fenced(&state, &principal, &id).await?;
     state.worker_events(&session, req.events).await?;
     Ok(axum::Json(Accepted {}))
@@ -160,6 +168,7 @@ pub(crate) async fn post_internal(
     Path(id): Path<String>,
     Json(body): Json<WorkerWrite<InternalEventsRequest>>,
 ) -> Result<axum::Json<Accepted>, ApiError> {
+    principal.require(Capability::Drive)?;
     let (session, req) = body.fenced(&state, &principal, &id).await?;
     state.worker_internal_events(&session, req.events).await?;
     Ok(axum::Json(Accepted {}))
@@ -172,6 +181,7 @@ pub(crate) async fn get_internal(
     Path(id): Path<String>,
     Query(q): Query<InternalEventsQuery>,
 ) -> Result<axum::Json<InternalEventsPage>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state.authorize_session(&principal, &id, Access::OwnerOrSessionWorker).await?;
     Ok(axum::Json(
         state
@@ -187,6 +197,7 @@ pub(crate) async fn delivery(
     Path(id): Path<String>,
     Json(body): Json<WorkerWrite<DeliveryRequest>>,
 ) -> Result<axum::Json<Accepted>, ApiError> {
+    principal.require(Capability::Drive)?;
     let (session, req) = body.fenced(&state, &principal, &id).await?;
     state.worker_delivery(&session, req.updates).await?;
     Ok(axum::Json(Accepted {}))
@@ -200,6 +211,7 @@ pub(crate) async fn stream(
     Query(q): Query<EventStreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state.authorize_session(&principal, &id, Access::OwnerOrSessionWorker).await?;
     if session.archived_at.is_some() {
         return Err(ApiError::NotFound("session is archived".into()));

@@ -14,6 +14,7 @@ use switchboard_proto::environments::{
 
 use super::Auth;
 use crate::error::{ApiError, Json, OptionalJson, Path, Query};
+use crate::roles::Capability;
 use crate::state::AppState;
 
 /// `POST /v1/environments/bridge`.
@@ -22,6 +23,7 @@ pub(crate) async fn register(
     Auth(principal): Auth,
     Json(req): Json<RegisterEnvironmentRequest>,
 ) -> Result<axum::Json<RegisterEnvironmentResponse>, ApiError> {
+    principal.require(Capability::Drive)?;
     let owner_id = AppState::require_owner(&principal)?;
     Ok(axum::Json(state.register_environment(owner_id, req).await?))
 }
@@ -35,6 +37,7 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     Auth(principal): Auth,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Read)?;
     let owner_id = AppState::require_owner(&principal)?;
     let now = crate::time::now_ms();
     let data: Vec<Value> = state
@@ -70,6 +73,7 @@ pub(crate) async fn poll(
     Path(environment_id): Path<String>,
     Query(q): Query<PollQuery>,
 ) -> Result<Response, ApiError> {
+    principal.require(Capability::Drive)?;
     let reclaim = q.reclaim_older_than_ms.map(Duration::from_millis);
     Ok(
         match state
@@ -88,6 +92,7 @@ pub(crate) async fn ack(
     Auth(principal): Auth,
     Path((environment_id, work_id)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     state
         .ack_work(&principal, &environment_id, &work_id)
         .await?;
@@ -100,6 +105,7 @@ pub(crate) async fn heartbeat(
     Auth(principal): Auth,
     Path((environment_id, work_id)): Path<(String, String)>,
 ) -> Result<axum::Json<HeartbeatResponse>, ApiError> {
+    principal.require(Capability::Drive)?;
     Ok(axum::Json(
         state
             .heartbeat_work(&principal, &environment_id, &work_id)
@@ -114,6 +120,7 @@ pub(crate) async fn stop(
     Path((environment_id, work_id)): Path<(String, String)>,
     OptionalJson(req): OptionalJson<StopWorkRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     state
         .stop_work(&principal, &environment_id, &work_id, req.force)
         .await?;
@@ -127,6 +134,7 @@ pub(crate) async fn reconnect(
     Path(environment_id): Path<String>,
     Json(req): Json<ReconnectRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     state
         .reconnect_session(&principal, &environment_id, &req.session_id)
         .await?;
@@ -139,6 +147,7 @@ pub(crate) async fn deregister(
     Auth(principal): Auth,
     Path(environment_id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     state
         .deregister_environment(&principal, &environment_id)
         .await?;

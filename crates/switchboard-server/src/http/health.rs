@@ -30,6 +30,7 @@ pub(crate) async fn metrics(
         MetricsAccess::Token => {
             let (principal, _) = state.authenticate_request(&headers).await?;
             AppState::require_owner(&principal)?;
+            principal.require(crate::roles::Capability::Administer)?;
         }
     }
     Ok((

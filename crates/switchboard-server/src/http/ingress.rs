@@ -7,6 +7,7 @@ use switchboard_proto::sessions::EventsRequest;
 use super::Auth;
 use crate::error::{ApiError, Json, Path};
 use crate::state::{Access, AppState};
+use crate::roles::Capability;
 
 /// Appends the worker's messages to the session's log. A 2xx means they are committed.
 pub(crate) async fn post_events(
@@ -15,6 +16,7 @@ pub(crate) async fn post_events(
     Path(id): Path<String>,
     Json(req): Json<EventsRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state
         .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
         .await?;

@@ -1,6 +1,7 @@
 //! HTTP handlers, one module per resource. Each handler extracts, authorizes, calls one
 //! [`AppState`] method and maps the result; the rules live in `state`.
 
+pub(crate) mod access;
 pub(crate) mod code;
 pub(crate) mod environments;
 pub(crate) mod health;

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::Auth;
 use crate::error::{ApiError, Json, Path};
+use crate::roles::Capability;
 use crate::state::AppState;
 
 type JsonValue = axum::Json<Value>;
@@ -17,6 +18,7 @@ pub(crate) async fn get(
     State(state): State<AppState>,
     Auth(principal): Auth,
 ) -> Result<JsonValue, ApiError> {
+    principal.require(Capability::Read)?;
     let owner = AppState::require_owner(&principal)?;
     Ok(axum::Json(state.notify_overview(owner).await?))
 }
@@ -33,6 +35,7 @@ pub(crate) async fn put_events(
     Auth(principal): Auth,
     Json(req): Json<Events>,
 ) -> Result<JsonValue, ApiError> {
+    principal.require(Capability::Administer)?;
     let owner = AppState::require_owner(&principal)?;
     state.set_notify_events(owner, &req.events).await?;
     Ok(axum::Json(state.notify_overview(owner).await?))
@@ -55,6 +58,7 @@ pub(crate) async fn put_channel(
     headers: HeaderMap,
     Json(req): Json<Channel>,
 ) -> Result<JsonValue, ApiError> {
+    principal.require(Capability::Administer)?;
     let owner = AppState::require_owner(&principal)?;
     let secret = req.secret.filter(|s| !s.is_empty());
     let origin = state.owner_origin(&headers);
@@ -71,6 +75,7 @@ pub(crate) async fn delete_channel(
     Auth(principal): Auth,
     Path(kind): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    principal.require(Capability::Administer)?;
     let owner = AppState::require_owner(&principal)?;
     state.delete_notify_channel(owner, &kind).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -81,6 +86,7 @@ pub(crate) async fn test(
     State(state): State<AppState>,
     Auth(principal): Auth,
 ) -> Result<JsonValue, ApiError> {
+    principal.require(Capability::Administer)?;
     let owner = AppState::require_owner(&principal)?;
     Ok(axum::Json(state.test_notify(owner).await?))
 }
@@ -106,6 +112,7 @@ pub(crate) async fn subscribe(
     headers: HeaderMap,
     Json(req): Json<Subscription>,
 ) -> Result<(StatusCode, JsonValue), ApiError> {
+    principal.require(Capability::Read)?;
     let owner = AppState::require_owner(&principal)?;
     let agent = headers
         .get(header::USER_AGENT)
@@ -130,6 +137,7 @@ pub(crate) async fn unsubscribe(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    principal.require(Capability::Read)?;
     let owner = AppState::require_owner(&principal)?;
     crate::state::check_safe_id("subscription id", &id)?;
     state.unsubscribe_push(owner, &id).await?;

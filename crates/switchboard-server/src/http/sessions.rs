@@ -11,6 +11,7 @@ use super::Auth;
 use crate::error::{ApiError, Json, OptionalJson, Path, Query};
 use crate::log::Accepted;
 use crate::state::{Access, AppState, HistoryQuery};
+use crate::roles::Capability;
 
 /// `POST /v1/sessions`.
 pub(crate) async fn create(
@@ -18,6 +19,7 @@ pub(crate) async fn create(
     Auth(principal): Auth,
     OptionalJson(req): OptionalJson<CreateSessionRequest>,
 ) -> Result<axum::Json<SessionResource>, ApiError> {
+    principal.require(Capability::Drive)?;
     let owner_id = AppState::require_owner(&principal)?;
     let session = state.create_session(owner_id, req).await?;
     Ok(axum::Json(state.describe(&session).await?))
@@ -36,6 +38,7 @@ pub(crate) async fn list(
     Auth(principal): Auth,
     Query(q): Query<ListQuery>,
 ) -> Result<axum::Json<Page<SessionResource>>, ApiError> {
+    principal.require(Capability::Read)?;
     let owner_id = AppState::require_owner(&principal)?;
     Ok(axum::Json(
         state
@@ -50,6 +53,7 @@ pub(crate) async fn get(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SessionResource>, ApiError> {
+    principal.require(Capability::Read)?;
     let session = state
         .authorize_session(&principal, &id, Access::OwnerOnly)
         .await?;
@@ -63,6 +67,7 @@ pub(crate) async fn patch(
     Path(id): Path<String>,
     Json(req): Json<PatchSessionRequest>,
 ) -> Result<axum::Json<SessionResource>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state
         .authorize_session(&principal, &id, Access::OwnerOnly)
         .await?;
@@ -83,6 +88,7 @@ pub(crate) async fn archive(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    principal.require(Capability::Drive)?;
     let session = state
         .authorize_session(&principal, &id, Access::OwnerOnly)
         .await?;
@@ -121,6 +127,7 @@ pub(crate) async fn history(
     Path(id): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<axum::Json<Page<Value>>, ApiError> {
+    principal.require(Capability::Read)?;
     let session = state
         .authorize_session(&principal, &id, Access::OwnerOnly)
         .await?;

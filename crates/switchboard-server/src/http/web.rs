@@ -8,11 +8,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use switchboard_store::CredentialKind;
+use switchboard_store::{CredentialKind, Role};
 
 use super::{Auth, AuthWith, ClientAddr};
 use crate::auth::{self, SESSION_COOKIE};
 use crate::error::{ApiError, Json, OptionalJson};
+use crate::roles::Capability;
 use crate::state::AppState;
 
 fn with_cookie(state: &AppState, value: &str, max_age: u64, body: serde_json::Value) -> Response {
@@ -58,6 +59,12 @@ fn sign_in_request(
     state.sign_in_attempt(addr.0)
 }
 
+fn user_agent(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+}
+
 /// Body of `POST /web/login`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Login {
@@ -72,7 +79,7 @@ pub(crate) async fn login(
     Json(req): Json<Login>,
 ) -> Result<Response, ApiError> {
     sign_in_request(&state, &headers, addr)?;
-    let (token, ttl) = state.web_login(&req.key).await?;
+    let (token, ttl) = state.web_login(&req.key, user_agent(&headers)).await?;
     Ok(with_cookie(
         &state,
         &token,
@@ -95,7 +102,9 @@ pub(crate) async fn pair(
     Json(req): Json<Pair>,
 ) -> Result<Response, ApiError> {
     sign_in_request(&state, &headers, addr)?;
-    let (token, ttl) = state.redeem_pairing(&req.token).await?;
+    let (token, ttl) = state
+        .redeem_pairing(&req.token, user_agent(&headers))
+        .await?;
     Ok(with_cookie(
         &state,
         &token,
@@ -123,6 +132,7 @@ pub(crate) async fn logout_all(
     Auth(principal): Auth,
 ) -> Result<Response, ApiError> {
     let owner_id = AppState::require_owner(&principal)?;
+    principal.require(Capability::Administer)?;
     let revoked = state.web_logout_everywhere(owner_id).await?;
     Ok(with_cookie(
         &state,
@@ -135,7 +145,11 @@ pub(crate) async fn logout_all(
 /// `GET /web/me`: who the browser is signed in as (401 when it is not).
 pub(crate) async fn me(Auth(principal): Auth) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let owner_id = AppState::require_owner(&principal)?;
-    Ok(axum::Json(json!({ "owner_id": owner_id })))
+    principal.require(Capability::Read)?;
+    Ok(axum::Json(json!({
+        "owner_id": owner_id,
+        "role": principal.role().map(Role::as_str),
+    })))
 }
 
 /// Body of `POST /web/pairings`.
@@ -143,6 +157,9 @@ pub(crate) async fn me(Auth(principal): Auth) -> Result<axum::Json<serde_json::V
 pub(crate) struct NewPairing {
     /// The app page to open once signed in, e.g. `/s/session_…`.
     next: Option<String>,
+    /// The role of the browser it signs in: `driver` unless the maker chooses less, and
+    /// never more than the maker's own.
+    role: Option<String>,
 }
 
 /// `POST /web/pairings`: a single-use sign-in link for another browser.
@@ -158,7 +175,22 @@ pub(crate) async fn create_pairing(
         Some((CredentialKind::WebSession, id)) => Some(id),
         _ => None,
     };
-    let (mut url, expires_at) = state.create_pairing(owner_id, parent.as_deref()).await?;
+    // A link gives at most its maker's own role, so a driver may pair its own devices
+    // (each then listed, and revocable, among the owner's devices).
+    principal.require(Capability::Drive)?;
+    let role = match req.role.as_deref() {
+        Some(raw) => crate::roles::parse_role(raw)?,
+        None => Role::Driver,
+    };
+    if principal.role().is_some_and(|own| role > own) {
+        return Err(ApiError::Forbidden(format!(
+            "a pairing link cannot give more than this credential's own role ({})",
+            principal.role().map_or("", Role::as_str)
+        )));
+    }
+    let (mut url, expires_at) = state
+        .create_pairing(owner_id, parent.as_deref(), role)
+        .await?;
     if let Some(next) = req.next {
         // Only a page of this app: a path of safe characters, never another site.
         let safe = next.starts_with('/')
@@ -174,6 +206,6 @@ pub(crate) async fn create_pairing(
         url = format!("{url}?next={next}");
     }
     Ok(axum::Json(
-        json!({ "url": url, "expires_at": crate::time::iso(expires_at) }),
+        json!({ "url": url, "expires_at": crate::time::iso(expires_at), "role": role.as_str() }),
     ))
 }

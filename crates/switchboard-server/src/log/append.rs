@@ -83,6 +83,7 @@ pub(crate) async fn append(
         if let Some(signal) = signal {
             state.notify_event(session, signal);
         }
+        state.policy_on_stored(session, &event);
         publish(state, &session.id, &channel, event, outcome.seq, now).await;
     }
     advance_status(state, &session.id, &channel, status, vetted.answers_pending).await?;

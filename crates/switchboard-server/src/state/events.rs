@@ -122,8 +122,13 @@ impl AppState {
                 }
             }
         }
-        self.append_inbound(session, messages, principal.class())
-            .await
+        crate::roles::check_messages(principal, &messages)?;
+        let plan = super::access::audit_plan(&messages);
+        let accepted = self
+            .append_inbound(session, messages, principal.class())
+            .await?;
+        self.audit_sent(principal, session, plan, &accepted).await;
+        Ok(accepted)
     }
 
     /// Appends the worker's messages (no answers to vet, only its echoes of them).

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use switchboard_store::{CredentialKind, StoreError};
+use switchboard_store::{CredentialKind, Role, StoreError};
 
 use super::AppState;
 use crate::auth::{self, Principal};
@@ -21,11 +21,17 @@ fn ms(d: Duration) -> i64 {
 
 impl AppState {
     /// Signs a browser in with an API key; returns the web session token for the cookie
-    /// and how long it lasts.
-    pub(crate) async fn web_login(&self, api_key: &str) -> Result<(String, Duration), ApiError> {
+    /// and how long it lasts. The browser is a device of its own, named after its user
+    /// agent, with the key's role.
+    pub(crate) async fn web_login(
+        &self,
+        api_key: &str,
+        user_agent: Option<&str>,
+    ) -> Result<(String, Duration), ApiError> {
         match self.authenticate(api_key.trim()).await {
-            Ok(Principal::Owner { owner_id }) if api_key.trim().starts_with("sbk_") => {
-                let token = self.new_web_session(&owner_id, None).await?;
+            Ok(Principal::Owner { owner_id, role, .. }) if api_key.trim().starts_with("sbk_") => {
+                let name = super::access::device_name(user_agent);
+                let token = self.new_web_session(&owner_id, None, role, &name).await?;
                 Ok((token, WEB_SESSION_TTL))
             }
             Ok(_) => Err(ApiError::Forbidden("sign in with an API key".into())),
@@ -39,20 +45,23 @@ impl AppState {
         &self,
         owner_id: &str,
         until: Option<i64>,
+        role: Role,
+        name: &str,
     ) -> Result<String, ApiError> {
         let now = now_ms();
         let expires_at = until.map_or(now + ms(WEB_SESSION_TTL), |until| {
             until.min(now + ms(WEB_SESSION_TTL))
         });
-        let minted = auth::mint(
+        let mut minted = auth::mint(
             CredentialKind::WebSession,
             owner_id,
             None,
             None,
-            "browser",
+            name,
             now,
             Some(expires_at),
         );
+        minted.credential.role = role;
         self.store().insert_credential(&minted.credential).await?;
         Ok(minted.token)
     }
@@ -61,14 +70,16 @@ impl AppState {
     /// the web session that asked for it, if one did: the link then stops working when
     /// that session ends, and the browser it signs in stays signed in no longer than that
     /// session would have (a stolen cookie cannot renew itself through pairing links).
+    /// The browser it signs in gets `role`.
     pub async fn create_pairing(
         &self,
         owner_id: &str,
         parent: Option<&str>,
+        role: Role,
     ) -> Result<(String, i64), ApiError> {
         let now = now_ms();
         let expires_at = now + ms(PAIRING_TTL);
-        let minted = auth::mint(
+        let mut minted = auth::mint(
             CredentialKind::Pairing,
             owner_id,
             parent,
@@ -77,6 +88,7 @@ impl AppState {
             now,
             Some(expires_at),
         );
+        minted.credential.role = role;
         self.store().insert_credential(&minted.credential).await?;
         Ok((
             format!("{}/pair/{}", self.public_url(), minted.token),
@@ -84,8 +96,13 @@ impl AppState {
         ))
     }
 
-    /// Redeems a pairing token (once) for a web session token and its lifetime.
-    pub(crate) async fn redeem_pairing(&self, token: &str) -> Result<(String, Duration), ApiError> {
+    /// Redeems a pairing token (once) for a web session token and its lifetime: a device
+    /// of its own, named after the browser's user agent, with the link's role.
+    pub(crate) async fn redeem_pairing(
+        &self,
+        token: &str,
+        user_agent: Option<&str>,
+    ) -> Result<(String, Duration), ApiError> {
         let invalid = || ApiError::Unauthorized("this pairing link is not valid (any more)".into());
         let (kind, id, _) = auth::parse_token(token).ok_or_else(invalid)?;
         if kind != CredentialKind::Pairing {
@@ -121,7 +138,10 @@ impl AppState {
         if !self.store().consume_credential(id, now).await? {
             return Err(invalid());
         }
-        let token = self.new_web_session(&credential.owner_id, until).await?;
+        let name = super::access::device_name(user_agent);
+        let token = self
+            .new_web_session(&credential.owner_id, until, credential.role, &name)
+            .await?;
         let ttl = until.map_or(WEB_SESSION_TTL, |until| {
             Duration::from_millis(u64::try_from(until.saturating_sub(now)).unwrap_or(0))
                 .min(WEB_SESSION_TTL)

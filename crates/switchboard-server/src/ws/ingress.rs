@@ -38,7 +38,14 @@ pub(crate) async fn upgrade(
 }
 
 async fn authorize(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Session, ApiError> {
-    let (session, _) = super::authorize(state, headers, id, Access::OwnerOrSessionWorker).await?;
+    let (session, _, _) = super::authorize(
+        state,
+        headers,
+        id,
+        Access::OwnerOrSessionWorker,
+        crate::roles::Capability::Drive,
+    )
+    .await?;
     if session.status == SessionStatus::Archived {
         return Err(ApiError::NotFound("session is archived".into()));
     }

@@ -82,10 +82,12 @@ pub(crate) async fn authorize(
     headers: &HeaderMap,
     id: &str,
     access: Access,
-) -> Result<(Session, Option<(CredentialKind, String)>), ApiError> {
+    capability: crate::roles::Capability,
+) -> Result<(Session, Option<(CredentialKind, String)>, crate::auth::Principal), ApiError> {
     let (principal, credential) = state.authenticate_request(headers).await?;
     let session = state.authorize_session(&principal, id, access).await?;
-    Ok((session, credential))
+    principal.require(capability)?;
+    Ok((session, credential, principal))
 }
 
 /// Completes a WebSocket upgrade with this server's buffer sizes, running `run` in

@@ -17,6 +17,7 @@ use crate::error::{ApiError, Path, Query};
 use crate::log::{self, Audience, End, Follower};
 use crate::metrics::GaugeGuard;
 use crate::revocation::{self, Watch};
+use crate::roles::Capability;
 use crate::state::{Access, AppState};
 
 /// Close code for a viewer that fell too far behind; it reconnects and resumes from
@@ -40,8 +41,8 @@ pub(crate) async fn upgrade(
 ) -> Response {
     let checked = authorize(&state, &headers, &id).await;
     let span = tracing::info_span!("viewer_ws", session = %id);
-    super::upgrade(ws, checked, span, move |socket, (session, watch)| {
-        run(state, socket, session, q.from_sequence_num, watch)
+    super::upgrade(ws, checked, span, move |socket, (session, watch, principal)| {
+        run(state, socket, session, q.from_sequence_num, watch, principal)
     })
 }
 
@@ -49,10 +50,11 @@ async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
-) -> Result<(Session, Option<Watch>), ApiError> {
-    let (session, credential) = super::authorize(state, headers, id, Access::OwnerOnly).await?;
+) -> Result<(Session, Option<Watch>, Principal), ApiError> {
+    let (session, credential, principal) =
+        super::authorize(state, headers, id, Access::OwnerOnly, Capability::Read).await?;
     // Registered before the upgrade completes, so a revocation in between is not missed.
-    Ok((session, state.watch_revocation(credential.as_ref())))
+    Ok((session, state.watch_revocation(credential.as_ref()), principal))
 }
 
 struct Ended(u16, String);
@@ -74,6 +76,7 @@ async fn run(
     session: Session,
     from: Option<u64>,
     watch: Option<Watch>,
+    principal: Principal,
 ) {
     let gauge = GaugeGuard::new(&state.metrics().viewer_connections);
     let mut follower = log::follow(&state, &session, Audience::Viewer { from }).await;
@@ -98,7 +101,7 @@ async fn run(
                 }
                 message = stream.next() => match message {
                     Some(Ok(Message::Text(text))) => {
-                        if let Some(reply) = accept_viewer_text(&state, &session, text.as_str()).await {
+                        if let Some(reply) = accept_viewer_text(&state, &session, &principal, text.as_str()).await {
                             bounded(limit, last, sink.send(Message::Text(reply.to_string().into())), &follower).await?;
                         }
                     }
@@ -159,7 +162,12 @@ fn too_slow(last: u64) -> Ended {
 /// Handles a frame from the viewer: one message for the worker. Returns an error frame
 /// for the viewer when the message is refused, naming the message by the `uuid` the
 /// viewer gave it (docs/PROTOCOL.md §13.1).
-async fn accept_viewer_text(state: &AppState, session: &Session, text: &str) -> Option<Value> {
+async fn accept_viewer_text(
+    state: &AppState,
+    session: &Session,
+    principal: &Principal,
+    text: &str,
+) -> Option<Value> {
     let message: Value = match serde_json::from_str(text.trim()) {
         Ok(v) => v,
         Err(e) => {
@@ -173,8 +181,10 @@ async fn accept_viewer_text(state: &AppState, session: &Session, text: &str) -> 
         .get("uuid")
         .and_then(Value::as_str)
         .map(str::to_owned);
+    // The caller's role is checked (and what it sends audited) as for the same message
+    // posted to `/v1/sessions/{id}/events`.
     match state
-        .append_inbound(session, vec![message], Principal::OWNER_CLASS)
+        .post_session_events(principal, session, vec![message])
         .await
     {
         Ok(_) => None,

@@ -20,7 +20,7 @@ use crate::common::*;
 
 /// The classes of credential a request can carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cred {
+pub(super) enum Cred {
     /// No credential at all.
     None,
     /// A string that is no token of ours.
@@ -61,7 +61,7 @@ const CREDS: [Cred; 11] = [
 
 /// Who a route is for; each kind fixes the answer of every credential class.
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+pub(super) enum Kind {
     /// No credential is read (the answer is `ok` whatever is sent).
     Public,
     /// Any owner, acting on their own account.
@@ -96,7 +96,7 @@ fn expected(kind: Kind, ok: u16, cred: Cred) -> u16 {
 }
 
 /// How a socket row's HTTP-like status maps to what the socket does.
-fn socket_outcome(status: u16) -> u16 {
+pub(super) fn socket_outcome(status: u16) -> u16 {
     match status {
         200 => 101,
         401 | 403 => 4003,
@@ -107,7 +107,7 @@ fn socket_outcome(status: u16) -> u16 {
 
 /// What a row sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Via {
+pub(super) enum Via {
     Http,
     /// The server-sent event stream: only the status of the response head is read.
     Sse,
@@ -116,16 +116,16 @@ enum Via {
 }
 
 /// One row: a route (as written in router.rs), its body, and who may use it.
-struct Row {
-    method: &'static str,
-    path: &'static str,
-    kind: Kind,
-    ok: u16,
-    send: Via,
+pub(super) struct Row {
+    pub(super) method: &'static str,
+    pub(super) path: &'static str,
+    pub(super) kind: Kind,
+    pub(super) ok: u16,
+    pub(super) send: Via,
     /// The body, built from the cell's world.
-    body: fn(&World) -> Option<Value>,
+    pub(super) body: fn(&World) -> Option<Value>,
     /// A variant of the same route (several rows may test one route).
-    note: &'static str,
+    pub(super) note: &'static str,
 }
 
 fn no_body(_: &World) -> Option<Value> {
@@ -144,7 +144,7 @@ fn assistant(uuid: &str) -> Value {
     })
 }
 
-fn rows() -> Vec<Row> {
+pub(super) fn rows() -> Vec<Row> {
     use Kind::*;
     use Via::*;
     let row = |method, path, kind, ok, send, body: fn(&World) -> Option<Value>| Row {
@@ -423,6 +423,38 @@ fn rows() -> Vec<Row> {
         row("POST", "/web/logout/all", Account, 200, Http, no_body),
         row("GET", "/web/me", Account, 200, Http, no_body),
         row("POST", "/web/pairings", Account, 200, Http, empty),
+        // Keys, devices, policy, audit (issue 16). `{id}` is the session's id here, which
+        // names no key, device or rule: owners get past the credential check to a 404.
+        row("GET", "/v1/keys", Account, 200, Http, no_body),
+        row("POST", "/v1/keys", Account, 200, Http, |_| {
+            Some(json!({"name": "made by a cell", "role": "viewer"}))
+        }),
+        row("DELETE", "/v1/keys/{id}", Account, 404, Http, no_body),
+        row("GET", "/v1/devices", Account, 200, Http, no_body),
+        row("PATCH", "/v1/devices/{id}", Account, 404, Http, |_| {
+            Some(json!({"name": "renamed"}))
+        }),
+        row("DELETE", "/v1/devices/{id}", Account, 404, Http, no_body),
+        row("GET", "/v1/policy", Account, 200, Http, no_body),
+        row("PUT", "/v1/policy/settings", Account, 200, Http, |_| {
+            Some(json!({"default": "ask"}))
+        }),
+        // A rule that matches no cell's request (the worlds ask to run `true`).
+        row("POST", "/v1/policy/rules", Account, 200, Http, |_| {
+            Some(json!({"tool": "Bash", "pattern": "git status", "decision": "allow"}))
+        }),
+        row(
+            "DELETE",
+            "/v1/policy/rules/{id}",
+            Account,
+            404,
+            Http,
+            no_body,
+        ),
+        row("POST", "/v1/policy/test", OwnerOnly, 200, Http, |w| {
+            Some(json!({"session_id": w.session_id}))
+        }),
+        row("GET", "/v1/audit", Account, 200, Http, no_body),
         row(
             "GET",
             "/v1/sessions/ws/{id}/subscribe",
@@ -518,13 +550,13 @@ fn every_route_has_a_row() {
 }
 
 /// What a cell's requests refer to.
-struct World {
-    owner_key: String,
+pub(super) struct World {
+    pub(super) owner_key: String,
     other_owner_key: String,
     environment_id: String,
     environment_secret: String,
     /// The session, in its `session_` costume.
-    session_id: String,
+    pub(super) session_id: String,
     work_id: String,
     ingress: String,
     other_ingress: String,
@@ -534,7 +566,7 @@ struct World {
     cookie: String,
     pairing: String,
     /// The request id of the worker's pending permission request.
-    pending_request: String,
+    pub(super) pending_request: String,
 }
 
 async fn send(
@@ -577,7 +609,7 @@ async fn send_json(
 
 /// A fresh environment and session with its work polled, two epochs of worker JWTs, a
 /// pending permission request, a web session cookie and a pairing token.
-async fn world(
+pub(super) async fn world(
     server: &TestServer,
     other_owner_key: &str,
     other_ingress: &str,
@@ -661,7 +693,7 @@ impl World {
         })
     }
 
-    fn path(&self, template: &str, version: &str) -> String {
+    pub(super) fn path(&self, template: &str, version: &str) -> String {
         template
             .replace("{version}", version)
             .replace("{environment_id}", &self.environment_id)
@@ -675,6 +707,20 @@ impl World {
 async fn run_cell(server: &TestServer, row: &Row, w: &World, cred: Cred, path: &str) -> u16 {
     let bearer = w.bearer(cred);
     let cookie = (cred == Cred::Cookie).then(|| w.cookie.clone());
+    send_cell(server, row, w, bearer, cookie, path, &format!("{cred:?}")).await
+}
+
+/// Sends one row's request with a bearer token and/or a cookie; returns the status (for
+/// sockets: 101 if it stays open, else the close code).
+pub(super) async fn send_cell(
+    server: &TestServer,
+    row: &Row,
+    w: &World,
+    bearer: Option<String>,
+    cookie: Option<String>,
+    path: &str,
+    cred: &str,
+) -> u16 {
     match row.send {
         Via::Http | Via::Sse => {
             let mut request = server.http().request(
@@ -699,13 +745,13 @@ async fn run_cell(server: &TestServer, row: &Row, w: &World, cred: Cred, path: &
                         let body: Value = response.json().await.unwrap_or(Value::Null);
                         assert!(
                             body["error"]["type"].is_string(),
-                            "{} {path} ({cred:?}): {status} without the JSON error body",
+                            "{} {path} ({cred}): {status} without the JSON error body",
                             row.method
                         );
                     }
                     status
                 }
-                Err(e) => panic!("{} {path} ({cred:?}) failed: {e}", row.method),
+                Err(e) => panic!("{} {path} ({cred}) failed: {e}", row.method),
             }
         }
         Via::Socket => {
@@ -734,7 +780,7 @@ async fn run_cell(server: &TestServer, row: &Row, w: &World, cred: Cred, path: &
                         return frame.map_or(1005, |f| u16::from(f.code))
                     }
                     Ok(Some(Ok(_))) => {}
-                    Ok(other) => panic!("{path} ({cred:?}) ended without a close: {other:?}"),
+                    Ok(other) => panic!("{path} ({cred}) ended without a close: {other:?}"),
                 }
             }
         }

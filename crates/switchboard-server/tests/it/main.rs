@@ -19,6 +19,7 @@ mod isolation; // Token classes and owners never reach each other's data.
 mod notify; // Notifications: webhook, ntfy and Web Push against doubles on 127.0.0.1.
 mod official; // The official `claude remote-control`: its plane, restarts, answer echoes.
 mod proxy; // Forwarded headers believed from trusted proxies only.
+mod roles; // Issue #16: roles × routes and socket messages, devices, approval policy, audit.
 mod sessions; // The Sessions API: create, get, patch, list, archive, history.
 mod tls; // TLS termination: https, wss, certificates reloaded.
 mod v2; // The v2 worker API: code sessions, epochs, worker state, SSE, delivery.

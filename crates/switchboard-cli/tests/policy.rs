@@ -1,0 +1,213 @@
+//! The approval policy end to end (issue 16): `switchboard policy` rules, made at the
+//! server, answer the scripted fake agent's permission requests behind
+//! `switchboard bridge` (allow, deny, and the timeout), and `switchboard audit` shows
+//! each answer with the rule that gave it.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{switchboard, testkit_bin, Bridge, Served, Viewer, TOOL_FILE};
+
+/// How long one step may take.
+const STEP: Duration = Duration::from_secs(20);
+
+/// Runs `switchboard ARGS --data-dir DATA` and returns its stdout.
+async fn at_server(data: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = switchboard()
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "switchboard {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `policy add …`; returns the new rule's id.
+async fn add_rule(data: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let mut all = vec!["policy", "add"];
+    all.extend_from_slice(args);
+    let out = at_server(data, &all).await?;
+    out.trim()
+        .strip_prefix("Added ")
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("unexpected output: {out}"))
+}
+
+fn is_result(m: &Value) -> bool {
+    m["type"] == "result"
+}
+
+fn is_request(m: &Value) -> bool {
+    m["type"] == "control_request" && m["request"]["subtype"] == "can_use_tool"
+}
+
+#[tokio::test]
+async fn rules_answer_the_fake_agents_permission_requests_and_the_audit_log_says_which(
+) -> anyhow::Result<()> {
+    // Arrange: a server, the fake agent behind a bridge, a viewer that never answers.
+    let served = Served::start().await?;
+    let data = served.data.path();
+    let allow = add_rule(
+        data,
+        &["Bash", "allow", "--pattern", &format!("touch {TOOL_FILE}")],
+    )
+    .await?;
+    let workdir = tempfile::tempdir()?;
+    let agent = testkit_bin("fake-agent")?.display().to_string();
+    let mut command = served.bridge(workdir.path());
+    command.args(["--claude", &agent]);
+    let mut bridge = Bridge::spawn(command)?;
+    let session_id = bridge.session_id().await?;
+    let mut viewer = Viewer::connect(&served, &session_id).await?;
+    let marker = workdir.path().join(TOOL_FILE);
+
+    // Allow: the tool runs with nobody answering.
+    viewer.prompt("please USE_TOOL").await?;
+    let request = viewer
+        .expect("a permission request", STEP, is_request)
+        .await?;
+    let answer = viewer
+        .expect("the rule's answer", STEP, |m| {
+            m["type"] == "control_response" && m["response"]["request_id"] == request["request_id"]
+        })
+        .await?;
+    assert_eq!(
+        answer["response"]["response"]["behavior"], "allow",
+        "{answer}"
+    );
+    viewer
+        .expect("the allowed turn's result", STEP, is_result)
+        .await?;
+    assert!(marker.exists(), "the allowed tool did not run");
+    std::fs::remove_file(&marker)?;
+
+    // Deny: a rule put first refuses it; the tool does not run.
+    let deny = add_rule(data, &["Bash", "deny", "--pattern", "touch", "--first"]).await?;
+    viewer.prompt("please USE_TOOL again").await?;
+    let denied = viewer
+        .expect("the denied turn's result", STEP, is_result)
+        .await?;
+    assert!(!marker.exists(), "the denied tool ran");
+    assert!(
+        denied["permission_denials"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty()),
+        "{denied}"
+    );
+
+    // Timeout: without rules, with a 1 s timeout, the request waits for a person, then
+    // gets the default (deny, since the default is to ask).
+    at_server(data, &["policy", "remove", &deny]).await?;
+    at_server(data, &["policy", "remove", &allow]).await?;
+    at_server(data, &["policy", "default", "ask", "--timeout", "1"]).await?;
+    viewer.prompt("please USE_TOOL a third time").await?;
+    viewer
+        .expect("a permission request", STEP, is_request)
+        .await?;
+    let timed_out = viewer
+        .expect("the timed-out turn's result", STEP, is_result)
+        .await?;
+    assert!(!marker.exists(), "the tool ran without an answer");
+    assert!(
+        timed_out["permission_denials"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty()),
+        "{timed_out}"
+    );
+
+    // The audit log, from the command line: each answer and the rule that gave it, and
+    // the rule changes made at the server.
+    let log = at_server(data, &["audit", "--json", "--session", &session_id]).await?;
+    let entries: Vec<Value> = log
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let rules: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["action"] == "permission.answer")
+        .filter_map(|e| e["detail"]["rule"].as_str())
+        .collect();
+    assert_eq!(rules, ["timeout", deny.as_str(), allow.as_str()], "{log}");
+    let all = at_server(data, &["audit", "--json"]).await?;
+    assert!(
+        all.lines()
+            .any(|l| l.contains("\"policy.add\"") && l.contains("\"by\":\"cli\"")),
+        "{all}"
+    );
+    // The dry run shows what the rules would say now (no rules, default ask).
+    let dry = at_server(data, &["policy", "test", &session_id, "Bash", "allow"]).await?;
+    assert_eq!(
+        dry.lines()
+            .filter(|l| l.contains("\tallow\tcandidate\t"))
+            .count(),
+        3,
+        "{dry}"
+    );
+
+    bridge.terminate(STEP).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_rules_and_roles_are_refused_at_the_command_line() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let refused = |args: Vec<&'static str>, says: &'static str| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            let out = switchboard()
+                .args(&args)
+                .arg("--data-dir")
+                .arg(dir)
+                .output()
+                .await?;
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            anyhow::ensure!(!out.status.success(), "{args:?} succeeded");
+            anyhow::ensure!(stderr.contains(says), "{args:?}: {stderr}");
+            anyhow::Ok(())
+        }
+    };
+    refused(
+        vec!["policy", "add", "Read", "allow", "--pattern", "/a/***"],
+        "invalid path glob",
+    )
+    .await?;
+    refused(vec!["policy", "add", "Bash", "perhaps"], "unknown decision").await?;
+    refused(
+        vec!["token", "create", "--name", "n", "--role", "root"],
+        "unknown role",
+    )
+    .await?;
+    // A key made with a role lists with it; `devices list` shows it too.
+    let out = switchboard()
+        .args([
+            "token",
+            "create",
+            "--name",
+            "watcher",
+            "--role",
+            "viewer",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let devices = at_server(dir.path(), &["devices", "list"]).await?;
+    assert!(
+        devices.lines().any(|l| l.contains("\tviewer\twatcher\t")),
+        "{devices}"
+    );
+    Ok(())
+}
