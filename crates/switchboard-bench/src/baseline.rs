@@ -73,11 +73,19 @@ async fn connection(stream: TcpStream, channels: Channels) {
     if matches!(stream.peek(&mut head).await, Ok(4)) && &head == b"POST" {
         return serve_posts(stream, channels).await;
     }
-    let mut path = String::new();
+    // The route is resolved, and a viewer subscribed, before the handshake's answer goes
+    // out: a client may send the moment it has the answer, and a frame broadcast before
+    // the viewer subscribed would never reach it.
+    let mut route = None;
     // The error type is tungstenite's `ErrorResponse`, fixed by its `Callback` trait.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| {
-        path = req.uri().path().to_string();
+        let mut parts = req.uri().path().trim_start_matches('/').split('/');
+        if let (Some("ch"), Some(id), Some(role)) = (parts.next(), parts.next(), parts.next()) {
+            let channel = channel(&channels, id);
+            let live = (role == "viewer").then(|| channel.viewers.subscribe());
+            route = Some((role == "worker", channel, live));
+        }
         Ok(resp)
     };
     let Ok(ws) =
@@ -85,14 +93,9 @@ async fn connection(stream: TcpStream, channels: Channels) {
     else {
         return;
     };
-    let mut parts = path.trim_start_matches('/').split('/');
-    let (Some("ch"), Some(id), Some(role)) = (parts.next(), parts.next(), parts.next()) else {
-        return;
-    };
-    let channel = channel(&channels, id);
-    match role {
-        "worker" => worker(ws, channel).await,
-        "viewer" => viewer(ws, channel).await,
+    match route {
+        Some((true, channel, _)) => worker(ws, channel).await,
+        Some((false, channel, Some(live))) => viewer(ws, channel, live).await,
         _ => {}
     }
 }
@@ -219,8 +222,11 @@ async fn worker(ws: tokio_tungstenite::WebSocketStream<TcpStream>, channel: Arc<
     }
 }
 
-async fn viewer(ws: tokio_tungstenite::WebSocketStream<TcpStream>, channel: Arc<Channel>) {
-    let mut live = channel.viewers.subscribe();
+async fn viewer(
+    ws: tokio_tungstenite::WebSocketStream<TcpStream>,
+    channel: Arc<Channel>,
+    mut live: broadcast::Receiver<Utf8Bytes>,
+) {
     let (mut sink, mut stream) = ws.split();
     loop {
         tokio::select! {
