@@ -170,11 +170,15 @@ test("a notification offers Allow only for a command it shows in full, and its A
   // card opens for review and nothing is answered.
   const sw = context.serviceWorkers().find((w) => w.url().endsWith("/sw.js"));
   assert.ok(sw, "the service worker is running");
-  await sw.evaluate(async () => {
+  const opened = await sw.evaluate(async () => {
+    // Where it sends the person (a headless browser has no window to focus).
+    let target = null;
+    self.open = async (url) => { target = url; };
     const [note] = await self.registration.getNotifications();
     await onNotificationClick(note, "allow");
+    return target;
   });
-  await eventually(() => page.url().endsWith(`/s/${session.id}#request-part-req`) || null, { what: "the card to open" });
+  assert.ok(opened?.endsWith(`/s/${session.id}#request-part-req`), `the card opens for review: ${opened}`);
   await new Promise((r) => setTimeout(r, 500));
   assert.equal(worker.received.filter((m) => m.type === "control_response").length, 0, "nothing was allowed");
   await context.close();
