@@ -35,7 +35,9 @@ impl Dispatcher {
     pub(crate) fn notify(&self, environment_id: &str) {
         self.wake_local(environment_id);
         self.cluster
-            .announce(crate::log::cluster::Announcement::WorkQueued(environment_id));
+            .announce(crate::log::cluster::Announcement::WorkQueued(
+                environment_id,
+            ));
     }
 
     /// Wakes the polls waiting on the environment on this node.

@@ -142,9 +142,6 @@ impl rules::Columns for PgRow {
     fn flag(&self, name: &str) -> Result<bool> {
         Ok(self.try_get(name)?)
     }
-
-fn role_from(role: &str) -> Result<Role> {
-    Role::parse(role).ok_or_else(|| anyhow::anyhow!("unknown role {role:?}").into())
 }
 
 fn decision_from(decision: &str) -> Result<Decision> {
@@ -178,7 +175,6 @@ fn audit_from_row(row: &PgRow) -> Result<AuditEntry> {
         session_id: row.try_get("session_id")?,
         detail: row.try_get("detail")?,
     })
-}
 }
 
 #[async_trait]
@@ -1192,7 +1188,7 @@ impl Store for PgStore {
         rows.iter()
             .map(|row| {
                 Ok(Device {
-                    credential: credential_from_row(row)?,
+                    credential: rules::credential_from_row(row)?,
                     last_used_at: row.try_get("last_used_at")?,
                     last_address: row.try_get("last_address")?,
                     user_agent: row.try_get("user_agent")?,

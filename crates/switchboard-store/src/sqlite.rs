@@ -291,9 +291,6 @@ impl rules::Columns for Row<'_> {
     fn flag(&self, name: &str) -> Result<bool> {
         Ok(self.get(name)?)
     }
-
-fn role_from(role: &str) -> Result<Role> {
-    Role::parse(role).ok_or_else(|| anyhow::anyhow!("unknown role {role:?}").into())
 }
 
 fn decision_from(decision: &str) -> Result<Decision> {
@@ -327,7 +324,6 @@ fn audit_from_row(row: &Row<'_>) -> Result<AuditEntry> {
         session_id: row.get("session_id")?,
         detail: row.get("detail")?,
     })
-}
 }
 
 /// One work item of an environment.
@@ -1487,7 +1483,7 @@ impl Store for SqliteStore {
                 ],
                 |row| {
                     Ok(Device {
-                        credential: credential_from_row(row)?,
+                        credential: rules::credential_from_row(row)?,
                         last_used_at: row.get("last_used_at")?,
                         last_address: row.get("last_address")?,
                         user_agent: row.get("user_agent")?,

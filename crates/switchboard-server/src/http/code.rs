@@ -22,8 +22,8 @@ use switchboard_proto::code::{
 
 use super::{Auth, AuthWith};
 use crate::error::{ApiError, Json, OptionalJson, Path, Query};
-use crate::state::{Access, AppState};
 use crate::roles::Capability;
+use crate::state::{Access, AppState};
 
 /// The body of a worker's write, read in two steps: first as a JSON object (malformed
 /// JSON is refused before anything else), then, once the epoch fence has let the write
@@ -64,7 +64,9 @@ impl<T: DeserializeOwned> WorkerWrite<T> {
         principal: &crate::auth::Principal,
         id: &str,
     ) -> Result<(switchboard_store::Session, T), ApiError> {
-        let session = state.authorize_session(principal, id, Access::OwnerOrSessionWorker).await?;
+        let session = state
+            .authorize_session(principal, id, Access::OwnerOrSessionWorker)
+            .await?;
         AppState::refuse_archived(&session)?;
         AppState::check_epoch(principal, &session, self.epoch()?)?;
         let body = serde_json::from_value(Value::Object(self.body)).map_err(|e| {
@@ -93,7 +95,9 @@ pub(crate) async fn credentials(
     Path(id): Path<String>,
 ) -> Result<axum::Json<BridgeCredentials>, ApiError> {
     principal.require(Capability::Drive)?;
-    let session = state.authorize_session(&principal, &id, Access::OwnerOnly).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOnly)
+        .await?;
     Ok(axum::Json(state.worker_credentials(&session).await?))
 }
 
@@ -104,7 +108,9 @@ pub(crate) async fn register(
     Path(id): Path<String>,
 ) -> Result<axum::Json<RegisterWorkerResponse>, ApiError> {
     principal.require(Capability::Drive)?;
-    let session = state.authorize_session(&principal, &id, Access::OwnerOrSessionWorker).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
+        .await?;
     let worker_epoch = state.register_worker(&session).await?;
     Ok(axum::Json(RegisterWorkerResponse { worker_epoch }))
 }
@@ -131,7 +137,9 @@ pub(crate) async fn get_worker(
     Path(id): Path<String>,
 ) -> Result<axum::Json<WorkerResponse>, ApiError> {
     principal.require(Capability::Drive)?;
-    let session = state.authorize_session(&principal, &id, Access::OwnerOrSessionWorker).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
+        .await?;
     Ok(axum::Json(state.worker_state(&session)))
 }
 
@@ -182,7 +190,9 @@ pub(crate) async fn get_internal(
     Query(q): Query<InternalEventsQuery>,
 ) -> Result<axum::Json<InternalEventsPage>, ApiError> {
     principal.require(Capability::Drive)?;
-    let session = state.authorize_session(&principal, &id, Access::OwnerOrSessionWorker).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
+        .await?;
     Ok(axum::Json(
         state
             .worker_internal_page(&session, q.subagents, q.cursor.as_deref())
@@ -212,7 +222,9 @@ pub(crate) async fn stream(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     principal.require(Capability::Drive)?;
-    let session = state.authorize_session(&principal, &id, Access::OwnerOrSessionWorker).await?;
+    let session = state
+        .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
+        .await?;
     if session.archived_at.is_some() {
         return Err(ApiError::NotFound("session is archived".into()));
     }

@@ -6,8 +6,8 @@ use switchboard_proto::sessions::EventsRequest;
 
 use super::Auth;
 use crate::error::{ApiError, Json, Path};
-use crate::state::{Access, AppState};
 use crate::roles::Capability;
+use crate::state::{Access, AppState};
 
 /// Appends the worker's messages to the session's log. A 2xx means they are committed.
 pub(crate) async fn post_events(

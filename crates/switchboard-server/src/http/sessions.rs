@@ -10,8 +10,8 @@ use switchboard_proto::sessions::{
 use super::Auth;
 use crate::error::{ApiError, Json, OptionalJson, Path, Query};
 use crate::log::Accepted;
-use crate::state::{Access, AppState, HistoryQuery};
 use crate::roles::Capability;
+use crate::state::{Access, AppState, HistoryQuery};
 
 /// `POST /v1/sessions`.
 pub(crate) async fn create(

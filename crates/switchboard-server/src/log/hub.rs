@@ -95,7 +95,11 @@ pub(crate) struct SessionChannel {
 }
 
 impl SessionChannel {
-    fn new(capacity: usize, next_seq: u64, cluster: Option<crate::log::cluster::ChannelLink>) -> Self {
+    fn new(
+        capacity: usize,
+        next_seq: u64,
+        cluster: Option<crate::log::cluster::ChannelLink>,
+    ) -> Self {
         Self {
             tx: broadcast::channel(capacity).0,
             append: tokio::sync::Mutex::new(()),

@@ -10,10 +10,11 @@ use serde_json::{json, Value};
 use switchboard_proto::messages::{self, is_keep_alive};
 use switchboard_store::{Decision, Direction, Millis, NewEvent, Role, Session};
 
-use super::{Accepted, AppState};
+use super::AppState;
 use crate::admin::{self, Actor};
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::log::Accepted;
 use crate::policy;
 use crate::time::now_ms;
 

@@ -83,7 +83,14 @@ pub(crate) async fn authorize(
     id: &str,
     access: Access,
     capability: crate::roles::Capability,
-) -> Result<(Session, Option<(CredentialKind, String)>, crate::auth::Principal), ApiError> {
+) -> Result<
+    (
+        Session,
+        Option<(CredentialKind, String)>,
+        crate::auth::Principal,
+    ),
+    ApiError,
+> {
     let (principal, credential) = state.authenticate_request(headers).await?;
     let session = state.authorize_session(&principal, id, access).await?;
     principal.require(capability)?;

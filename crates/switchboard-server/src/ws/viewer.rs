@@ -41,9 +41,21 @@ pub(crate) async fn upgrade(
 ) -> Response {
     let checked = authorize(&state, &headers, &id).await;
     let span = tracing::info_span!("viewer_ws", session = %id);
-    super::upgrade(ws, checked, span, move |socket, (session, watch, principal)| {
-        run(state, socket, session, q.from_sequence_num, watch, principal)
-    })
+    super::upgrade(
+        ws,
+        checked,
+        span,
+        move |socket, (session, watch, principal)| {
+            run(
+                state,
+                socket,
+                session,
+                q.from_sequence_num,
+                watch,
+                principal,
+            )
+        },
+    )
 }
 
 async fn authorize(
@@ -54,7 +66,11 @@ async fn authorize(
     let (session, credential, principal) =
         super::authorize(state, headers, id, Access::OwnerOnly, Capability::Read).await?;
     // Registered before the upgrade completes, so a revocation in between is not missed.
-    Ok((session, state.watch_revocation(credential.as_ref()), principal))
+    Ok((
+        session,
+        state.watch_revocation(credential.as_ref()),
+        principal,
+    ))
 }
 
 struct Ended(u16, String);
