@@ -115,6 +115,12 @@ impl AppState {
         &self.inner.store
     }
 
+    /// The store as the operations of `admin.rs` take it: keys, devices, rules and the
+    /// audit log, which the CLI runs against the store directly and the API through here.
+    pub(crate) fn admin_store(&self) -> &dyn switchboard_store::Store {
+        self.inner.store.as_ref()
+    }
+
     pub(crate) fn hub(&self) -> &Hub {
         &self.inner.hub
     }

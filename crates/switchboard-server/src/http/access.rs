@@ -27,7 +27,7 @@ pub(crate) async fn list_keys(
     Auth(principal): Auth,
 ) -> Result<axum::Json<Value>, ApiError> {
     let owner_id = admin_owner(&principal)?;
-    let keys: Vec<_> = admin::devices(state.store().as_ref(), owner_id, now_ms())
+    let keys: Vec<_> = admin::devices(state.admin_store(), owner_id, now_ms())
         .await?
         .into_iter()
         .filter(|d| d.kind == CredentialKind::ApiKey.as_str())
@@ -55,7 +55,7 @@ pub(crate) async fn create_key(
         None => Role::Driver,
     };
     let (token, credential) = admin::create_key(
-        state.store().as_ref(),
+        state.admin_store(),
         owner_id,
         &req.name,
         role,
@@ -91,7 +91,7 @@ pub(crate) async fn list_devices(
     Auth(principal): Auth,
 ) -> Result<axum::Json<Value>, ApiError> {
     let owner_id = admin_owner(&principal)?;
-    let devices = admin::devices(state.store().as_ref(), owner_id, now_ms()).await?;
+    let devices = admin::devices(state.admin_store(), owner_id, now_ms()).await?;
     let current = match &principal {
         Principal::Owner { credential_id, .. } => Some(credential_id.clone()),
         _ => None,
@@ -126,7 +126,7 @@ pub(crate) async fn update_device(
         .transpose()?;
     if let Some(name) = &req.name {
         admin::rename(
-            state.store().as_ref(),
+            state.admin_store(),
             owner_id,
             &id,
             name,
@@ -148,7 +148,7 @@ pub(crate) async fn get_policy(
 ) -> Result<axum::Json<Value>, ApiError> {
     let owner_id = admin_owner(&principal)?;
     Ok(axum::Json(
-        admin::policy_view(state.store().as_ref(), owner_id).await?,
+        admin::policy_view(state.admin_store(), owner_id).await?,
     ))
 }
 
@@ -160,7 +160,7 @@ pub(crate) async fn put_settings(
 ) -> Result<axum::Json<Value>, ApiError> {
     let owner_id = admin_owner(&principal)?;
     admin::set_settings(
-        state.store().as_ref(),
+        state.admin_store(),
         owner_id,
         &req,
         &Actor::of(&principal),
@@ -168,7 +168,7 @@ pub(crate) async fn put_settings(
     )
     .await?;
     Ok(axum::Json(
-        admin::policy_view(state.store().as_ref(), owner_id).await?,
+        admin::policy_view(state.admin_store(), owner_id).await?,
     ))
 }
 
@@ -181,7 +181,7 @@ pub(crate) async fn add_rule(
 ) -> Result<axum::Json<Value>, ApiError> {
     let owner_id = admin_owner(&principal)?;
     let rule = admin::add_rule(
-        state.store().as_ref(),
+        state.admin_store(),
         owner_id,
         &req,
         &Actor::of(&principal),
@@ -200,7 +200,7 @@ pub(crate) async fn remove_rule(
     let owner_id = admin_owner(&principal)?;
     crate::state::check_safe_id("rule id", &id)?;
     admin::remove_rule(
-        state.store().as_ref(),
+        state.admin_store(),
         owner_id,
         &id,
         &Actor::of(&principal),
@@ -227,7 +227,7 @@ pub(crate) async fn test_policy(
 ) -> Result<axum::Json<Value>, ApiError> {
     let owner_id = admin_owner(&principal)?;
     let rows = admin::dry_run(
-        state.store().as_ref(),
+        state.admin_store(),
         owner_id,
         &req.session_id,
         req.rule.as_ref(),
@@ -260,7 +260,7 @@ pub(crate) async fn audit(
         .transpose()?;
     let limit = q.limit.unwrap_or(100);
     let entries = admin::audit_page(
-        state.store().as_ref(),
+        state.admin_store(),
         owner_id,
         AuditQuery {
             session_id: q.session_id,
