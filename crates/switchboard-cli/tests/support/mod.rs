@@ -186,6 +186,8 @@ pub struct Bridge {
     pub child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     count: watch::Receiver<usize>,
+    /// The tasks reading its stdout and stderr, which end at the pipes' end.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Bridge {
@@ -198,6 +200,7 @@ impl Bridge {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, count) = watch::channel(0);
         let tx = Arc::new(tx);
+        let mut readers = Vec::new();
         for (stream, prefix) in [
             (
                 child
@@ -216,19 +219,20 @@ impl Bridge {
         ] {
             let Some(stream) = stream else { continue };
             let (lines, tx) = (lines.clone(), tx.clone());
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut reader = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = reader.next_line().await {
                     let mut all = lines.lock().unwrap_or_else(PoisonError::into_inner);
                     all.push(format!("{prefix}{line}"));
                     tx.send_replace(all.len());
                 }
-            });
+            }));
         }
         Ok(Self {
             child,
             lines,
             count,
+            readers,
         })
     }
 
@@ -306,7 +310,15 @@ impl Bridge {
     /// Waits for the bridge to exit by itself.
     pub async fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(status) => Ok(status?),
+            Ok(status) => {
+                // The process is gone, but its last lines may still be in the pipes:
+                // read them to the end before anyone looks at the output (a child of the
+                // bridge still holding a pipe open only delays this by the bound).
+                for reader in self.readers.drain(..) {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+                }
+                Ok(status?)
+            }
             Err(_) => anyhow::bail!(
                 "the bridge did not exit within {timeout:?}; it printed:\n{}",
                 self.output()
