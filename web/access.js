@@ -47,7 +47,9 @@ export function alwaysAllowButton(api, req, answer) {
   const rule = ruleFor(req);
   if (!rule) return null;
   const what = rule.pattern ? `${rule.tool} ${rule.pattern}` : `every ${rule.tool}`;
-  const btn = h("button", { type: "button", class: "ghost always-allow", title: `Add a rule: allow ${what}` }, "Always allow");
+  // Not labelled "Always allow": next to Allow, a name containing it would be ambiguous to
+  // assistive technology (and to anyone scanning for the one-time answer).
+  const btn = h("button", { type: "button", class: "ghost always-allow", title: `Add a rule: allow ${what}` }, "Trust from now on");
   btn.addEventListener("click", async () => {
     btn.disabled = true;
     try {

@@ -136,8 +136,10 @@ export class Server {
   }
 
   /** A single-use sign-in link. */
-  async pairingUrl() {
-    return (await this.api("POST", "/web/pairings")).url;
+  /** A sign-in link for the owner's browser: `admin`, as every browser was before roles
+   * (a link gives `driver` unless its maker asks for another role). */
+  async pairingUrl(role = "admin") {
+    return (await this.api("POST", "/web/pairings", { role })).url;
   }
 
   /**
