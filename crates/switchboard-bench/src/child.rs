@@ -48,9 +48,13 @@ pub(crate) struct ChildServer {
 }
 
 impl ChildServer {
-    /// Starts a server and waits until it listens. Its database and log go into a new
-    /// directory under `data_dir`.
-    pub(crate) async fn spawn(role: Role, data_dir: &Path) -> anyhow::Result<Self> {
+    /// Starts a server and waits until it listens. Its database (unless `database_url`
+    /// names a PostgreSQL one) and log go into a new directory under `data_dir`.
+    pub(crate) async fn spawn(
+        role: Role,
+        data_dir: &Path,
+        database_url: Option<&str>,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("failed to create {}", data_dir.display()))?;
         let dir = tempfile::Builder::new()
@@ -62,12 +66,19 @@ impl ChildServer {
             .context("failed to create the server log")?;
         let mut command = Command::new(exe);
         match role {
-            Role::Switchboard => command
-                .arg("serve-switchboard")
-                .arg("--dir")
-                .arg(dir.path()),
-            Role::Baseline => command.arg("serve-baseline"),
-        };
+            Role::Switchboard => {
+                command
+                    .arg("serve-switchboard")
+                    .arg("--dir")
+                    .arg(dir.path());
+                if let Some(url) = database_url {
+                    command.arg("--database-url").arg(url);
+                }
+            }
+            Role::Baseline => {
+                command.arg("serve-baseline");
+            }
+        }
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -183,6 +194,21 @@ impl ProcSample {
     /// The bench's own process.
     pub(crate) fn own() -> anyhow::Result<Self> {
         Self::read(std::process::id())
+    }
+
+    /// The sum over several processes (the nodes of one system).
+    pub(crate) fn read_all(pids: &[u32]) -> anyhow::Result<Self> {
+        let mut sum = Self {
+            rss_kib: 0,
+            cpu_ticks: 0,
+            at: Instant::now(),
+        };
+        for &pid in pids {
+            let one = Self::read(pid)?;
+            sum.rss_kib += one.rss_kib;
+            sum.cpu_ticks += one.cpu_ticks;
+        }
+        Ok(sum)
     }
 
     /// Average number of cores used between `earlier` and this reading.

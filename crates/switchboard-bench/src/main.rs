@@ -24,6 +24,7 @@ mod baseline;
 mod child;
 mod client;
 mod message;
+mod pg;
 mod post;
 mod report;
 mod scenario;
@@ -78,6 +79,9 @@ enum Internal {
         /// Directory for the database.
         #[arg(long)]
         dir: PathBuf,
+        /// A PostgreSQL database to use instead.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Serve the bare relay; print where on stdout.
     #[command(hide = true)]
@@ -112,6 +116,23 @@ struct BenchArgs {
     /// Where started servers keep their SQLite files [default: the system's temp dir].
     #[arg(long, env = "SWITCHBOARD_BENCH_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Store every started Switchboard's data on this PostgreSQL server (loopback only),
+    /// in a fresh database per system, instead of a SQLite file: e.g.
+    /// `postgres://postgres@127.0.0.1:5432/test`.
+    #[arg(long, env = "SWITCHBOARD_BENCH_DATABASE_URL", hide_env_values = true)]
+    #[serde(skip)]
+    database_url: Option<String>,
+    /// Nodes per started Switchboard, all on one `--database-url` database: session i's
+    /// worker connects to node i mod N and its viewers to the next node, so with 2 every
+    /// message crosses between nodes; work polls go to the last node. Memory and CPU are
+    /// summed over the nodes (PostgreSQL's own are not in them).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BENCH_NODES",
+        default_value_t = 1,
+        requires = "database_url"
+    )]
+    nodes: usize,
     /// Skip the bare relay (no ratios).
     #[arg(long, env = "SWITCHBOARD_BENCH_NO_BASELINE")]
     no_baseline: bool,
@@ -304,7 +325,9 @@ fn local_ports() -> Option<u64> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.internal {
-        Some(Internal::ServeSwitchboard { dir }) => serve::switchboard(&dir),
+        Some(Internal::ServeSwitchboard { dir, database_url }) => {
+            serve::switchboard(&dir, database_url.as_deref())
+        }
         Some(Internal::ServeBaseline) => serve::baseline(),
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -325,11 +348,15 @@ fn main() -> std::process::ExitCode {
 struct Running {
     post_connections: usize,
     writes: Writes,
-    url: String,
+    /// Its nodes' URLs (one unless `--nodes`).
+    urls: Vec<String>,
     token: Option<String>,
-    pid: Option<u32>,
+    /// The nodes' process ids, where known.
+    pids: Option<Vec<u32>>,
     nofile: Option<u64>,
-    child: Option<ChildServer>,
+    children: Vec<ChildServer>,
+    /// The database made for it, with `--database-url`.
+    database: Option<pg::PgDatabase>,
 }
 
 impl Running {
@@ -342,29 +369,59 @@ impl Running {
             return Ok(Self {
                 post_connections: args.post_connections,
                 writes: writes(args),
-                url: url.clone(),
+                urls: vec![url.clone()],
                 token: args.token.clone(),
-                pid: args.server_pid,
+                pids: args.server_pid.map(|pid| vec![pid]),
                 nofile: None,
-                child: None,
+                children: Vec::new(),
+                database: None,
             });
         }
-        let child = ChildServer::spawn(role, data_dir).await?;
+        let (database, nodes) = match (role, &args.database_url) {
+            (Role::Switchboard, Some(admin)) => (
+                Some(pg::PgDatabase::create(admin).await?),
+                args.nodes.max(1),
+            ),
+            _ => (None, 1),
+        };
+        let url = database.as_ref().map(|d| d.url.as_str());
+        let mut children = Vec::with_capacity(nodes);
+        for _ in 0..nodes {
+            match ChildServer::spawn(role, data_dir, url).await {
+                Ok(child) => children.push(child),
+                Err(e) => {
+                    for child in children {
+                        let _ = child.stop().await;
+                    }
+                    if let Some(db) = database {
+                        let _ = db.drop_database().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
         Ok(Self {
             post_connections: args.post_connections,
             writes: writes(args),
-            url: child.ready.url.clone(),
-            token: child.ready.token.clone(),
-            pid: Some(child.pid),
-            nofile: Some(child.ready.nofile),
-            child: Some(child),
+            urls: children.iter().map(|c| c.ready.url.clone()).collect(),
+            // Every node made a key in the one database; any of them is good on all.
+            token: children.first().and_then(|c| c.ready.token.clone()),
+            pids: Some(children.iter().map(|c| c.pid).collect()),
+            nofile: children.iter().map(|c| c.ready.nofile).min(),
+            children,
+            database,
         })
+    }
+
+    /// The nodes' process ids, for their memory and CPU.
+    fn pids(&self) -> Option<&[u32]> {
+        self.pids.as_deref()
     }
 
     fn system(&self, client: &reqwest::Client, transport: Transport) -> anyhow::Result<System> {
         Ok(match &self.token {
             Some(token) => System::switchboard(
-                &self.url,
+                &self.urls,
                 token,
                 client.clone(),
                 transport,
@@ -372,7 +429,7 @@ impl Running {
                 self.writes,
             ),
             None => System::baseline(
-                &self.url,
+                &self.urls[0],
                 client.clone(),
                 self.post_connections,
                 self.writes,
@@ -394,10 +451,16 @@ impl Running {
     }
 
     async fn stop(self) -> anyhow::Result<()> {
-        match self.child {
-            Some(child) => child.stop().await,
-            None => Ok(()),
+        let mut result = Ok(());
+        for child in self.children {
+            if let Err(e) = child.stop().await {
+                result = Err(e);
+            }
         }
+        if let Some(db) = self.database {
+            db.drop_database().await?;
+        }
+        result
     }
 }
 
@@ -431,6 +494,13 @@ where
 async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.url {
         client::check_loopback(url)?;
+    }
+    if let Some(url) = &args.database_url {
+        client::check_loopback(url)?;
+        progress(&format!(
+            "store: PostgreSQL, a fresh database per system, {} node(s) each",
+            args.nodes.max(1)
+        ));
     }
     let own_nofile = raise_nofile();
     progress(&format!(
@@ -512,7 +582,8 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let result = with_server(role, &args, &data_dir, |r| async {
                     let result = match r.system(&client, Transport::V1) {
                         Ok(system) => {
-                            scenario::fanout::run(&system, &payloads, viewers, config, r.pid).await
+                            scenario::fanout::run(&system, &payloads, viewers, config, r.pids())
+                                .await
                         }
                         Err(e) => Err(e),
                     };
@@ -575,7 +646,8 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     }
                     let result = match r.system(&client, transport) {
                         Ok(system) => {
-                            scenario::sessions::run(&system, &payloads, fitted, config, r.pid).await
+                            scenario::sessions::run(&system, &payloads, fitted, config, r.pids())
+                                .await
                         }
                         Err(e) => Err(e),
                     };
@@ -649,7 +721,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
                 let result = match r.system(&client, Transport::V1) {
                     Ok(system) => {
-                        scenario::knee::run(&system, &payloads, &config, r.pid, progress).await
+                        scenario::knee::run(&system, &payloads, &config, r.pids(), progress).await
                     }
                     Err(e) => Err(e),
                 };
@@ -692,6 +764,13 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     report.check_targets();
+    if args.database_url.is_some() {
+        println!(
+            "\nStore: PostgreSQL (a fresh database per system), {} node(s) per Switchboard; \
+             server memory and CPU are the nodes' sum, without PostgreSQL's own.",
+            args.nodes.max(1)
+        );
+    }
     println!(
         "\nSwitchboard benchmark: {} × {}, {} MiB, Linux {}, load average {}; \
          SQLite in {}; {} B of text per message; worker POSTs {:?}, prompts {:?}, \

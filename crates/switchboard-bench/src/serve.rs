@@ -15,8 +15,9 @@ use crate::child::{raise_nofile, Ready};
 const SERVER_LOG_FILTER: &str = "info,sqlx=warn,tower_http=warn";
 
 /// Runs the real Switchboard server with its default options on a fresh SQLite file in
-/// `dir`, with one API key made directly in the store.
-pub(crate) fn switchboard(dir: &Path) -> anyhow::Result<()> {
+/// `dir` (or on the PostgreSQL database `database_url` names, which several nodes may
+/// share), with one API key made directly in the store.
+pub(crate) fn switchboard(dir: &Path, database_url: Option<&str>) -> anyhow::Result<()> {
     let nofile = raise_nofile();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -26,7 +27,10 @@ pub(crate) fn switchboard(dir: &Path) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let url = format!("sqlite://{}", dir.join("switchboard.db").display());
+    let url = database_url.map_or_else(
+        || format!("sqlite://{}", dir.join("switchboard.db").display()),
+        str::to_string,
+    );
     runtime()?.block_on(async move {
         let mut options = switchboard_server::ServerOptions::new(url);
         // The benchmark reads its gauges off /metrics without a key.

@@ -94,8 +94,15 @@ pub(crate) struct Baseline {
 /// Where a Switchboard server is and how to reach it.
 #[derive(Clone)]
 pub(crate) struct Switchboard {
+    /// The first node: where sessions are created.
     http: String,
-    ws: String,
+    /// Every node of the system (one unless several share a PostgreSQL database), as
+    /// `http://127.0.0.1:PORT`. Session `i`'s worker connects to node `i mod N` and its
+    /// viewers to the next node, so with two nodes every message crosses between them;
+    /// work polls go to the last node.
+    nodes: Arc<Vec<String>>,
+    /// Which node the next session's worker connects to.
+    next_node: Arc<std::sync::atomic::AtomicUsize>,
     token: String,
     client: reqwest::Client,
     transport: Transport,
@@ -115,6 +122,8 @@ pub(crate) struct Session {
     /// The id the worker and viewers name it by.
     pub(crate) id: String,
     credentials: Credentials,
+    /// The node its worker connects to (its viewers: the next one).
+    node: usize,
 }
 
 enum Credentials {
@@ -185,17 +194,22 @@ impl System {
     /// `writes` says whether each worker has its own connection instead (as many
     /// sessions as the open-file limit allows then) and how prompts go.
     pub(crate) fn switchboard(
-        http_url: &str,
+        nodes: &[String],
         token: &str,
         client: reqwest::Client,
         transport: Transport,
         connections: usize,
         writes: Writes,
     ) -> Self {
-        let http = http_url.trim_end_matches('/').to_string();
+        let nodes: Vec<String> = nodes
+            .iter()
+            .map(|n| n.trim_end_matches('/').to_string())
+            .collect();
+        let http = nodes.first().cloned().unwrap_or_default();
         System::Switchboard(Switchboard {
-            ws: http.replacen("http", "ws", 1),
             http,
+            nodes: Arc::new(nodes),
+            next_node: Arc::default(),
             token: token.to_string(),
             client,
             transport,
@@ -257,14 +271,21 @@ impl System {
             System::Baseline(_) => Ok(Session {
                 id: format!("ch{}", uuid::Uuid::new_v4().simple()),
                 credentials: Credentials::None,
+                node: 0,
             }),
-            System::Switchboard(sb) => match sb.transport {
-                Transport::V1 => {
-                    let env = env.context("a v1 session needs an environment")?;
-                    sb.dispatch_session(env).await
-                }
-                Transport::V2 => sb.code_session().await,
-            },
+            System::Switchboard(sb) => {
+                let mut session = match sb.transport {
+                    Transport::V1 => {
+                        let env = env.context("a v1 session needs an environment")?;
+                        sb.dispatch_session(env).await?
+                    }
+                    Transport::V2 => sb.code_session().await?,
+                };
+                session.node = sb
+                    .next_node
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(session)
+            }
         }
     }
 
@@ -301,16 +322,18 @@ impl System {
                 })
             }
             (System::Switchboard(sb), Credentials::Ingress(token)) => {
+                let http = sb.node(session.node);
                 let socket = connect_ws(
-                    &format!("{}/v1/session_ingress/ws/{}", sb.ws, session.id),
+                    &format!(
+                        "{}/v1/session_ingress/ws/{}",
+                        http.replacen("http", "ws", 1),
+                        session.id
+                    ),
                     Some(token),
                 )
                 .await?;
                 let (sink, stream) = socket.split();
-                let url = format!(
-                    "{}/v1/session_ingress/session/{}/events",
-                    sb.http, session.id
-                );
+                let url = format!("{http}/v1/session_ingress/session/{}/events", session.id);
                 Ok(Worker {
                     reader: WorkerReader::Ws(stream),
                     writer: post_writer(&sb.client, &sb.posts, sb.writes.workers, url, token, None)
@@ -319,7 +342,11 @@ impl System {
                 })
             }
             (System::Switchboard(sb), Credentials::Code { jwt, epoch }) => {
-                let base = format!("{}/v1/code/sessions/{}/worker", sb.http, session.id);
+                let base = format!(
+                    "{}/v1/code/sessions/{}/worker",
+                    sb.node(session.node),
+                    session.id
+                );
                 let stream =
                     SseStream::open(&sb.client, &format!("{base}/events/stream"), jwt).await?;
                 Ok(Worker {
@@ -357,13 +384,21 @@ impl System {
             ),
             System::Switchboard(sb) => (
                 connect_ws(
-                    &format!("{}/v1/sessions/ws/{}/subscribe", sb.ws, session.id),
+                    &format!(
+                        "{}/v1/sessions/ws/{}/subscribe",
+                        sb.node(session.node + 1).replacen("http", "ws", 1),
+                        session.id
+                    ),
                     Some(&sb.token),
                 )
                 .await?,
                 (sb.writes.prompts == Prompts::Post).then(|| HttpWriter {
                     client: sb.client.clone(),
-                    url: format!("{}/v1/sessions/{}/events", sb.http, session.id),
+                    url: format!(
+                        "{}/v1/sessions/{}/events",
+                        sb.node(session.node + 1),
+                        session.id
+                    ),
                     token: sb.token.clone(),
                     epoch: None,
                     posts: sb.posts.clone(),
@@ -441,6 +476,21 @@ impl Switchboard {
         })
     }
 
+    /// Node `i` (counted round the nodes).
+    fn node(&self, i: usize) -> &str {
+        &self.nodes[i % self.nodes.len().max(1)]
+    }
+
+    /// Where work polls go: the last node (with several, not where sessions are made).
+    fn poll_node(&self) -> &str {
+        self.nodes.last().map_or(&self.http, String::as_str)
+    }
+
+    /// The value of a gauge or counter on `/metrics` of the node that takes work polls.
+    pub(crate) async fn poll_node_metric(&self, name: &str) -> anyhow::Result<f64> {
+        self.metric_at(self.poll_node(), name).await
+    }
+
     /// `POST /v1/sessions` on an environment.
     pub(crate) async fn create_session(&self, env: &Environment) -> anyhow::Result<()> {
         let _: Value = self
@@ -460,7 +510,8 @@ impl Switchboard {
             .client
             .get(format!(
                 "{}/v1/environments/{}/work/poll",
-                self.http, env.id
+                self.poll_node(),
+                env.id
             ))
             .bearer_auth(&env.secret)
             .send()
@@ -497,6 +548,7 @@ impl Switchboard {
         Ok(Session {
             id: work.data.id.clone(),
             credentials: Credentials::Ingress(token),
+            node: 0,
         })
     }
 
@@ -536,6 +588,7 @@ impl Switchboard {
             .context("failed to get worker credentials")?;
         Ok(Session {
             id,
+            node: 0,
             credentials: Credentials::Code {
                 jwt: bridge["worker_jwt"]
                     .as_str()
@@ -546,11 +599,10 @@ impl Switchboard {
         })
     }
 
-    /// The value of a gauge or counter on `/metrics`.
-    pub(crate) async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+    async fn metric_at(&self, node: &str, name: &str) -> anyhow::Result<f64> {
         let text = self
             .client
-            .get(format!("{}/metrics", self.http))
+            .get(format!("{node}/metrics"))
             .send()
             .await
             .context("failed to read /metrics")?

@@ -215,6 +215,85 @@ fn the_busy_regime_runs_on_own_connections_with_prompts_by_post() -> anyhow::Res
     Ok(())
 }
 
+/// With `SWITCHBOARD_TEST_PG_URL` set: the scenarios on PostgreSQL, with two nodes on
+/// one database, so every message crosses from one node to the other.
+#[test]
+fn two_nodes_on_postgresql_carry_every_scenario() -> anyhow::Result<()> {
+    let Some(pg) = std::env::var("SWITCHBOARD_TEST_PG_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        println!("skipped: SWITCHBOARD_TEST_PG_URL is not set");
+        return Ok(());
+    };
+    // Arrange
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("bench.json");
+
+    // Act
+    run_bench(
+        dir.path(),
+        &[
+            "--scenarios",
+            "hop,fanout,sessions,dispatch",
+            "--database-url",
+            &pg,
+            "--nodes",
+            "2",
+            "--no-baseline",
+            "--hop-samples",
+            "100",
+            "--hop-max-secs",
+            "2",
+            "--fanout-viewers",
+            "3",
+            "--fanout-secs",
+            "1",
+            "--sessions",
+            "20",
+            "--sessions-secs",
+            "2",
+            "--sessions-rate",
+            "2",
+            "--dispatch-samples",
+            "10",
+            "--data-dir",
+            &dir.path().display().to_string(),
+            "--json",
+            &json.display().to_string(),
+        ],
+    )?;
+
+    // Assert: every section, nothing lost, and the server figures of both nodes.
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    assert_eq!(report["errors"], Value::Array(vec![]), "{report:#}");
+    assert_eq!(report["settings"]["nodes"].as_u64(), Some(2));
+    for system in ["switchboard_v1", "switchboard_v2"] {
+        for way in ["viewer_to_worker", "worker_to_viewer"] {
+            assert_latencies(&report["hop"][system][way], &format!("hop {system} {way}"));
+        }
+    }
+    let fanout = &report["fanout"][0]["switchboard"];
+    assert_eq!(fanout["viewers_lost"].as_u64(), Some(0), "{fanout:#}");
+    assert_eq!(fanout["undelivered"].as_u64(), Some(0), "{fanout:#}");
+    assert_eq!(
+        number(&fanout["deliveries"]),
+        number(&fanout["events"]) * 3.0,
+        "{fanout:#}"
+    );
+    let sessions = &report["sessions"][0]["switchboard"];
+    assert_eq!(sessions["sessions"].as_u64(), Some(20), "{sessions:#}");
+    assert_eq!(sessions["events_lost"].as_u64(), Some(0), "{sessions:#}");
+    assert!(number(&sessions["server_rss_kib"]) > 0.0, "{sessions:#}");
+    assert_eq!(
+        report["dispatch"]["latency"]["count"].as_u64(),
+        Some(10),
+        "{:#}",
+        report["dispatch"]
+    );
+    Ok(())
+}
+
 #[test]
 fn a_remote_target_must_be_on_loopback() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -82,7 +82,10 @@ pub(crate) async fn run(
 async fn wait_until_polling(server: &Switchboard) {
     let give_up = Instant::now() + Duration::from_secs(5);
     loop {
-        match server.metric("switchboard_long_polls_waiting").await {
+        match server
+            .poll_node_metric("switchboard_long_polls_waiting")
+            .await
+        {
             Ok(n) if n >= 1.0 => break,
             Ok(_) if Instant::now() < give_up => {
                 tokio::time::sleep(Duration::from_micros(200)).await;

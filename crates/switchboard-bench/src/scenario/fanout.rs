@@ -109,7 +109,7 @@ pub(crate) async fn run(
     payloads: &Payloads,
     viewers: usize,
     config: FanoutConfig,
-    server_pid: Option<u32>,
+    server_pids: Option<&[u32]>,
 ) -> anyhow::Result<FanoutResult> {
     let env = system.environment().await?;
     let session = system.open_session(env.as_ref()).await?;
@@ -168,7 +168,7 @@ pub(crate) async fn run(
             shared.start_ns.store(now_ns(), Ordering::Release);
             timing = Some((
                 now,
-                server_pid.map(ProcSample::read).transpose()?,
+                server_pids.map(ProcSample::read_all).transpose()?,
                 ProcSample::own()?,
             ));
         }
@@ -237,8 +237,8 @@ pub(crate) async fn run(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let (started, server_before, own_before) = timing.context("the run ended before timing")?;
-    let server_cpu_cores = match (server_pid, server_before) {
-        (Some(pid), Some(before)) => Some(ProcSample::read(pid)?.cores_since(&before)),
+    let server_cpu_cores = match (server_pids, server_before) {
+        (Some(pids), Some(before)) => Some(ProcSample::read_all(pids)?.cores_since(&before)),
         _ => None,
     };
     let bench_cpu_cores = ProcSample::own()?.cores_since(&own_before);

@@ -120,12 +120,12 @@ pub(crate) async fn run(
     system: &System,
     payloads: &Payloads,
     config: &KneeConfig,
-    server_pid: Option<u32>,
+    server_pids: Option<&[u32]>,
     progress: impl Fn(&str),
 ) -> anyhow::Result<KneeResult> {
     let started = Instant::now();
-    let server_rss_idle_kib = server_pid
-        .map(ProcSample::read)
+    let server_rss_idle_kib = server_pids
+        .map(ProcSample::read_all)
         .transpose()?
         .map(|s| s.rss_kib);
     let first = config.rates.first().copied().unwrap_or(1.0);
@@ -152,7 +152,7 @@ pub(crate) async fn run(
             }
             fleet.set_rate(per_session(rate));
             tokio::time::sleep(config.warmup).await;
-            let w = fleet.measure(config.step, GRACE, server_pid).await?;
+            let w = fleet.measure(config.step, GRACE, server_pids).await?;
             let secs = w.secs.max(f64::EPSILON);
             let latency = w.both().summary();
             let send_lag = w.lag.summary();

@@ -123,10 +123,10 @@ pub(crate) async fn run(
     payloads: &Payloads,
     requested: usize,
     config: SessionsConfig,
-    server_pid: Option<u32>,
+    server_pids: Option<&[u32]>,
 ) -> anyhow::Result<SessionsResult> {
-    let server_rss_idle_kib = server_pid
-        .map(ProcSample::read)
+    let server_rss_idle_kib = server_pids
+        .map(ProcSample::read_all)
         .transpose()?
         .map(|s| s.rss_kib);
     let fleet = Fleet::start(
@@ -140,7 +140,7 @@ pub(crate) async fn run(
     .await?;
     tokio::time::sleep(config.warmup).await;
     let window = fleet
-        .measure(config.duration, Duration::from_secs(5), server_pid)
+        .measure(config.duration, Duration::from_secs(5), server_pids)
         .await;
     let sessions = fleet.sessions;
     let (setup_secs, failed_setups, first_setup_error) = (
@@ -347,7 +347,7 @@ impl Fleet {
         &self,
         duration: Duration,
         grace: Duration,
-        server_pid: Option<u32>,
+        server_pids: Option<&[u32]>,
     ) -> anyhow::Result<Window> {
         let r = &self.recorder;
         r.start_ns.store(u64::MAX, Ordering::Release);
@@ -361,12 +361,12 @@ impl Fleet {
         r.end_ns.store(u64::MAX, Ordering::Release);
         r.start_ns.store(now_ns(), Ordering::Release);
         let started = Instant::now();
-        let server_before = server_pid.map(ProcSample::read).transpose()?;
+        let server_before = server_pids.map(ProcSample::read_all).transpose()?;
         let own_before = ProcSample::own()?;
         tokio::time::sleep(duration).await;
         r.end_ns.store(now_ns(), Ordering::Release);
         let secs = started.elapsed().as_secs_f64();
-        let server_after = server_pid.map(ProcSample::read).transpose()?;
+        let server_after = server_pids.map(ProcSample::read_all).transpose()?;
         let bench_cpu_cores = ProcSample::own()?.cores_since(&own_before);
         let server_cpu_cores = match (&server_before, &server_after) {
             (Some(before), Some(after)) => Some(after.cores_since(before)),
