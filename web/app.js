@@ -301,7 +301,8 @@ function listView(me) {
         h("a", { href: `/s/${encodeURIComponent(s.id)}`, "data-nav": true, class: "session-link", dataset: { id: s.id } },
           h("div", { class: "row" },
             h("span", { class: "title" }, s.title || s.id),
-            needs ? h("span", { class: "badge warn" }, "Approval needed") : null),
+            needs ? h("span", { class: "badge warn" }, "Approval needed") : null,
+            s.shared_role ? h("span", { class: "badge shared", title: `Shared with you; you may act as ${s.shared_role}` }, `shared · ${s.shared_role}`) : null),
           h("div", { class: "row meta" },
             h("span", { class: `state ${cls}` }, h("span", { class: "dot", "aria-hidden": "true" }), label),
             where ? h("span", { class: "where mono" }, where) : null,
@@ -316,9 +317,15 @@ function listView(me) {
     if (destroyed) return;
     if (document.visibilityState !== "hidden") {
       try {
-        const page = await api("/v1/sessions?limit=100");
+        // The owner's sessions, and those other owners shared with it (an older server
+        // has no such list: none then).
+        const [page, shared] = await Promise.all([
+          api("/v1/sessions?limit=100"),
+          api("/v1/shared_sessions").catch((e) => { if (e.status === 401) throw e; return null; }),
+        ]);
         if (destroyed) return;
-        render(Array.isArray(page?.data) ? page.data : []);
+        const own = Array.isArray(page?.data) ? page.data : [];
+        render(own.concat(Array.isArray(shared?.data) ? shared.data : []));
         warn.hidden = true;
       } catch (e) {
         if (destroyed) return;

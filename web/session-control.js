@@ -36,7 +36,8 @@ function permissionCard(v, ev) {
     inputView(req),
     canDo(v.me, "approver")
       ? h("div", { class: "perm-actions" }, reason, denyBtn, allowBtn,
-        canDo(v.me, "admin") && alwaysAllowButton(v.api, req, () => allowBtn.click()))
+        // A rule is the caller's owner's: it would not answer another owner's session.
+        canDo(v.me, "admin") && !v.me.shared && alwaysAllowButton(v.api, req, () => allowBtn.click()))
       : h("p", { class: "muted" }, "Your role can't answer permission requests."),
     status);
   reason.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); denyBtn.click(); } });

@@ -72,9 +72,14 @@ export function sessionView(root, id, app) {
       log.el,
       pendingEl,
       composer));
-  // What this credential's role may not send is not offered (the server refuses it).
-  if (!canDo(app.me, "driver")) composer.hidden = settings.hidden = true;
-  if (!canDo(app.me, "approver")) interruptBtn.hidden = true;
+  // What this credential's role may not send is not offered (the server refuses it). On
+  // a session another owner shared, the share says the most it may do (`shared_role`).
+  let me = app.me;
+  function applyRole() {
+    composer.hidden = settings.hidden = !canDo(me, "driver");
+    interruptBtn.hidden = !canDo(me, "approver");
+  }
+  applyRole();
 
   function autosize() {
     input.style.height = "auto";
@@ -96,6 +101,10 @@ export function sessionView(root, id, app) {
       if (st.destroyed) return;
       st.info = s;
       st.v2 = !!s.use_code_sessions;
+      if (s.shared_role && me?.role !== s.shared_role) {
+        me = view.me = { ...app.me, role: s.shared_role, shared: true };
+        applyRole();
+      }
       showInfo();
     } catch (e) {
       if (e.status === 401) return app.signedOut();
@@ -195,7 +204,7 @@ export function sessionView(root, id, app) {
     live: () => socket.live,
     showInfo,
     updateTitle,
-    me: app.me,
+    me,
     api: app.api,
     settings: {
       showModel: (model) => { modelInput.value = model; },

@@ -5,10 +5,14 @@ import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import path from "node:path";
 import { mkdir } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import {
-  Server, launchBrowser, signedInPage, watch, eventually, sleep, texts, id,
+  Server, launchBrowser, signedInPage, watch, eventually, sleep, texts, id, BIN,
   assistant, prompt, delta, result, canUseTool, PHONE, DESKTOP, SHOTS,
 } from "./harness.js";
+
+const execFileP = promisify(execFile);
 
 let server;
 let browser;
@@ -570,6 +574,47 @@ describe("from the phone", () => {
       await one.close();
       await two.close();
       await own.stop();
+    }
+  });
+
+  test("a session another owner shared shows in the list marked shared, and the page offers only what the share allows", async () => {
+    // Bob is another owner, with a key made at the server.
+    const { stdout } = await execFileP(BIN, ["token", "create", "--name", "bob", "--owner", "bob", "--data-dir", server.dataDir]);
+    const bobKey = stdout.trim();
+    const { session, worker } = await server.session({ title: "Shared with bob" });
+    await server.api("PUT", `/v1/sessions/${session.id}/shares/bob`, { role: "viewer" });
+    const ctx = await browser.newContext({ viewport: PHONE });
+    try {
+      const p = watch(await ctx.newPage());
+      const link = (await server.api("POST", "/web/pairings", { role: "admin" }, bobKey)).url;
+      await p.goto(link);
+      await p.waitForURL(`${server.url}/`);
+      const entry = p.locator(`a.session-link[data-id="${session.id}"]`);
+      await entry.waitFor();
+      assert.equal(await entry.locator(".badge.shared").innerText(), "shared · viewer");
+      await entry.click();
+      await p.locator('.conn[data-state="live"]').waitFor();
+      // As a viewer: no prompt box, no interrupt, and a permission card without answers.
+      await worker.post(canUseTool("req-shared", "Bash", { command: "ls" }));
+      const card = p.locator('.perm[data-request-id="req-shared"]');
+      await card.waitFor();
+      assert.match(await card.innerText(), /Your role can't answer permission requests/);
+      assert.equal(await p.locator("form.composer").isVisible(), false);
+      assert.equal(await p.getByRole("button", { name: "Interrupt" }).isVisible(), false);
+      // Raised to approver: after the page reconnects, the card can be answered, but
+      // not turned into a rule (bob's rules would not answer alice's session).
+      await server.api("PUT", `/v1/sessions/${session.id}/shares/bob`, { role: "approver" });
+      await p.reload();
+      const card2 = p.locator('.perm[data-request-id="req-shared"]');
+      await card2.getByRole("button", { name: "Allow" }).waitFor();
+      assert.equal(await card2.locator(".always-allow").count(), 0);
+      assert.equal(await p.locator("form.composer").isVisible(), false);
+      await card2.getByRole("button", { name: "Allow" }).click();
+      const answer = await worker.waitFor((m) => m.type === "control_response" && m.response?.request_id === "req-shared");
+      assert.equal(answer.response.response.behavior, "allow");
+      assert.deepEqual(p.errors, []);
+    } finally {
+      await ctx.close();
     }
   });
 });

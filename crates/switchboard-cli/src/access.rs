@@ -1,7 +1,8 @@
-//! `switchboard devices|policy|audit`: who may do what (issue 16), managed directly in
+//! `switchboard devices|policy|audit|share`: who may do what (issue 16), managed directly in
 //! the store, at the server (the server need not run; a running one closes a revoked
 //! device's connections within seconds). The same operations are on the API for an
-//! `admin` credential (`/v1/devices`, `/v1/policy*`, `/v1/audit`).
+//! `admin` credential (`/v1/devices`, `/v1/policy*`, `/v1/audit`,
+//! `/v1/sessions/{id}/shares`).
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -334,6 +335,96 @@ pub(crate) async fn audit(args: AuditArgs) -> anyhow::Result<()> {
             e.session_id.as_deref().unwrap_or("-"),
             e.detail
         );
+    }
+    Ok(())
+}
+
+/// Subcommands of `switchboard share`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ShareCommand {
+    /// Share one of the owner's sessions with another owner at a role (viewer,
+    /// approver, driver, admin), or change the role; their keys and browsers reach it
+    /// with at most that role.
+    Add {
+        /// The session (`session_…` or `cse_…`).
+        session: String,
+        /// The other owner's name (as in `token create --owner NAME`).
+        with: String,
+        /// The most they may do with it.
+        #[arg(long, value_parser = crate::token::parse_role)]
+        role: switchboard_store::Role,
+        #[command(flatten)]
+        owner: OwnerArgs,
+    },
+    /// List the owners a session is shared with.
+    List {
+        /// The session.
+        session: String,
+        #[command(flatten)]
+        owner: OwnerArgs,
+    },
+    /// End a share: a running server closes that owner's connections to the session
+    /// within seconds.
+    Remove {
+        /// The session.
+        session: String,
+        /// The other owner's name.
+        with: String,
+        #[command(flatten)]
+        owner: OwnerArgs,
+    },
+}
+
+pub(crate) async fn share(cmd: ShareCommand) -> anyhow::Result<()> {
+    let now = crate::serve::now_ms_pub();
+    match cmd {
+        ShareCommand::Add {
+            session,
+            with,
+            role,
+            owner,
+        } => {
+            let (store, owner_id) = owner.open().await?;
+            let share = admin::share(
+                store.as_ref(),
+                &owner_id,
+                &session,
+                &with,
+                role,
+                &Actor::cli(),
+                now,
+            )
+            .await?;
+            println!(
+                "Shared {session} with {} as {}",
+                share.owner_name,
+                share.role.as_str()
+            );
+        }
+        ShareCommand::List { session, owner } => {
+            let (store, owner_id) = owner.open().await?;
+            println!("OWNER\tROLE\tSHARED AT");
+            for s in admin::shares(store.as_ref(), &owner_id, &session).await? {
+                println!("{}\t{}\t{}", s.owner, s.role, s.shared_at);
+            }
+        }
+        ShareCommand::Remove {
+            session,
+            with,
+            owner,
+        } => {
+            let (store, owner_id) = owner.open().await?;
+            admin::unshare(
+                store.as_ref(),
+                &owner_id,
+                &session,
+                &with,
+                &Actor::cli(),
+                now,
+            )
+            .await?;
+            println!("{session} is no longer shared with {with}");
+        }
     }
     Ok(())
 }

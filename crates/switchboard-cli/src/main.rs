@@ -60,6 +60,9 @@ enum Command {
     Policy(access::PolicyCommand),
     /// Show who answered, prompted, interrupted or changed what, newest first.
     Audit(access::AuditArgs),
+    /// Share a session with another owner at a role, list its shares, or end one.
+    #[command(subcommand)]
+    Share(access::ShareCommand),
 }
 
 /// Where the server keeps its data; shared by `serve` and the commands that open the
@@ -192,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Devices(cmd) => access::devices(cmd).await,
             Command::Policy(cmd) => access::policy(cmd).await,
             Command::Audit(args) => access::audit(args).await,
+            Command::Share(cmd) => access::share(cmd).await,
         }
     });
     // Tasks still running (a socket the server's deadline closed, a blocking read) get

@@ -124,6 +124,7 @@ mod tests {
             last_sequence_num: 3,
             use_code_sessions: false,
             requires_action: pending.then(|| json!({"type": "control_request"})),
+            shared_role: None,
             machine_name: None,
             directory: None,
         }

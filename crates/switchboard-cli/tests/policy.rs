@@ -211,3 +211,96 @@ async fn bad_rules_and_roles_are_refused_at_the_command_line() -> anyhow::Result
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_session_shared_at_the_server_reaches_the_other_owner_until_the_share_is_removed(
+) -> anyhow::Result<()> {
+    use switchboard_client::{SessionsClient, ViewerConfig, ViewerEvent, ViewerSocket};
+    let served = Served::start().await?;
+    let data = served.data.path();
+    let bob = at_server(
+        data,
+        &["token", "create", "--name", "bobs", "--owner", "bob"],
+    )
+    .await?;
+    let bob = bob.trim().to_string();
+    let session = served
+        .sessions()
+        .create_session(&Default::default())
+        .await?;
+    let id = session.id.clone();
+    let as_bob = SessionsClient::new(&served.url, bob.clone());
+    assert!(as_bob.get_session(&id).await.is_err(), "not shared yet");
+
+    // An unknown owner and a bad role are refused; then bob may watch.
+    let out = switchboard()
+        .args([
+            "share",
+            "add",
+            &id,
+            "nobody",
+            "--role",
+            "viewer",
+            "--data-dir",
+        ])
+        .arg(data)
+        .output()
+        .await?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no owner named"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = at_server(data, &["share", "add", &id, "bob", "--role", "viewer"]).await?;
+    assert!(out.contains("with bob as viewer"), "{out}");
+    let listed = at_server(data, &["share", "list", &id]).await?;
+    assert!(
+        listed.lines().any(|l| l.starts_with("bob\tviewer\t")),
+        "{listed}"
+    );
+    assert_eq!(
+        as_bob.get_session(&id).await?.shared_role.as_deref(),
+        Some("viewer")
+    );
+    let shared = as_bob.shared_sessions().await?;
+    assert_eq!(shared.len(), 1);
+    assert_eq!(shared[0].id, id);
+    // The viewer role reads but does not prompt.
+    assert!(as_bob
+        .send_events(
+            &id,
+            vec![serde_json::json!({"type": "user", "uuid": "u-1",
+            "message": {"role": "user", "content": "hi"}})]
+        )
+        .await
+        .is_err());
+
+    // Bob's viewer socket stays open until the share is removed at the server; the
+    // running server notices within its revocation check and closes it (4003).
+    let (socket, mut events) = ViewerSocket::connect(ViewerConfig::new(&served.url, &id, bob))?;
+    match tokio::time::timeout(STEP, events.recv()).await {
+        Ok(Some(ViewerEvent::Connected)) => {}
+        other => anyhow::bail!("bob's viewer did not connect: {other:?}"),
+    }
+    at_server(data, &["share", "remove", &id, "bob"]).await?;
+    let closed = tokio::time::timeout(STEP, async {
+        loop {
+            match events.recv().await {
+                Some(ViewerEvent::Closed { code, .. }) => return code,
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    })
+    .await?;
+    assert_eq!(closed, Some(4003));
+    drop(socket);
+    assert!(as_bob.get_session(&id).await.is_err(), "unshared");
+    let audit = at_server(data, &["audit", "--session", &id]).await?;
+    assert!(
+        audit.contains("session.share") && audit.contains("session.unshare"),
+        "{audit}"
+    );
+    Ok(())
+}

@@ -17,7 +17,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Method;
 use serde_json::Value;
 use switchboard_proto::sessions::{
-    CreateSessionRequest, EventsRequest, Page, PatchSessionRequest, SessionResource,
+    CreateSessionRequest, EventsRequest, Listing, Page, PatchSessionRequest, SessionResource,
+    SessionShare, ShareRequest,
 };
 use switchboard_proto::{ANTHROPIC_VERSION, SESSIONS_BETA};
 
@@ -283,6 +284,74 @@ impl SessionsClient {
             call = call.query("limit", limit);
         }
         self.rest.call(call).await?.json("ListSessions")
+    }
+
+    /// `PUT /v1/sessions/{id}/shares/{owner}` (§18.6): shares one of the key's owner's
+    /// sessions with the owner named `owner` at `role`, or changes the role. Needs an
+    /// `admin` key.
+    pub async fn share_session(
+        &self,
+        session_id: &str,
+        owner: &str,
+        role: &str,
+    ) -> Result<SessionShare> {
+        let session = check_id("session_id", session_id)?;
+        let owner = check_id("owner", owner)?;
+        let call = Call::new(
+            "ShareSession",
+            Method::PUT,
+            format!("/v1/sessions/{session}/shares/{owner}"),
+        )
+        .json(&ShareRequest {
+            role: role.to_owned(),
+        })?
+        .timeout(CALL_TIMEOUT)
+        .accept(OK);
+        self.rest.call(call).await?.json("ShareSession")
+    }
+
+    /// `DELETE /v1/sessions/{id}/shares/{owner}` (§18.6): ends a share; that owner's
+    /// viewer sockets on the session close.
+    pub async fn unshare_session(&self, session_id: &str, owner: &str) -> Result<()> {
+        let session = check_id("session_id", session_id)?;
+        let owner = check_id("owner", owner)?;
+        let call = Call::new(
+            "UnshareSession",
+            Method::DELETE,
+            format!("/v1/sessions/{session}/shares/{owner}"),
+        )
+        .timeout(CALL_TIMEOUT)
+        .accept(OK);
+        self.rest.call(call).await.map(drop)
+    }
+
+    /// `GET /v1/sessions/{id}/shares` (§18.6): the owners a session is shared with.
+    pub async fn session_shares(&self, session_id: &str) -> Result<Vec<SessionShare>> {
+        let session = check_id("session_id", session_id)?;
+        let call = Call::new(
+            "SessionShares",
+            Method::GET,
+            format!("/v1/sessions/{session}/shares"),
+        )
+        .timeout(CALL_TIMEOUT)
+        .accept(OK);
+        let listing: Listing<SessionShare> = self.rest.call(call).await?.json("SessionShares")?;
+        Ok(listing.data)
+    }
+
+    /// `GET /v1/shared_sessions` (§18.6): the sessions other owners shared with the key's
+    /// owner, each with `shared_role`.
+    pub async fn shared_sessions(&self) -> Result<Vec<SessionResource>> {
+        let call = Call::new(
+            "SharedSessions",
+            Method::GET,
+            "/v1/shared_sessions".to_owned(),
+        )
+        .timeout(CALL_TIMEOUT)
+        .accept(OK);
+        let listing: Listing<SessionResource> =
+            self.rest.call(call).await?.json("SharedSessions")?;
+        Ok(listing.data)
     }
 }
 

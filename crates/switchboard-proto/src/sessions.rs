@@ -82,6 +82,39 @@ pub struct SessionResource {
     /// `control_request` with `can_use_tool` or `elicitation`) it waits on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires_action: Option<Value>,
+    /// When the session is another owner's, shared with the caller: the most the caller
+    /// may do with it (`viewer`, `approver`, `driver` or `admin`), the smaller of the
+    /// share's role and the caller's credential's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_role: Option<String>,
+}
+
+/// One owner a session is shared with (`GET /v1/sessions/{id}/shares`, the answer of
+/// `PUT /v1/sessions/{id}/shares/{owner}`; docs/PROTOCOL.md §18.6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionShare {
+    /// The other owner's name.
+    pub owner: String,
+    /// The most that owner may do with the session: `viewer`, `approver`, `driver` or
+    /// `admin`.
+    pub role: String,
+    /// When it was shared, or its role last changed (ISO 8601).
+    pub shared_at: String,
+}
+
+/// Body of `PUT /v1/sessions/{id}/shares/{owner}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareRequest {
+    /// The role to share at.
+    pub role: String,
+}
+
+/// A list answer without paging, `{"data": [...]}` (the shares of a session, the
+/// sessions shared with an owner).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Listing<T> {
+    /// The items.
+    pub data: Vec<T>,
 }
 
 /// Body of `POST /v1/sessions/{id}/events` and of the session-ingress POST.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use switchboard_store::{
     AuditEntry, AuditQuery, Credential, CredentialKind, Decision, Device, Direction, Millis,
-    PolicyRule, PolicySettings, Role, Store, StoreError,
+    PolicyRule, PolicySettings, Role, Session, SessionShare, Store, StoreError,
 };
 
 use crate::auth::{self, Principal};
@@ -305,6 +305,130 @@ async fn owned_credential(
         Ok(_) | Err(StoreError::NotFound) => Err(missing()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// One owner a session is shared with, as the API and the CLI show it.
+pub fn share_view(s: &SessionShare) -> switchboard_proto::sessions::SessionShare {
+    switchboard_proto::sessions::SessionShare {
+        owner: s.owner_name.clone(),
+        role: s.role.as_str().to_string(),
+        shared_at: crate::time::iso(s.created_at),
+    }
+}
+
+/// One of `owner_id`'s sessions, named in either costume: only its owner shares it.
+async fn owned_session(
+    store: &dyn Store,
+    owner_id: &str,
+    raw_id: &str,
+) -> Result<Session, ApiError> {
+    let id = crate::state::parse_session_id(raw_id)?;
+    match store.session(id.body()).await {
+        Ok(s) if s.owner_id == owner_id => Ok(s),
+        Ok(_) => Err(ApiError::Forbidden(
+            "only the session's owner may share it".into(),
+        )),
+        Err(StoreError::NotFound) => Err(ApiError::NotFound(format!("session {raw_id} not found"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Shares one of `owner_id`'s sessions with the owner named `with` at `role` (their
+/// credentials reach it with at most that role), or changes the role of an existing
+/// share. Returns the share; the caller closes the connections an earlier share opened.
+pub async fn share(
+    store: &dyn Store,
+    owner_id: &str,
+    session_id: &str,
+    with: &str,
+    role: Role,
+    actor: &Actor,
+    now: Millis,
+) -> Result<SessionShare, ApiError> {
+    let session = owned_session(store, owner_id, session_id).await?;
+    let with = with.trim();
+    if with.is_empty() {
+        return Err(ApiError::BadRequest("name the owner to share with".into()));
+    }
+    let share = match store.put_session_share(&session.id, with, role, now).await {
+        Ok(share) => share,
+        Err(StoreError::NotFound) => {
+            return Err(ApiError::NotFound(format!(
+                "no owner named {with:?} (an owner exists once a key was made for it)"
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if share.owner_id == owner_id {
+        // Undo: an owner has every role on its own sessions already.
+        store.delete_session_share(&session.id, owner_id).await?;
+        return Err(ApiError::BadRequest(
+            "a session cannot be shared with its own owner".into(),
+        ));
+    }
+    record(
+        store,
+        owner_id,
+        actor,
+        "session.share",
+        Some(&session.id),
+        json!({"with": share.owner_name, "role": role.as_str()}),
+        now,
+    )
+    .await;
+    Ok(share)
+}
+
+/// Ends the share of one of `owner_id`'s sessions with the owner named `with`; returns
+/// the share that ended, whose connections the caller closes.
+pub async fn unshare(
+    store: &dyn Store,
+    owner_id: &str,
+    session_id: &str,
+    with: &str,
+    actor: &Actor,
+    now: Millis,
+) -> Result<SessionShare, ApiError> {
+    let session = owned_session(store, owner_id, session_id).await?;
+    let missing = || ApiError::NotFound(format!("the session is not shared with {with:?}"));
+    let share = store
+        .session_shares(&session.id)
+        .await?
+        .into_iter()
+        .find(|s| s.owner_name == with)
+        .ok_or_else(missing)?;
+    if !store
+        .delete_session_share(&session.id, &share.owner_id)
+        .await?
+    {
+        return Err(missing());
+    }
+    record(
+        store,
+        owner_id,
+        actor,
+        "session.unshare",
+        Some(&session.id),
+        json!({"with": share.owner_name, "role": share.role.as_str()}),
+        now,
+    )
+    .await;
+    Ok(share)
+}
+
+/// The owners one of `owner_id`'s sessions is shared with.
+pub async fn shares(
+    store: &dyn Store,
+    owner_id: &str,
+    session_id: &str,
+) -> Result<Vec<switchboard_proto::sessions::SessionShare>, ApiError> {
+    let session = owned_session(store, owner_id, session_id).await?;
+    Ok(store
+        .session_shares(&session.id)
+        .await?
+        .iter()
+        .map(share_view)
+        .collect())
 }
 
 /// A rule as entered (API body, CLI flags).

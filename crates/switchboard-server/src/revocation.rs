@@ -8,8 +8,34 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use switchboard_store::{Store, StoreError};
+use switchboard_store::{Role, Store, StoreError};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+/// The key connections opened through a share of `session_id` with `owner_id` at `role`
+/// watch: ending the share, or changing its role, closes them (they reconnect with the
+/// new role, if any). Credential ids never contain `:`, so the two kinds of key cannot
+/// meet.
+pub(crate) fn share_key(session_id: &str, owner_id: &str, role: Role) -> String {
+    format!("share:{session_id}:{owner_id}:{}", role.as_str())
+}
+
+/// What names every connection opened through a share of `session_id` with `owner_id`,
+/// whatever its role, for [`Revocations::revoke`] (here and, announced, on other nodes).
+pub(crate) fn share_prefix(session_id: &str, owner_id: &str) -> String {
+    format!("share:{session_id}:{owner_id}")
+}
+
+/// The parts of a [`share_prefix`] (`None` for anything else, a whole key included).
+fn parse_share_prefix(key: &str) -> Option<(&str, &str)> {
+    let (session_id, owner_id) = key.strip_prefix("share:")?.split_once(':')?;
+    (!owner_id.contains(':')).then_some((session_id, owner_id))
+}
+
+/// The parts of a [`share_key`].
+fn parse_share_key(key: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = key.strip_prefix("share:")?.splitn(3, ':');
+    Some((parts.next()?, parts.next()?, parts.next()?))
+}
 
 /// The registry. Cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -78,10 +104,24 @@ impl Revocations {
         }
     }
 
-    /// Closes every connection opened with credential `id`.
+    /// Closes every connection opened with credential `id`; given a [`share_prefix`],
+    /// every connection opened through that share, whatever its role.
     pub(crate) fn revoke(&self, id: &str) {
+        if let Some((session_id, owner_id)) = parse_share_prefix(id) {
+            return self.revoke_share(session_id, owner_id);
+        }
         if let Some(entry) = self.lock().get(id) {
             entry.revoked.cancel();
+        }
+    }
+
+    /// Closes every connection opened through a share of `session_id` with `owner_id`,
+    /// whatever its role.
+    fn revoke_share(&self, session_id: &str, owner_id: &str) {
+        for (key, entry) in self.lock().iter() {
+            if parse_share_key(key).is_some_and(|(s, o, _)| s == session_id && o == owner_id) {
+                entry.revoked.cancel();
+            }
         }
     }
 
@@ -91,10 +131,22 @@ impl Revocations {
     }
 
     /// Checks every credential with open connections against the store and closes those
-    /// of credentials that are revoked, expired or gone.
+    /// of credentials that are revoked, expired or gone, and those opened through a
+    /// share that has ended or changed role.
     pub(crate) async fn sweep(&self, store: &dyn Store, now: i64) {
         let ids: Vec<String> = self.lock().keys().cloned().collect();
         for id in ids {
+            if let Some((session_id, owner_id, role)) = parse_share_key(&id) {
+                match store.session_share(session_id, owner_id).await {
+                    Ok(now_role) if now_role.map(Role::as_str) == Some(role) => {}
+                    Ok(_) => {
+                        tracing::info!(session = %session_id, owner = %owner_id, "share ended: closing its connections");
+                        self.revoke(&id);
+                    }
+                    Err(e) => tracing::warn!(error = ?e, "cannot check a share"),
+                }
+                continue;
+            }
             let dead = match store.credential(&id).await {
                 Ok(c) => c.revoked_at.is_some() || c.expires_at.is_some_and(|exp| exp <= now),
                 Err(StoreError::NotFound) => true,

@@ -116,6 +116,12 @@ pub(crate) fn build(state: AppState) -> Router {
         .route("/v1/policy/rules/{id}", delete(access::remove_rule))
         .route("/v1/policy/test", post(access::test_policy))
         .route("/v1/audit", get(access::audit))
+        .route("/v1/sessions/{id}/shares", get(access::list_shares))
+        .route(
+            "/v1/sessions/{id}/shares/{owner}",
+            put(access::put_share).delete(access::delete_share),
+        )
+        .route("/v1/shared_sessions", get(access::shared_sessions))
         // Viewers (§13.1).
         .route("/v1/sessions/ws/{id}/subscribe", get(ws::viewer::upgrade));
     // Session ingress v1 (§8), under both version segments the client builds.

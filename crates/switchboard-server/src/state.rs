@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use switchboard_proto::SessionId;
-use switchboard_store::{ArcStore, CredentialKind, Session, StoreError};
+use switchboard_store::{ArcStore, CredentialKind, Role, Session, StoreError};
 
 use crate::auth::{self, Principal};
 use crate::dispatch::Dispatcher;
@@ -113,12 +113,6 @@ impl AppState {
     /// The store.
     pub fn store(&self) -> &ArcStore {
         &self.inner.store
-    }
-
-    /// The store as the operations of `admin.rs` take it: keys, devices, rules and the
-    /// audit log, which the CLI runs against the store directly and the API through here.
-    pub(crate) fn admin_store(&self) -> &dyn switchboard_store::Store {
-        self.inner.store.as_ref()
     }
 
     pub(crate) fn hub(&self) -> &Hub {
@@ -283,6 +277,25 @@ impl AppState {
         credential.map(|(_, id)| self.inner.revocations.watch(id))
     }
 
+    /// Registers a viewer connection that reached `session_id` through its share with
+    /// `owner_id` at `role`, to be closed when the share ends or changes.
+    pub(crate) fn watch_share(
+        &self,
+        session_id: &str,
+        owner_id: &str,
+        role: Role,
+    ) -> crate::revocation::Watch {
+        self.inner
+            .revocations
+            .watch(&crate::revocation::share_key(session_id, owner_id, role))
+    }
+
+    /// Closes the live connections opened through a share (just ended or changed), on
+    /// every node; they reconnect with what the share allows now.
+    pub(crate) fn close_share(&self, session_id: &str, owner_id: &str) {
+        self.close_revoked([crate::revocation::share_prefix(session_id, owner_id).as_str()]);
+    }
+
     /// Closes the live connections opened with these credentials (just revoked), on
     /// every node.
     pub(crate) fn close_revoked<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
@@ -353,6 +366,44 @@ impl AppState {
                 "this token was issued for another session".into(),
             )),
             _ => Err(ApiError::Forbidden("this endpoint needs an API key".into())),
+        }
+    }
+
+    /// Like [`AppState::authorize_session`], and also lets in an owner the session is
+    /// shared with: that caller's role is narrowed to the share's (never raised), so
+    /// every capability check after this one sees what the share allows. Only the
+    /// viewer's side of a session (reading it, its viewer socket, prompts and answers,
+    /// title and archive) is reachable through a share; its worker plane stays its
+    /// owner's. Also returns the share's role when the caller came in through one.
+    pub(crate) async fn authorize_session_or_share(
+        &self,
+        principal: &mut Principal,
+        raw_id: &str,
+        access: Access,
+    ) -> Result<(Session, Option<Role>), ApiError> {
+        let refused = match self.authorize_session(principal, raw_id, access).await {
+            Ok(session) => return Ok((session, None)),
+            Err(e @ ApiError::Forbidden(_)) => e,
+            Err(e) => return Err(e),
+        };
+        let Principal::Owner { owner_id, role, .. } = principal else {
+            return Err(refused);
+        };
+        let id = parse_session_id(raw_id)?;
+        let Some(shared) = self.store().session_share(id.body(), owner_id).await? else {
+            return Err(refused);
+        };
+        let session = self.store().session(id.body()).await?;
+        *role = (*role).min(shared);
+        Ok((session, Some(shared)))
+    }
+
+    /// The role `principal` reaches `session` with through a share, when the session is
+    /// another owner's (after [`AppState::authorize_session_or_share`] let it in).
+    pub(crate) fn shared_role(principal: &Principal, session: &Session) -> Option<Role> {
+        match principal {
+            Principal::Owner { owner_id, role, .. } if *owner_id != session.owner_id => Some(*role),
+            _ => None,
         }
     }
 

@@ -346,6 +346,23 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<i64>;
     /// Reads an owner's audit log, newest first, with each credential's current name.
     async fn audit_log(&self, owner_id: &str, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
+    /// Shares a session with the owner named `owner_name` at `role`, replacing an earlier
+    /// share with them; `NotFound` when no owner has that name.
+    async fn put_session_share(
+        &self,
+        session_id: &str,
+        owner_name: &str,
+        role: Role,
+        now: Millis,
+    ) -> Result<SessionShare>;
+    /// Ends a session's share with an owner; false when there was none.
+    async fn delete_session_share(&self, session_id: &str, owner_id: &str) -> Result<bool>;
+    /// The owners a session is shared with, by name.
+    async fn session_shares(&self, session_id: &str) -> Result<Vec<SessionShare>>;
+    /// The role a session is shared with an owner at, if it is.
+    async fn session_share(&self, session_id: &str, owner_id: &str) -> Result<Option<Role>>;
+    /// The sessions shared with an owner, newest share first.
+    async fn shared_with(&self, owner_id: &str) -> Result<Vec<SessionShare>>;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created if missing) is the embedded

@@ -606,6 +606,22 @@ pub struct PolicyRule {
     pub created_at: Millis,
 }
 
+/// A session shared with another owner, who may reach it at `role` (never more than
+/// the role of the credential they use).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionShare {
+    /// The session (body id).
+    pub session_id: String,
+    /// The owner it is shared with.
+    pub owner_id: String,
+    /// That owner's name.
+    pub owner_name: String,
+    /// The most that owner may do with it.
+    pub role: Role,
+    /// When it was shared (or the role last changed).
+    pub created_at: Millis,
+}
+
 /// An owner's policy settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PolicySettings {

@@ -144,38 +144,9 @@ impl rules::Columns for PgRow {
     }
 }
 
-fn decision_from(decision: &str) -> Result<Decision> {
-    Decision::parse(decision).ok_or_else(|| anyhow::anyhow!("unknown decision {decision:?}").into())
-}
-
-fn policy_rule_from_row(row: &PgRow) -> Result<PolicyRule> {
-    Ok(PolicyRule {
-        id: row.try_get("id")?,
-        owner_id: row.try_get("owner_id")?,
-        environment_id: row.try_get("environment_id")?,
-        session_id: row.try_get("session_id")?,
-        position: row.try_get("position")?,
-        tool: row.try_get("tool")?,
-        pattern: row.try_get("pattern")?,
-        decision: decision_from(&row.try_get::<String, _>("decision")?)?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn audit_from_row(row: &PgRow) -> Result<AuditEntry> {
-    Ok(AuditEntry {
-        id: row.try_get("id")?,
-        owner_id: row.try_get("owner_id")?,
-        at: row.try_get("at")?,
-        action: row.try_get("action")?,
-        credential_id: row.try_get("credential_id")?,
-        credential_name: row.try_get("credential_name")?,
-        address: row.try_get("address")?,
-        user_agent: row.try_get("user_agent")?,
-        session_id: row.try_get("session_id")?,
-        detail: row.try_get("detail")?,
-    })
-}
+/// Session shares with their owner's name; a `WHERE` follows.
+const SELECT_SHARES: &str = "SELECT s.*, o.name AS owner_name FROM session_shares s \
+     JOIN owners o ON o.id = s.owner_id";
 
 #[async_trait]
 impl Store for PgStore {
@@ -1185,16 +1156,7 @@ impl Store for PgStore {
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Device {
-                    credential: rules::credential_from_row(row)?,
-                    last_used_at: row.try_get("last_used_at")?,
-                    last_address: row.try_get("last_address")?,
-                    user_agent: row.try_get("user_agent")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rules::device_from_row).collect()
     }
 
     #[instrument(skip_all)]
@@ -1269,7 +1231,7 @@ impl Store for PgStore {
         .bind(owner_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(policy_rule_from_row).collect()
+        rows.iter().map(rules::policy_rule_from_row).collect()
     }
 
     #[instrument(skip_all)]
@@ -1312,7 +1274,7 @@ impl Store for PgStore {
         .await?;
         match row {
             Some(row) => Ok(PolicySettings {
-                default: decision_from(&row.try_get::<String, _>("default_decision")?)?,
+                default: rules::decision(&row.try_get::<String, _>("default_decision")?)?,
                 timeout_ms: row.try_get("timeout_ms")?,
             }),
             None => Ok(PolicySettings::default()),
@@ -1376,7 +1338,89 @@ impl Store for PgStore {
         .bind(i64::from(q.limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(audit_from_row).collect()
+        rows.iter().map(rules::audit_from_row).collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn put_session_share(
+        &self,
+        session_id: &str,
+        owner_name: &str,
+        role: Role,
+        now: Millis,
+    ) -> Result<SessionShare> {
+        let done = sqlx::query(
+            "INSERT INTO session_shares (session_id, owner_id, role, created_at) \
+             SELECT $1, id, $3, $4 FROM owners WHERE name = $2 \
+             ON CONFLICT (session_id, owner_id) DO UPDATE SET role = excluded.role, \
+             created_at = excluded.created_at",
+        )
+        .bind(session_id)
+        .bind(owner_name)
+        .bind(role.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let row = sqlx::query(&format!(
+            "{SELECT_SHARES} WHERE s.session_id = $1 AND o.name = $2"
+        ))
+        .bind(session_id)
+        .bind(owner_name)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        rules::share_from_row(&row)
+    }
+
+    #[instrument(skip_all)]
+    async fn delete_session_share(&self, session_id: &str, owner_id: &str) -> Result<bool> {
+        let done =
+            sqlx::query("DELETE FROM session_shares WHERE session_id = $1 AND owner_id = $2")
+                .bind(session_id)
+                .bind(owner_id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    #[instrument(skip_all)]
+    async fn session_shares(&self, session_id: &str) -> Result<Vec<SessionShare>> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_SHARES} WHERE s.session_id = $1 ORDER BY o.name"
+        ))
+        .bind(session_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rules::share_from_row).collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn session_share(&self, session_id: &str, owner_id: &str) -> Result<Option<Role>> {
+        let row = sqlx::query(&format!(
+            "{SELECT_SHARES} WHERE s.session_id = $1 AND s.owner_id = $2"
+        ))
+        .bind(session_id)
+        .bind(owner_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|r| rules::share_from_row(&r))
+            .transpose()?
+            .map(|s| s.role))
+    }
+
+    #[instrument(skip_all)]
+    async fn shared_with(&self, owner_id: &str) -> Result<Vec<SessionShare>> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_SHARES} WHERE s.owner_id = $1 ORDER BY s.created_at DESC, s.session_id"
+        ))
+        .bind(owner_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rules::share_from_row).collect()
     }
 }
 

@@ -78,6 +78,63 @@ pub(crate) fn credential_from_row<R: Columns + ?Sized>(row: &R) -> Result<Creden
     })
 }
 
+/// A stored approval decision (`allow`, `deny`, `ask`).
+pub(crate) fn decision(text: &str) -> Result<Decision> {
+    parse_name("decision", text, Decision::parse)
+}
+
+/// A `credentials` row with its last use: one of an owner's devices.
+pub(crate) fn device_from_row<R: Columns + ?Sized>(row: &R) -> Result<Device> {
+    Ok(Device {
+        credential: credential_from_row(row)?,
+        last_used_at: row.opt_int("last_used_at")?,
+        last_address: row.opt_text("last_address")?,
+        user_agent: row.opt_text("user_agent")?,
+    })
+}
+
+/// A `policy_rules` row.
+pub(crate) fn policy_rule_from_row<R: Columns + ?Sized>(row: &R) -> Result<PolicyRule> {
+    Ok(PolicyRule {
+        id: row.text("id")?,
+        owner_id: row.text("owner_id")?,
+        environment_id: row.opt_text("environment_id")?,
+        session_id: row.opt_text("session_id")?,
+        position: row.int("position")?,
+        tool: row.text("tool")?,
+        pattern: row.opt_text("pattern")?,
+        decision: decision(&row.text("decision")?)?,
+        created_at: row.int("created_at")?,
+    })
+}
+
+/// An `audit_log` row, with its credential's current name (`credential_name`).
+pub(crate) fn audit_from_row<R: Columns + ?Sized>(row: &R) -> Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: row.int("id")?,
+        owner_id: row.text("owner_id")?,
+        at: row.int("at")?,
+        action: row.text("action")?,
+        credential_id: row.opt_text("credential_id")?,
+        credential_name: row.opt_text("credential_name")?,
+        address: row.opt_text("address")?,
+        user_agent: row.opt_text("user_agent")?,
+        session_id: row.opt_text("session_id")?,
+        detail: row.text("detail")?,
+    })
+}
+
+/// A `session_shares` row joined with its owner's name (`owner_name`).
+pub(crate) fn share_from_row<R: Columns + ?Sized>(row: &R) -> Result<SessionShare> {
+    Ok(SessionShare {
+        session_id: row.text("session_id")?,
+        owner_id: row.text("owner_id")?,
+        owner_name: row.text("owner_name")?,
+        role: parse_name("role", &row.text("role")?, Role::parse)?,
+        created_at: row.int("created_at")?,
+    })
+}
+
 /// An `environments` row.
 pub(crate) fn environment_from_row<R: Columns + ?Sized>(row: &R) -> Result<Environment> {
     let max_sessions = row.int("max_sessions")?;

@@ -293,38 +293,9 @@ impl rules::Columns for Row<'_> {
     }
 }
 
-fn decision_from(decision: &str) -> Result<Decision> {
-    Decision::parse(decision).ok_or_else(|| anyhow::anyhow!("unknown decision {decision:?}").into())
-}
-
-fn policy_rule_from_row(row: &Row<'_>) -> Result<PolicyRule> {
-    Ok(PolicyRule {
-        id: row.get("id")?,
-        owner_id: row.get("owner_id")?,
-        environment_id: row.get("environment_id")?,
-        session_id: row.get("session_id")?,
-        position: row.get("position")?,
-        tool: row.get("tool")?,
-        pattern: row.get("pattern")?,
-        decision: decision_from(&row.get::<_, String>("decision")?)?,
-        created_at: row.get("created_at")?,
-    })
-}
-
-fn audit_from_row(row: &Row<'_>) -> Result<AuditEntry> {
-    Ok(AuditEntry {
-        id: row.get("id")?,
-        owner_id: row.get("owner_id")?,
-        at: row.get("at")?,
-        action: row.get("action")?,
-        credential_id: row.get("credential_id")?,
-        credential_name: row.get("credential_name")?,
-        address: row.get("address")?,
-        user_agent: row.get("user_agent")?,
-        session_id: row.get("session_id")?,
-        detail: row.get("detail")?,
-    })
-}
+/// Session shares with their owner's name; a `WHERE` follows.
+const SELECT_SHARES: &str = "SELECT s.*, o.name AS owner_name FROM session_shares s \
+     JOIN owners o ON o.id = s.owner_id";
 
 /// One work item of an environment.
 const SELECT_WORK_ITEM: &str = "SELECT * FROM work_items WHERE environment_id = ?1 AND id = ?2";
@@ -1481,14 +1452,7 @@ impl Store for SqliteStore {
                     CredentialKind::WebSession.as_str(),
                     now
                 ],
-                |row| {
-                    Ok(Device {
-                        credential: rules::credential_from_row(row)?,
-                        last_used_at: row.get("last_used_at")?,
-                        last_address: row.get("last_address")?,
-                        user_agent: row.get("user_agent")?,
-                    })
-                },
+                |row| rules::device_from_row(row),
             )
         })
         .await
@@ -1573,7 +1537,7 @@ impl Store for SqliteStore {
                 c,
                 "SELECT * FROM policy_rules WHERE owner_id = ?1 ORDER BY position, created_at, id",
                 [&owner_id],
-                policy_rule_from_row,
+                |row| rules::policy_rule_from_row(row),
             )
         })
         .await
@@ -1629,7 +1593,7 @@ impl Store for SqliteStore {
                 [&owner_id],
                 |row| {
                     Ok(PolicySettings {
-                        default: decision_from(&row.get::<_, String>("default_decision")?)?,
+                        default: rules::decision(&row.get::<_, String>("default_decision")?)?,
                         timeout_ms: row.get("timeout_ms")?,
                     })
                 },
@@ -1704,7 +1668,98 @@ impl Store for SqliteStore {
                  AND (?3 IS NULL OR a.at >= ?3) AND (?4 IS NULL OR a.id < ?4) \
                  ORDER BY a.id DESC LIMIT ?5",
                 params![owner_id, q.session_id, q.since, q.before_id, q.limit],
-                audit_from_row,
+                |row| rules::audit_from_row(row),
+            )
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn put_session_share(
+        &self,
+        session_id: &str,
+        owner_name: &str,
+        role: Role,
+        now: Millis,
+    ) -> Result<SessionShare> {
+        let (session_id, owner_name) = (session_id.to_owned(), owner_name.to_owned());
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "INSERT INTO session_shares (session_id, owner_id, role, created_at) \
+                 SELECT ?1, id, ?3, ?4 FROM owners WHERE name = ?2 \
+                 ON CONFLICT (session_id, owner_id) DO UPDATE SET role = excluded.role, \
+                 created_at = excluded.created_at",
+                params![session_id, owner_name, role.as_str(), now],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            query_one(
+                c,
+                &format!("{SELECT_SHARES} WHERE s.session_id = ?1 AND o.name = ?2"),
+                params![session_id, owner_name],
+                |row| rules::share_from_row(row),
+            )?
+            .ok_or(StoreError::NotFound)
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn delete_session_share(&self, session_id: &str, owner_id: &str) -> Result<bool> {
+        let (session_id, owner_id) = (session_id.to_owned(), owner_id.to_owned());
+        self.write(move |c| {
+            let n = exec(
+                c,
+                "DELETE FROM session_shares WHERE session_id = ?1 AND owner_id = ?2",
+                params![session_id, owner_id],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn session_shares(&self, session_id: &str) -> Result<Vec<SessionShare>> {
+        let session_id = session_id.to_owned();
+        self.read(move |c| {
+            query_all(
+                c,
+                &format!("{SELECT_SHARES} WHERE s.session_id = ?1 ORDER BY o.name"),
+                [&session_id],
+                |row| rules::share_from_row(row),
+            )
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn session_share(&self, session_id: &str, owner_id: &str) -> Result<Option<Role>> {
+        let (session_id, owner_id) = (session_id.to_owned(), owner_id.to_owned());
+        self.read(move |c| {
+            let found = query_one(
+                c,
+                &format!("{SELECT_SHARES} WHERE s.session_id = ?1 AND s.owner_id = ?2"),
+                params![session_id, owner_id],
+                |row| rules::share_from_row(row),
+            )?;
+            Ok(found.map(|s| s.role))
+        })
+        .await
+    }
+
+    #[instrument(skip_all)]
+    async fn shared_with(&self, owner_id: &str) -> Result<Vec<SessionShare>> {
+        let owner_id = owner_id.to_owned();
+        self.read(move |c| {
+            query_all(
+                c,
+                &format!(
+                    "{SELECT_SHARES} WHERE s.owner_id = ?1 ORDER BY s.created_at DESC, s.session_id"
+                ),
+                [&owner_id],
+                |row| rules::share_from_row(row),
             )
         })
         .await

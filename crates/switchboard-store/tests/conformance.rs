@@ -1298,6 +1298,53 @@ async fn access_story(store: &dyn Store) -> anyhow::Result<()> {
     };
     assert_eq!(store.audit_log(&alice.id, &since).await?.len(), 2);
     assert!(store.audit_log(&bob.id, &all).await?.is_empty());
+
+    // Shares: by owner name, one per (session, owner), the last role holds; unknown
+    // names are NotFound; each side lists them.
+    assert!(store.session_shares("s1").await?.is_empty());
+    assert_eq!(store.session_share("s1", &bob.id).await?, None);
+    let share = store
+        .put_session_share("s1", &bob.name, Role::Viewer, now)
+        .await?;
+    assert_eq!(
+        (
+            share.owner_id.as_str(),
+            share.owner_name.as_str(),
+            share.role
+        ),
+        (bob.id.as_str(), bob.name.as_str(), Role::Viewer)
+    );
+    let share = store
+        .put_session_share("s1", &bob.name, Role::Approver, now + 1)
+        .await?;
+    assert_eq!((share.role, share.created_at), (Role::Approver, now + 1));
+    store
+        .put_session_share("s2", &bob.name, Role::Driver, now + 2)
+        .await?;
+    assert!(matches!(
+        store
+            .put_session_share("s1", "nobody", Role::Viewer, now)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.session_shares("s1").await?, vec![share.clone()]);
+    assert_eq!(
+        store.session_share("s1", &bob.id).await?,
+        Some(Role::Approver)
+    );
+    assert_eq!(store.session_share("s1", &alice.id).await?, None);
+    let mine = store.shared_with(&bob.id).await?;
+    assert_eq!(
+        mine.iter()
+            .map(|s| s.session_id.as_str())
+            .collect::<Vec<_>>(),
+        ["s2", "s1"]
+    );
+    assert!(store.shared_with(&alice.id).await?.is_empty());
+    assert!(store.delete_session_share("s1", &bob.id).await?);
+    assert!(!store.delete_session_share("s1", &bob.id).await?);
+    assert_eq!(store.session_share("s1", &bob.id).await?, None);
+    assert_eq!(store.shared_with(&bob.id).await?.len(), 1);
     Ok(())
 }
 

@@ -4,10 +4,11 @@
 use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use switchboard_proto::sessions::{Listing, SessionResource, SessionShare, ShareRequest};
 use switchboard_store::{AuditQuery, CredentialKind, Role};
 
 use super::Auth;
-use crate::admin::{self, Actor, NewRule, SettingsUpdate};
+use crate::admin::{self, NewRule, SettingsUpdate};
 use crate::auth::Principal;
 use crate::error::{ApiError, Json, Path, Query};
 use crate::roles::Capability;
@@ -27,7 +28,8 @@ pub(crate) async fn list_keys(
     Auth(principal): Auth,
 ) -> Result<axum::Json<Value>, ApiError> {
     let owner_id = admin_owner(&principal)?;
-    let keys: Vec<_> = admin::devices(state.admin_store(), owner_id, now_ms())
+    let keys: Vec<_> = state
+        .devices(owner_id)
         .await?
         .into_iter()
         .filter(|d| d.kind == CredentialKind::ApiKey.as_str())
@@ -49,20 +51,12 @@ pub(crate) async fn create_key(
     Auth(principal): Auth,
     Json(req): Json<NewKey>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let owner_id = admin_owner(&principal)?;
+    admin_owner(&principal)?;
     let role = match req.role.as_deref() {
         Some(raw) => crate::roles::parse_role(raw)?,
         None => Role::Driver,
     };
-    let (token, credential) = admin::create_key(
-        state.admin_store(),
-        owner_id,
-        &req.name,
-        role,
-        &Actor::of(&principal),
-        now_ms(),
-    )
-    .await?;
+    let (token, credential) = state.create_key(&principal, &req.name, role).await?;
     Ok(axum::Json(json!({
         "id": credential.id,
         "name": credential.name,
@@ -91,7 +85,7 @@ pub(crate) async fn list_devices(
     Auth(principal): Auth,
 ) -> Result<axum::Json<Value>, ApiError> {
     let owner_id = admin_owner(&principal)?;
-    let devices = admin::devices(state.admin_store(), owner_id, now_ms()).await?;
+    let devices = state.devices(owner_id).await?;
     let current = match &principal {
         Principal::Owner { credential_id, .. } => Some(credential_id.clone()),
         _ => None,
@@ -114,7 +108,7 @@ pub(crate) async fn update_device(
     Path(id): Path<String>,
     Json(req): Json<DeviceUpdate>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let owner_id = admin_owner(&principal)?;
+    admin_owner(&principal)?;
     crate::state::check_safe_id("id", &id)?;
     if req.name.is_none() && req.role.is_none() {
         return Err(ApiError::BadRequest("give a name or a role".into()));
@@ -125,15 +119,7 @@ pub(crate) async fn update_device(
         .map(crate::roles::parse_role)
         .transpose()?;
     if let Some(name) = &req.name {
-        admin::rename(
-            state.admin_store(),
-            owner_id,
-            &id,
-            name,
-            &Actor::of(&principal),
-            now_ms(),
-        )
-        .await?;
+        state.rename_device(&principal, &id, name).await?;
     }
     if let Some(role) = role {
         state.set_device_role(&principal, &id, role).await?;
@@ -147,9 +133,7 @@ pub(crate) async fn get_policy(
     Auth(principal): Auth,
 ) -> Result<axum::Json<Value>, ApiError> {
     let owner_id = admin_owner(&principal)?;
-    Ok(axum::Json(
-        admin::policy_view(state.admin_store(), owner_id).await?,
-    ))
+    Ok(axum::Json(state.policy_view(owner_id).await?))
 }
 
 /// `PUT /v1/policy/settings`: the default answer and the timeout.
@@ -159,17 +143,8 @@ pub(crate) async fn put_settings(
     Json(req): Json<SettingsUpdate>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let owner_id = admin_owner(&principal)?;
-    admin::set_settings(
-        state.admin_store(),
-        owner_id,
-        &req,
-        &Actor::of(&principal),
-        now_ms(),
-    )
-    .await?;
-    Ok(axum::Json(
-        admin::policy_view(state.admin_store(), owner_id).await?,
-    ))
+    state.set_policy_settings(&principal, &req).await?;
+    Ok(axum::Json(state.policy_view(owner_id).await?))
 }
 
 /// `POST /v1/policy/rules`: adds a rule (last, or first with `"first": true`); a bad
@@ -179,15 +154,8 @@ pub(crate) async fn add_rule(
     Auth(principal): Auth,
     Json(req): Json<NewRule>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let owner_id = admin_owner(&principal)?;
-    let rule = admin::add_rule(
-        state.admin_store(),
-        owner_id,
-        &req,
-        &Actor::of(&principal),
-        now_ms(),
-    )
-    .await?;
+    admin_owner(&principal)?;
+    let rule = state.add_policy_rule(&principal, &req).await?;
     Ok(axum::Json(json!(rule)))
 }
 
@@ -197,16 +165,9 @@ pub(crate) async fn remove_rule(
     Auth(principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let owner_id = admin_owner(&principal)?;
+    admin_owner(&principal)?;
     crate::state::check_safe_id("rule id", &id)?;
-    admin::remove_rule(
-        state.admin_store(),
-        owner_id,
-        &id,
-        &Actor::of(&principal),
-        now_ms(),
-    )
-    .await?;
+    state.remove_policy_rule(&principal, &id).await?;
     Ok(axum::Json(json!({ "removed": id })))
 }
 
@@ -226,13 +187,9 @@ pub(crate) async fn test_policy(
     Json(req): Json<DryRun>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let owner_id = admin_owner(&principal)?;
-    let rows = admin::dry_run(
-        state.admin_store(),
-        owner_id,
-        &req.session_id,
-        req.rule.as_ref(),
-    )
-    .await?;
+    let rows = state
+        .policy_dry_run(owner_id, &req.session_id, req.rule.as_ref())
+        .await?;
     Ok(axum::Json(json!({ "data": rows })))
 }
 
@@ -259,20 +216,70 @@ pub(crate) async fn audit(
         .map(|raw| admin::parse_since(raw, now_ms()))
         .transpose()?;
     let limit = q.limit.unwrap_or(100);
-    let entries = admin::audit_page(
-        state.admin_store(),
-        owner_id,
-        AuditQuery {
-            session_id: q.session_id,
-            since,
-            before_id: q.before_id,
-            limit,
-        },
-    )
-    .await?;
+    let entries = state
+        .audit_page(
+            owner_id,
+            AuditQuery {
+                session_id: q.session_id,
+                since,
+                before_id: q.before_id,
+                limit,
+            },
+        )
+        .await?;
     let has_more = entries.len() as u32 >= limit.clamp(1, admin::MAX_AUDIT_PAGE);
     Ok(axum::Json(json!({
         "data": entries,
         "has_more": has_more,
     })))
+}
+
+/// `GET /v1/sessions/{id}/shares`: the owners one of the caller's sessions is shared
+/// with.
+pub(crate) async fn list_shares(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Listing<SessionShare>>, ApiError> {
+    admin_owner(&principal)?;
+    let data = state.session_shares(&principal, &id).await?;
+    Ok(axum::Json(Listing { data }))
+}
+
+/// `PUT /v1/sessions/{id}/shares/{owner}`: shares one of the caller's sessions with the
+/// owner of that name at a role, or changes the role.
+pub(crate) async fn put_share(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path((id, owner)): Path<(String, String)>,
+    Json(req): Json<ShareRequest>,
+) -> Result<axum::Json<SessionShare>, ApiError> {
+    admin_owner(&principal)?;
+    let role = crate::roles::parse_role(&req.role)?;
+    Ok(axum::Json(
+        state.share_session(&principal, &id, &owner, role).await?,
+    ))
+}
+
+/// `DELETE /v1/sessions/{id}/shares/{owner}`: ends a share; that owner's connections to
+/// the session close at once.
+pub(crate) async fn delete_share(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path((id, owner)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    admin_owner(&principal)?;
+    state.unshare_session(&principal, &id, &owner).await?;
+    Ok(axum::Json(json!({})))
+}
+
+/// `GET /v1/shared_sessions`: the sessions other owners shared with the caller's owner,
+/// each with `shared_role`, the most the caller may do with it.
+pub(crate) async fn shared_sessions(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+) -> Result<axum::Json<Listing<SessionResource>>, ApiError> {
+    principal.require(Capability::Read)?;
+    let data = state.shared_sessions(&principal).await?;
+    Ok(axum::Json(Listing { data }))
 }

@@ -50,27 +50,31 @@ pub(crate) async fn list(
 /// `GET /v1/sessions/{id}`.
 pub(crate) async fn get(
     State(state): State<AppState>,
-    Auth(principal): Auth,
+    Auth(mut principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SessionResource>, ApiError> {
     principal.require(Capability::Read)?;
-    let session = state
-        .authorize_session(&principal, &id, Access::OwnerOnly)
+    let (session, _) = state
+        .authorize_session_or_share(&mut principal, &id, Access::OwnerOnly)
         .await?;
-    Ok(axum::Json(state.describe(&session).await?))
+    principal.require(Capability::Read)?;
+    let mut resource = state.describe(&session).await?;
+    resource.shared_role = AppState::shared_role(&principal, &session).map(|r| r.as_str().into());
+    Ok(axum::Json(resource))
 }
 
 /// `PATCH /v1/sessions/{id}`: sets the title.
 pub(crate) async fn patch(
     State(state): State<AppState>,
-    Auth(principal): Auth,
+    Auth(mut principal): Auth,
     Path(id): Path<String>,
     Json(req): Json<PatchSessionRequest>,
 ) -> Result<axum::Json<SessionResource>, ApiError> {
     principal.require(Capability::Drive)?;
-    let session = state
-        .authorize_session(&principal, &id, Access::OwnerOnly)
+    let (session, _) = state
+        .authorize_session_or_share(&mut principal, &id, Access::OwnerOnly)
         .await?;
+    principal.require(Capability::Drive)?;
     let session = match req.title.as_deref().map(str::trim) {
         Some(title) if !title.is_empty() => state.set_title(&session, title).await?,
         _ => {
@@ -85,13 +89,14 @@ pub(crate) async fn patch(
 /// `POST /v1/sessions/{id}/archive`: 200, then 409 once archived.
 pub(crate) async fn archive(
     State(state): State<AppState>,
-    Auth(principal): Auth,
+    Auth(mut principal): Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     principal.require(Capability::Drive)?;
-    let session = state
-        .authorize_session(&principal, &id, Access::OwnerOnly)
+    let (session, _) = state
+        .authorize_session_or_share(&mut principal, &id, Access::OwnerOnly)
         .await?;
+    principal.require(Capability::Drive)?;
     state.archive_session(&session).await?;
     Ok(axum::Json(json!({})))
 }
@@ -100,12 +105,12 @@ pub(crate) async fn archive(
 /// owner's key may send them; the session's worker credentials only permission answers.
 pub(crate) async fn post_events(
     State(state): State<AppState>,
-    Auth(principal): Auth,
+    Auth(mut principal): Auth,
     Path(id): Path<String>,
     Json(req): Json<EventsRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let session = state
-        .authorize_session(&principal, &id, Access::OwnerOrSessionWorker)
+    let (session, _) = state
+        .authorize_session_or_share(&mut principal, &id, Access::OwnerOrSessionWorker)
         .await?;
     let appended = state
         .post_session_events(&principal, &session, req.events)
@@ -123,13 +128,13 @@ pub(crate) async fn post_events(
 /// `GET /v1/sessions/{id}/events`: history, oldest first.
 pub(crate) async fn history(
     State(state): State<AppState>,
-    Auth(principal): Auth,
+    Auth(mut principal): Auth,
     Path(id): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<axum::Json<Page<Value>>, ApiError> {
     principal.require(Capability::Read)?;
-    let session = state
-        .authorize_session(&principal, &id, Access::OwnerOnly)
+    let (session, _) = state
+        .authorize_session_or_share(&mut principal, &id, Access::OwnerOnly)
         .await?;
     Ok(axum::Json(state.history(&session, q).await?))
 }

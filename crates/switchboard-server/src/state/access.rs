@@ -8,7 +8,8 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 use switchboard_proto::messages::{self, is_keep_alive};
-use switchboard_store::{Decision, Direction, Millis, NewEvent, Role, Session};
+use switchboard_proto::sessions::SessionResource;
+use switchboard_store::{Decision, Direction, Millis, NewEvent, Role, Session, StoreError};
 
 use super::AppState;
 use crate::admin::{self, Actor};
@@ -25,6 +26,8 @@ const TOUCH_EVERY_MS: Millis = 60_000;
 const TOUCHED_CAP: usize = 10_000;
 /// The longest user agent kept.
 const MAX_USER_AGENT: usize = 256;
+/// The most sessions `GET /v1/shared_sessions` lists.
+const MAX_SHARED_LISTED: usize = 200;
 /// The longest prompt excerpt the audit log keeps.
 const PROMPT_EXCERPT: usize = 200;
 
@@ -283,6 +286,189 @@ impl AppState {
             .await;
         }
         Ok(())
+    }
+
+    // --- keys, devices, rules and the audit log over the API: the operations of
+    // `admin.rs` on this server's store, as the caller ---
+
+    /// The owner's live API keys and signed-in browsers.
+    pub(crate) async fn devices(&self, owner_id: &str) -> Result<Vec<admin::DeviceView>, ApiError> {
+        admin::devices(self.store().as_ref(), owner_id, now_ms()).await
+    }
+
+    /// A new API key of the caller's owner (its token, shown once, and the credential).
+    pub(crate) async fn create_key(
+        &self,
+        principal: &Principal,
+        name: &str,
+        role: Role,
+    ) -> Result<(String, switchboard_store::Credential), ApiError> {
+        let owner_id = Self::require_owner(principal)?;
+        let actor = Actor::of(principal);
+        admin::create_key(
+            self.store().as_ref(),
+            owner_id,
+            name,
+            role,
+            &actor,
+            now_ms(),
+        )
+        .await
+    }
+
+    /// Renames one of the owner's keys or browsers.
+    pub(crate) async fn rename_device(
+        &self,
+        principal: &Principal,
+        id: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let owner_id = Self::require_owner(principal)?;
+        let actor = Actor::of(principal);
+        admin::rename(self.store().as_ref(), owner_id, id, name, &actor, now_ms()).await
+    }
+
+    /// The owner's rules in order, the default and the timeout.
+    pub(crate) async fn policy_view(&self, owner_id: &str) -> Result<Value, ApiError> {
+        admin::policy_view(self.store().as_ref(), owner_id).await
+    }
+
+    /// Sets the owner's default answer and timeout.
+    pub(crate) async fn set_policy_settings(
+        &self,
+        principal: &Principal,
+        update: &admin::SettingsUpdate,
+    ) -> Result<(), ApiError> {
+        let owner_id = Self::require_owner(principal)?;
+        let actor = Actor::of(principal);
+        admin::set_settings(self.store().as_ref(), owner_id, update, &actor, now_ms()).await
+    }
+
+    /// Adds a rule to the owner's policy (checked first: a bad pattern is a 400).
+    pub(crate) async fn add_policy_rule(
+        &self,
+        principal: &Principal,
+        rule: &admin::NewRule,
+    ) -> Result<admin::RuleView, ApiError> {
+        let owner_id = Self::require_owner(principal)?;
+        let actor = Actor::of(principal);
+        admin::add_rule(self.store().as_ref(), owner_id, rule, &actor, now_ms()).await
+    }
+
+    /// Removes one of the owner's rules.
+    pub(crate) async fn remove_policy_rule(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<(), ApiError> {
+        let owner_id = Self::require_owner(principal)?;
+        let actor = Actor::of(principal);
+        admin::remove_rule(self.store().as_ref(), owner_id, id, &actor, now_ms()).await
+    }
+
+    /// What the owner's rules (and `candidate`, tried first) would have answered to a
+    /// session's past permission requests; nothing is stored.
+    pub(crate) async fn policy_dry_run(
+        &self,
+        owner_id: &str,
+        session_id: &str,
+        candidate: Option<&admin::NewRule>,
+    ) -> Result<Vec<admin::DryRunRow>, ApiError> {
+        admin::dry_run(self.store().as_ref(), owner_id, session_id, candidate).await
+    }
+
+    /// One page of the owner's audit log, newest first.
+    pub(crate) async fn audit_page(
+        &self,
+        owner_id: &str,
+        query: switchboard_store::AuditQuery,
+    ) -> Result<Vec<admin::AuditView>, ApiError> {
+        admin::audit_page(self.store().as_ref(), owner_id, query).await
+    }
+
+    /// Shares one of the caller's sessions with another owner at `role` (or changes the
+    /// role); connections an earlier share opened close and reconnect with the new role.
+    pub(crate) async fn share_session(
+        &self,
+        principal: &Principal,
+        session_id: &str,
+        with: &str,
+        role: Role,
+    ) -> Result<switchboard_proto::sessions::SessionShare, ApiError> {
+        let owner_id = Self::require_owner(principal)?;
+        let share = admin::share(
+            self.store().as_ref(),
+            owner_id,
+            session_id,
+            with,
+            role,
+            &Actor::of(principal),
+            now_ms(),
+        )
+        .await?;
+        self.close_share(&share.session_id, &share.owner_id);
+        Ok(admin::share_view(&share))
+    }
+
+    /// Ends a share of one of the caller's sessions; the other owner's connections to it
+    /// close at once, on every node.
+    pub(crate) async fn unshare_session(
+        &self,
+        principal: &Principal,
+        session_id: &str,
+        with: &str,
+    ) -> Result<(), ApiError> {
+        let owner_id = Self::require_owner(principal)?;
+        let share = admin::unshare(
+            self.store().as_ref(),
+            owner_id,
+            session_id,
+            with,
+            &Actor::of(principal),
+            now_ms(),
+        )
+        .await?;
+        self.close_share(&share.session_id, &share.owner_id);
+        Ok(())
+    }
+
+    /// The owners one of the caller's sessions is shared with.
+    pub(crate) async fn session_shares(
+        &self,
+        principal: &Principal,
+        session_id: &str,
+    ) -> Result<Vec<switchboard_proto::sessions::SessionShare>, ApiError> {
+        let owner_id = Self::require_owner(principal)?;
+        admin::shares(self.store().as_ref(), owner_id, session_id).await
+    }
+
+    /// The sessions other owners shared with the caller's owner, newest share first
+    /// (at most [`MAX_SHARED_LISTED`]), each with the most the caller may do with it.
+    pub(crate) async fn shared_sessions(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<SessionResource>, ApiError> {
+        let Principal::Owner { owner_id, role, .. } = principal else {
+            return Err(ApiError::Forbidden("this endpoint needs an API key".into()));
+        };
+        let mut listed = Vec::new();
+        for share in self
+            .store()
+            .shared_with(owner_id)
+            .await?
+            .into_iter()
+            .take(MAX_SHARED_LISTED)
+        {
+            let session = match self.store().session(&share.session_id).await {
+                Ok(s) => s,
+                Err(StoreError::NotFound) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut resource = self.describe(&session).await?;
+            resource.shared_role = Some((*role).min(share.role).as_str().into());
+            listed.push(resource);
+        }
+        Ok(listed)
     }
 
     /// Sets a key's or device's role and closes the connections opened with it, so they

@@ -177,6 +177,7 @@ impl AppState {
             last_sequence_num: s.last_seq,
             use_code_sessions: s.use_code_sessions,
             requires_action: s.requires_action.clone(),
+            shared_role: None,
             machine_name: None,
             directory: None,
         }

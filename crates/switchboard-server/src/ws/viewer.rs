@@ -45,32 +45,43 @@ pub(crate) async fn upgrade(
         ws,
         checked,
         span,
-        move |socket, (session, watch, principal)| {
+        move |socket, (session, watches, principal)| {
             run(
                 state,
                 socket,
                 session,
                 q.from_sequence_num,
-                watch,
+                watches,
                 principal,
             )
         },
     )
 }
 
+/// What ends a viewer's connection from outside: its credential's revocation and, for
+/// a session shared with its owner, the share's end or change.
+struct Watches {
+    credential: Option<Watch>,
+    share: Option<Watch>,
+}
+
 async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
-) -> Result<(Session, Option<Watch>, Principal), ApiError> {
-    let (session, credential, principal) =
-        super::authorize(state, headers, id, Access::OwnerOnly, Capability::Read).await?;
+) -> Result<(Session, Watches, Principal), ApiError> {
+    let (mut principal, credential) = state.authenticate_request(headers).await?;
+    let (session, shared) = state
+        .authorize_session_or_share(&mut principal, id, Access::OwnerOnly)
+        .await?;
+    principal.require(Capability::Read)?;
     // Registered before the upgrade completes, so a revocation in between is not missed.
-    Ok((
-        session,
-        state.watch_revocation(credential.as_ref()),
-        principal,
-    ))
+    let share = shared.map(|role| state.watch_share(&session.id, principal.owner_id(), role));
+    let watches = Watches {
+        credential: state.watch_revocation(credential.as_ref()),
+        share,
+    };
+    Ok((session, watches, principal))
 }
 
 struct Ended(u16, String);
@@ -91,7 +102,7 @@ async fn run(
     socket: WebSocket,
     session: Session,
     from: Option<u64>,
-    watch: Option<Watch>,
+    watches: Watches,
     principal: Principal,
 ) {
     let gauge = GaugeGuard::new(&state.metrics().viewer_connections);
@@ -125,7 +136,8 @@ async fn run(
                     Some(Ok(_)) => {}
                     Some(Err(_)) => return Ok(()),
                 },
-                _ = revocation::revoked(watch.as_ref()) => return Err(Ended(CLOSE_UNAUTHORIZED, "credential revoked".into())),
+                _ = revocation::revoked(watches.credential.as_ref()) => return Err(Ended(CLOSE_UNAUTHORIZED, "credential revoked".into())),
+                _ = revocation::revoked(watches.share.as_ref()) => return Err(Ended(CLOSE_UNAUTHORIZED, "share revoked or changed".into())),
                 _ = state.shutdown().wait() => return Err(Ended(CLOSE_GOING_AWAY, "server shutting down".into())),
             }
         }

@@ -455,6 +455,34 @@ pub(super) fn rows() -> Vec<Row> {
             Some(json!({"session_id": w.session_id}))
         }),
         row("GET", "/v1/audit", Account, 200, Http, no_body),
+        // Sharing a session with another owner (issue 16): `{owner}` is mallory, the
+        // other owner of every world, so only the session's owner gets past the checks.
+        row(
+            "GET",
+            "/v1/sessions/{id}/shares",
+            OwnerOnly,
+            200,
+            Http,
+            no_body,
+        ),
+        row(
+            "PUT",
+            "/v1/sessions/{id}/shares/{owner}",
+            OwnerOnly,
+            200,
+            Http,
+            |_| Some(json!({"role": "viewer"})),
+        ),
+        // Not shared yet in a fresh world: the owner gets past the checks to a 404.
+        row(
+            "DELETE",
+            "/v1/sessions/{id}/shares/{owner}",
+            OwnerOnly,
+            404,
+            Http,
+            no_body,
+        ),
+        row("GET", "/v1/shared_sessions", Account, 200, Http, no_body),
         row(
             "GET",
             "/v1/sessions/ws/{id}/subscribe",
@@ -700,6 +728,7 @@ impl World {
             .replace("{work_id}", &self.work_id)
             .replace("{id}", &self.session_id)
             .replace("{kind}", "webhook")
+            .replace("{owner}", "mallory")
     }
 }
 

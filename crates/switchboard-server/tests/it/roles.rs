@@ -37,9 +37,11 @@ fn least_role(method: &str, path: &str, note: &str) -> &'static str {
             | "/v1/environments"
             | "/v1/notify"
             | "/web/me"
-            | "/v1/sessions/ws/{id}/subscribe",
+            | "/v1/sessions/ws/{id}/subscribe"
+            | "/v1/shared_sessions",
             _,
         ) => "viewer",
+        (_, p, _) if p.starts_with("/v1/sessions/{id}/shares") => "admin",
         (_, "/v1/notify/push/subscriptions" | "/v1/notify/push/subscriptions/{id}", _) => "viewer",
         (_, "/metrics" | "/web/logout/all", _) => "admin",
         (_, p, _) if p.starts_with("/v1/notify") => "admin",
@@ -847,5 +849,240 @@ async fn bad_rules_are_refused_with_a_clear_error() -> anyhow::Result<()> {
     let policy = admin_get(&server, "/v1/policy").await?;
     assert_eq!(policy["rules"], json!([]));
     assert_eq!(policy["default"], "ask");
+    Ok(())
+}
+
+/// Sends a request with `key`; returns the status and the JSON body (`Null` if none).
+async fn send_as(
+    server: &TestServer,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<(u16, Value)> {
+    let mut request = server
+        .http()
+        .request(method, format!("{}{path}", server.url()))
+        .bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+#[tokio::test]
+async fn a_shared_session_reaches_the_other_owner_at_the_shared_role_until_unshared(
+) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let server = TestServer::start_with(|o| {
+        o.poll_timeout = Duration::from_millis(300);
+        o.revocation_check_interval = Duration::from_millis(200);
+    })
+    .await?;
+    // Bob is another owner, with an admin key (his first) and a viewer key of his own.
+    let bob = server.key_for("bob").await?;
+    let (status, made) = send_as(
+        &server,
+        &bob,
+        Method::POST,
+        "/v1/keys",
+        Some(json!({"name": "bob's viewer", "role": "viewer"})),
+    )
+    .await?;
+    assert_eq!(status, 200, "{made}");
+    let bob_viewer = made["token"].as_str().unwrap_or_default().to_string();
+    let d = dispatch(&server).await?;
+    let id = d.session_id.clone();
+    let shares = format!("/v1/sessions/{id}/shares");
+
+    // Not shared: bob's keys reach nothing of it.
+    let (status, _) = send_as(
+        &server,
+        &bob,
+        Method::GET,
+        &format!("/v1/sessions/{id}"),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 403);
+    let mut refused = viewer_socket(&server, &id, Some(&bob), None).await?;
+    assert_eq!(
+        close_code(&mut refused, Duration::from_secs(5)).await,
+        Some(4003)
+    );
+
+    // Bad shares are refused with a clear error: an unknown owner, a bad role, the
+    // owner itself, and a share made by someone who does not own the session.
+    let (status, body) = admin_send(
+        &server,
+        Method::PUT,
+        &format!("{shares}/nobody"),
+        Some(json!({"role": "viewer"})),
+    )
+    .await?;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.to_string().contains("no owner named"), "{body}");
+    let (status, body) = admin_send(
+        &server,
+        Method::PUT,
+        &format!("{shares}/bob"),
+        Some(json!({"role": "boss"})),
+    )
+    .await?;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = admin_send(
+        &server,
+        Method::PUT,
+        &format!("{shares}/alice"),
+        Some(json!({"role": "viewer"})),
+    )
+    .await?;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = send_as(
+        &server,
+        &bob,
+        Method::PUT,
+        &format!("{shares}/bob"),
+        Some(json!({"role": "admin"})),
+    )
+    .await?;
+    assert_eq!(status, 403);
+
+    // Shared as viewer: bob reads it (and it is listed for him), cannot prompt, and
+    // nothing he tries is stored.
+    let (status, share) = admin_send(
+        &server,
+        Method::PUT,
+        &format!("{shares}/bob"),
+        Some(json!({"role": "viewer"})),
+    )
+    .await?;
+    assert_eq!(
+        (status, &share["owner"], &share["role"]),
+        (200, &json!("bob"), &json!("viewer"))
+    );
+    let (status, resource) = send_as(
+        &server,
+        &bob,
+        Method::GET,
+        &format!("/v1/sessions/{id}"),
+        None,
+    )
+    .await?;
+    assert_eq!((status, &resource["shared_role"]), (200, &json!("viewer")));
+    let (_, listed) = send_as(&server, &bob, Method::GET, "/v1/shared_sessions", None).await?;
+    assert_eq!(listed["data"][0]["id"], json!(id), "{listed}");
+    let (_, own) = send_as(&server, &bob, Method::GET, "/v1/sessions", None).await?;
+    assert_eq!(
+        own["data"],
+        json!([]),
+        "shared sessions are not bob's own: {own}"
+    );
+    let before = log_len(&server, &id).await?;
+    let (status, body) = send_as(
+        &server,
+        &bob,
+        Method::POST,
+        &format!("/v1/sessions/{id}/events"),
+        Some(json!({"events": [prompt("from bob")]})),
+    )
+    .await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.to_string().contains("role is viewer"), "{body}");
+    let mut watching = viewer_socket(&server, &id, Some(&bob), None).await?;
+    assert_eq!(
+        close_code(&mut watching, Duration::from_millis(300)).await,
+        None
+    );
+    assert_eq!(log_len(&server, &id).await?, before);
+    // Only the owner manages shares; bob cannot see who else it is shared with.
+    let (status, _) = send_as(&server, &bob, Method::GET, &shares, None).await?;
+    assert_eq!(status, 403);
+
+    // Raised to driver: bob's open socket closes (it reconnects with the new role), his
+    // admin key prompts (stored, and in alice's audit log under his key), and his
+    // viewer key still cannot: a share never raises a credential's own role.
+    let (status, _) = admin_send(
+        &server,
+        Method::PUT,
+        &format!("{shares}/bob"),
+        Some(json!({"role": "driver"})),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        close_code(&mut watching, Duration::from_secs(5)).await,
+        Some(4003)
+    );
+    let (status, body) = send_as(
+        &server,
+        &bob,
+        Method::POST,
+        &format!("/v1/sessions/{id}/events"),
+        Some(json!({"events": [prompt("from bob")]})),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(log_len(&server, &id).await?, before + 1);
+    let (status, _) = send_as(
+        &server,
+        &bob_viewer,
+        Method::POST,
+        &format!("/v1/sessions/{id}/events"),
+        Some(json!({"events": [prompt("from bob's viewer key")]})),
+    )
+    .await?;
+    assert_eq!(status, 403);
+    let (_, resource) = send_as(
+        &server,
+        &bob_viewer,
+        Method::GET,
+        &format!("/v1/sessions/{id}"),
+        None,
+    )
+    .await?;
+    assert_eq!(resource["shared_role"], "viewer");
+    let audit = admin_get(&server, &format!("/v1/audit?session_id={id}")).await?;
+    let actions: Vec<&str> = audit["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"session.share") && actions.contains(&"session.prompt"),
+        "{audit}"
+    );
+    let (_, listed) = admin_send(&server, Method::GET, &shares, None).await?;
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(1), "{listed}");
+
+    // Unshared: bob's socket closes at once and his keys are refused again.
+    let mut watching = viewer_socket(&server, &id, Some(&bob), None).await?;
+    assert_eq!(
+        close_code(&mut watching, Duration::from_millis(300)).await,
+        None
+    );
+    let (status, _) = admin_send(&server, Method::DELETE, &format!("{shares}/bob"), None).await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        close_code(&mut watching, Duration::from_secs(5)).await,
+        Some(4003)
+    );
+    let (status, _) = send_as(
+        &server,
+        &bob,
+        Method::GET,
+        &format!("/v1/sessions/{id}"),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 403);
+    let (status, _) = admin_send(&server, Method::DELETE, &format!("{shares}/bob"), None).await?;
+    assert_eq!(status, 404);
+    let (_, listed) = send_as(&server, &bob, Method::GET, "/v1/shared_sessions", None).await?;
+    assert_eq!(listed["data"], json!([]));
     Ok(())
 }
