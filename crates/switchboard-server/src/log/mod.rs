@@ -37,7 +37,15 @@ mod tests {
             }
         }
         assert!(files.len() > 5, "found only {files:?}");
-        let forbidden = [".store()", ".hub()", "EventQuery", "crate::log::hub"];
+        let forbidden = [
+            ".store()",
+            "_store()",
+            "dyn Store",
+            "switchboard_store::Store",
+            ".hub()",
+            "EventQuery",
+            "crate::log::hub",
+        ];
         let mut found = Vec::new();
         for file in &files {
             let text = std::fs::read_to_string(file).expect("source file");
