@@ -73,21 +73,19 @@ impl Actor {
     }
 }
 
-/// Appends one entry to an owner's audit log. A failure is logged, never returned: the
-/// change it records has already been made.
-pub async fn record(
-    store: &dyn Store,
+/// One entry of an owner's audit log: `actor` did `action` (on `session_id`).
+pub(crate) fn audit_entry(
     owner_id: &str,
     actor: &Actor,
     action: &str,
     session_id: Option<&str>,
     mut detail: Value,
     now: Millis,
-) {
+) -> AuditEntry {
     if let (Some(by), Some(obj)) = (&actor.by, detail.as_object_mut()) {
         obj.insert("by".into(), Value::String(by.clone()));
     }
-    let entry = AuditEntry {
+    AuditEntry {
         id: 0,
         owner_id: owner_id.to_string(),
         at: now,
@@ -98,7 +96,22 @@ pub async fn record(
         user_agent: actor.user_agent.clone(),
         session_id: session_id.map(str::to_string),
         detail: detail.to_string(),
-    };
+    }
+}
+
+/// Appends one entry to an owner's audit log. A failure is logged, never returned: the
+/// change it records has already been made. (What people send to a session is recorded
+/// with the event itself instead, in the same transaction: `NewEvent::audit`.)
+pub async fn record(
+    store: &dyn Store,
+    owner_id: &str,
+    actor: &Actor,
+    action: &str,
+    session_id: Option<&str>,
+    detail: Value,
+    now: Millis,
+) {
+    let entry = audit_entry(owner_id, actor, action, session_id, detail, now);
     if let Err(e) = store.append_audit(&entry).await {
         tracing::error!(error = ?e, action, "could not write the audit log");
     }

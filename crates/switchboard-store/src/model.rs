@@ -292,6 +292,10 @@ pub struct NewEvent {
     /// For inbound events, the class of credential that sent it (`owner`,
     /// `ingress_token`, `worker_jwt`): the audit of who answered a permission request.
     pub sent_with: Option<String>,
+    /// Who sent it, for the audit log: stored in the same transaction as the event when
+    /// the event is stored (not for a duplicate), its detail given the event's
+    /// `sequence_num`.
+    pub audit: Option<AuditEntry>,
 }
 
 /// The outcome of appending one event.

@@ -144,6 +144,25 @@ impl rules::Columns for PgRow {
     }
 }
 
+/// Inserts an audit entry with `detail`; returns its id.
+async fn insert_audit(conn: &mut sqlx::PgConnection, e: &AuditEntry, detail: &str) -> Result<i64> {
+    let row = sqlx::query(
+        "INSERT INTO audit_log (owner_id, at, action, credential_id, address, user_agent, \
+         session_id, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+    )
+    .bind(&e.owner_id)
+    .bind(e.at)
+    .bind(&e.action)
+    .bind(&e.credential_id)
+    .bind(&e.address)
+    .bind(&e.user_agent)
+    .bind(&e.session_id)
+    .bind(detail)
+    .fetch_one(conn)
+    .await?;
+    Ok(row.try_get(0)?)
+}
+
 /// Session shares with their owner's name; a `WHERE` follows.
 const SELECT_SHARES: &str = "SELECT s.*, o.name AS owner_name FROM session_shares s \
      JOIN owners o ON o.id = s.owner_id";
@@ -749,6 +768,10 @@ impl Store for PgStore {
             .bind(&event.sent_with)
             .execute(&mut *tx)
             .await?;
+            if let Some(audit) = &event.audit {
+                let detail = rules::audit_detail_with_seq(&audit.detail, seq);
+                insert_audit(&mut tx, audit, &detail).await?;
+            }
             out.push(Appended {
                 seq,
                 duplicate: false,
@@ -1305,21 +1328,8 @@ impl Store for PgStore {
 
     #[instrument(skip_all)]
     async fn append_audit(&self, e: &AuditEntry) -> Result<i64> {
-        let row = sqlx::query(
-            "INSERT INTO audit_log (owner_id, at, action, credential_id, address, user_agent, \
-             session_id, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-        )
-        .bind(&e.owner_id)
-        .bind(e.at)
-        .bind(&e.action)
-        .bind(&e.credential_id)
-        .bind(&e.address)
-        .bind(&e.user_agent)
-        .bind(&e.session_id)
-        .bind(&e.detail)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get(0)?)
+        let mut conn = self.pool.acquire().await?;
+        insert_audit(&mut conn, e, &e.detail).await
     }
 
     #[instrument(skip_all)]

@@ -124,6 +124,18 @@ pub(crate) fn audit_from_row<R: Columns + ?Sized>(row: &R) -> Result<AuditEntry>
     })
 }
 
+/// The detail of an audit entry stored with an event: its JSON object gains the event's
+/// `sequence_num` (anything else is kept as it is).
+pub(crate) fn audit_detail_with_seq(detail: &str, seq: u64) -> String {
+    match serde_json::from_str::<Value>(detail) {
+        Ok(Value::Object(mut obj)) => {
+            obj.insert("sequence_num".into(), Value::from(seq));
+            Value::Object(obj).to_string()
+        }
+        _ => detail.to_string(),
+    }
+}
+
 /// A `session_shares` row joined with its owner's name (`owner_name`).
 pub(crate) fn share_from_row<R: Columns + ?Sized>(row: &R) -> Result<SessionShare> {
     Ok(SessionShare {

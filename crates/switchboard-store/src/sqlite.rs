@@ -293,6 +293,28 @@ impl rules::Columns for Row<'_> {
     }
 }
 
+/// Inserts an audit entry with `detail`; returns its id.
+fn insert_audit(c: &Connection, e: &AuditEntry, detail: &str) -> Result<i64> {
+    query_one(
+        c,
+        "INSERT INTO audit_log (owner_id, at, action, credential_id, address, \
+         user_agent, session_id, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         RETURNING id",
+        params![
+            e.owner_id,
+            e.at,
+            e.action,
+            e.credential_id,
+            e.address,
+            e.user_agent,
+            e.session_id,
+            detail
+        ],
+        |row| Ok(row.get::<_, i64>(0)?),
+    )?
+    .ok_or(StoreError::NotFound)
+}
+
 /// Session shares with their owner's name; a `WHERE` follows.
 const SELECT_SHARES: &str = "SELECT s.*, o.name AS owner_name FROM session_shares s \
      JOIN owners o ON o.id = s.owner_id";
@@ -982,6 +1004,10 @@ impl Store for SqliteStore {
                     )?;
                     if inserted == 1 {
                         seq += 1;
+                        if let Some(audit) = &event.audit {
+                            let detail = rules::audit_detail_with_seq(&audit.detail, seq);
+                            insert_audit(c, audit, &detail)?;
+                        }
                         out.push(Appended {
                             seq,
                             duplicate: false,
@@ -1633,27 +1659,7 @@ impl Store for SqliteStore {
     #[instrument(skip_all)]
     async fn append_audit(&self, entry: &AuditEntry) -> Result<i64> {
         let e = entry.clone();
-        self.write(move |c| {
-            query_one(
-                c,
-                "INSERT INTO audit_log (owner_id, at, action, credential_id, address, \
-                 user_agent, session_id, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-                 RETURNING id",
-                params![
-                    e.owner_id,
-                    e.at,
-                    e.action,
-                    e.credential_id,
-                    e.address,
-                    e.user_agent,
-                    e.session_id,
-                    e.detail
-                ],
-                |row| Ok(row.get::<_, i64>(0)?),
-            )?
-            .ok_or(StoreError::NotFound)
-        })
-        .await
+        self.write(move |c| insert_audit(c, &e, &e.detail)).await
     }
 
     #[instrument(skip_all)]

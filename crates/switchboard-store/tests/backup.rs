@@ -40,6 +40,7 @@ fn event(n: u64) -> NewEvent {
         payload: json!({"type": "assistant", "n": n}).to_string(),
         request_id: None,
         sent_with: None,
+        audit: None,
     }
 }
 

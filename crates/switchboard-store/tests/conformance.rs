@@ -157,6 +157,7 @@ fn event(direction: Direction, uuid: Option<&str>, text: &str) -> NewEvent {
         payload: json!({"type":"user","text":text}).to_string(),
         request_id: None,
         sent_with: None,
+        audit: None,
     }
 }
 
@@ -554,6 +555,48 @@ async fn story(store: &dyn Store) -> anyhow::Result<()> {
     assert_eq!(found[0].sent_with, None);
     assert_eq!(found[1].sent_with.as_deref(), Some("ingress_token"));
     assert!(store.events_by_request("s1", "r2").await?.is_empty());
+
+    // An event's audit entry is stored with it, once, with its sequence number; a
+    // duplicate of the event writes none.
+    store
+        .create_session(&session("s-audit", &alice.id, None, now))
+        .await?;
+    let audited = NewEvent {
+        audit: Some(AuditEntry {
+            id: 0,
+            owner_id: alice.id.clone(),
+            at: now,
+            action: "session.prompt".into(),
+            credential_id: Some("k1".into()),
+            credential_name: None,
+            address: None,
+            user_agent: None,
+            session_id: Some("s-audit".into()),
+            detail: r#"{"text":"audited"}"#.into(),
+        }),
+        ..event(Direction::Inbound, Some("u-audited"), "audited")
+    };
+    let first = store
+        .append_events("s-audit", std::slice::from_ref(&audited), now)
+        .await?;
+    let again = store.append_events("s-audit", &[audited], now).await?;
+    assert_eq!((first[0].duplicate, again[0].duplicate), (false, true));
+    let log = store
+        .audit_log(
+            &alice.id,
+            &AuditQuery {
+                session_id: Some("s-audit".into()),
+                limit: 10,
+                ..AuditQuery::default()
+            },
+        )
+        .await?;
+    assert_eq!(log.len(), 1, "{log:?}");
+    let detail: serde_json::Value = serde_json::from_str(&log[0].detail)?;
+    assert_eq!(
+        detail,
+        json!({"text": "audited", "sequence_num": first[0].seq})
+    );
 
     // Worker epochs: bumped per worker; state is applied only with the current epoch.
     assert_eq!(store.bump_worker_epoch("s2", now).await?, 1);

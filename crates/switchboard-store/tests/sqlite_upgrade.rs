@@ -61,6 +61,7 @@ async fn logs_written_before_migration_2_survive_it() -> anyhow::Result<()> {
                     payload: "{}".into(),
                     request_id: None,
                     sent_with: None,
+                    audit: None,
                 },
                 NewEvent {
                     direction: Direction::Outbound,
@@ -69,6 +70,7 @@ async fn logs_written_before_migration_2_survive_it() -> anyhow::Result<()> {
                     payload: "{}".into(),
                     request_id: None,
                     sent_with: None,
+                    audit: None,
                 },
             ],
             30,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use serde_json::{json, Value};
-use switchboard_proto::messages::{self, is_keep_alive};
+use switchboard_proto::messages;
 use switchboard_proto::sessions::SessionResource;
 use switchboard_store::{Decision, Direction, Millis, NewEvent, Role, Session, StoreError};
 
@@ -149,40 +149,6 @@ impl AppState {
         Ok(())
     }
 
-    /// Records in the audit log what a credential sent to a session: one entry per
-    /// prompt, permission answer, interrupt or other control message that was stored.
-    /// `plan` is [`audit_plan`] of the messages (taken before they were handed over),
-    /// `accepted` what `append_inbound` made of them.
-    pub(crate) async fn audit_sent(
-        &self,
-        principal: &Principal,
-        session: &Session,
-        plan: Vec<Option<(&'static str, Value)>>,
-        accepted: &[Accepted],
-    ) {
-        let actor = Actor::of(principal);
-        for (planned, outcome) in plan.into_iter().zip(accepted) {
-            let (Some((action, mut detail)), Accepted::Appended(appended)) = (planned, outcome)
-            else {
-                continue;
-            };
-            if appended.duplicate {
-                continue;
-            }
-            detail["sequence_num"] = json!(appended.seq);
-            admin::record(
-                self.store().as_ref(),
-                &session.owner_id,
-                &actor,
-                action,
-                Some(&session.id),
-                detail,
-                now_ms(),
-            )
-            .await;
-        }
-    }
-
     /// Called for each event as it is stored: a worker's permission request is handed
     /// to the approval policy, which runs on a task of its own (never under the append
     /// lock) and answers through [`AppState::append_inbound`], where the first answer
@@ -264,7 +230,7 @@ impl AppState {
         let session = self.store().session(&session.id).await?;
         let answer = policy::answer(request_id, decision, request.input, why);
         let accepted = self
-            .append_inbound(&session, vec![answer], &format!("policy:{by}"))
+            .append_inbound(&session, vec![answer], &format!("policy:{by}"), None)
             .await?;
         let stored = matches!(accepted.first(), Some(Accepted::Appended(a)) if !a.duplicate);
         if stored {
@@ -494,15 +460,24 @@ impl AppState {
     }
 }
 
-/// What the audit log will say about each message sent to a session (one item per
-/// message `append_inbound` takes, i.e. all but `keep_alive`s): the action and its
-/// detail, or `None` for nothing to record.
-pub(crate) fn audit_plan(messages: &[Value]) -> Vec<Option<(&'static str, Value)>> {
-    messages
-        .iter()
-        .filter(|m| !is_keep_alive(m))
-        .map(|m| crate::roles::audit_action(m).map(|action| (action, sent_detail(m))))
-        .collect()
+/// The audit entry for a message `actor` sent to `session` (a prompt, a permission
+/// answer, an interrupt, another control message); `None` for nothing to record. It is
+/// stored with the message, in the same transaction, and gets its `sequence_num` there.
+pub(crate) fn sent_entry(
+    actor: &Actor,
+    session: &Session,
+    message: &Value,
+    now: Millis,
+) -> Option<switchboard_store::AuditEntry> {
+    let action = crate::roles::audit_action(message)?;
+    Some(admin::audit_entry(
+        &session.owner_id,
+        actor,
+        action,
+        Some(&session.id),
+        sent_detail(message),
+        now,
+    ))
 }
 
 /// The audit detail of one message sent to a session.

@@ -60,9 +60,11 @@ impl AppState {
         session: &Session,
         messages: Vec<Value>,
         sent_with: &str,
+        audited_as: Option<&crate::admin::Actor>,
     ) -> Result<Vec<Accepted>, ApiError> {
         Self::refuse_archived(session)?;
         limits::check_count("events", messages.len())?;
+        let now = crate::time::now_ms();
         let mut events = Vec::with_capacity(messages.len());
         for (i, message) in messages.into_iter().enumerate() {
             if is_keep_alive(&message) {
@@ -71,9 +73,12 @@ impl AppState {
             let message =
                 messages::normalize_inbound(message, &mut || uuid::Uuid::new_v4().to_string())
                     .map_err(|e| ApiError::BadRequest(format!("event {i}: {e}")))?;
+            let audit = audited_as
+                .and_then(|actor| super::access::sent_entry(actor, session, &message, now));
             let mut incoming = new_event(Direction::Inbound, message);
             let event = &mut incoming.event;
             event.sent_with = Some(sent_with.to_string());
+            event.audit = audit;
             if event.payload.len() > MAX_INBOUND_EVENT_BYTES {
                 return Err(ApiError::TooLarge(format!(
                     "event {i} is {} bytes; a message for the worker may be at most {MAX_INBOUND_EVENT_BYTES}",
@@ -123,12 +128,10 @@ impl AppState {
             }
         }
         crate::roles::check_messages(principal, &messages)?;
-        let plan = super::access::audit_plan(&messages);
-        let accepted = self
-            .append_inbound(session, messages, principal.class())
-            .await?;
-        self.audit_sent(principal, session, plan, &accepted).await;
-        Ok(accepted)
+        // Each message is stored with its audit entry, in one transaction.
+        let actor = crate::admin::Actor::of(principal);
+        self.append_inbound(session, messages, principal.class(), Some(&actor))
+            .await
     }
 
     /// Appends the worker's messages (no answers to vet, only its echoes of them).
@@ -170,6 +173,7 @@ fn new_event(direction: Direction, mut message: Value) -> Incoming {
             request_id: messages::control_request_id(&message).map(str::to_string),
             payload: message.to_string(),
             sent_with: None,
+            audit: None,
             kind,
         },
         signal,

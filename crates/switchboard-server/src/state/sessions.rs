@@ -134,7 +134,7 @@ impl AppState {
         self.store().create_session(&session).await?;
         Metrics::add(&self.metrics().sessions_created, 1);
         if !initial.is_empty() {
-            self.append_inbound(&session, initial, crate::auth::Principal::OWNER_CLASS)
+            self.append_inbound(&session, initial, crate::auth::Principal::OWNER_CLASS, None)
                 .await?;
         }
         if let Some(env_id) = &session.environment_id {
