@@ -144,6 +144,28 @@ impl rules::Columns for PgRow {
     }
 }
 
+/// One event as `switchboard_append` takes it.
+fn append_item(e: &NewEvent) -> serde_json::Value {
+    serde_json::json!({
+        "direction": e.direction.as_str(),
+        "kind": e.kind,
+        "uuid": e.uuid,
+        "payload": e.payload,
+        "request_id": e.request_id,
+        "sent_with": e.sent_with,
+        "audit": e.audit.as_ref().map(|a| serde_json::json!({
+            "owner_id": a.owner_id,
+            "at": a.at,
+            "action": a.action,
+            "credential_id": a.credential_id,
+            "address": a.address,
+            "user_agent": a.user_agent,
+            "session_id": a.session_id,
+            "detail": a.detail,
+        })),
+    })
+}
+
 /// Inserts an audit entry with `detail`; returns its id.
 async fn insert_audit(conn: &mut sqlx::PgConnection, e: &AuditEntry, detail: &str) -> Result<i64> {
     let row = sqlx::query(
@@ -724,76 +746,35 @@ impl Store for PgStore {
         events: &[NewEvent],
         now: Millis,
     ) -> Result<Vec<Appended>> {
-        let mut tx = self.pool.begin().await?;
-        // The row lock makes concurrent appenders to this session take turns until this
-        // transaction ends, so the next sequence number read here is still free at
-        // commit and no uuid can be inserted by someone else between check and insert.
-        let row = sqlx::query("SELECT last_seq FROM sessions WHERE id = $1 FOR UPDATE")
-            .bind(session_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let mut seq = to_u64(row.try_get("last_seq")?);
-        let mut out = Vec::with_capacity(events.len());
-        for event in events {
-            if let Some(uuid) = &event.uuid {
-                // This also sees rows inserted earlier in this same transaction, so a
-                // uuid repeated within one batch is a duplicate too.
-                let existing =
-                    sqlx::query("SELECT seq FROM events WHERE session_id = $1 AND uuid = $2")
-                        .bind(session_id)
-                        .bind(uuid)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if let Some(existing) = existing {
-                    out.push(Appended {
-                        seq: to_u64(existing.try_get("seq")?),
-                        duplicate: true,
-                    });
-                    continue;
-                }
-            }
-            seq += 1;
-            sqlx::query(
-                "INSERT INTO events (session_id, seq, direction, kind, uuid, payload, \
-                 created_at, request_id, sent_with) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(session_id)
-            .bind(to_i64(seq))
-            .bind(event.direction.as_str())
-            .bind(&event.kind)
-            .bind(&event.uuid)
-            .bind(&event.payload)
-            .bind(now)
-            .bind(&event.request_id)
-            .bind(&event.sent_with)
-            .execute(&mut *tx)
-            .await?;
-            if let Some(audit) = &event.audit {
-                let detail = rules::audit_detail_with_seq(&audit.detail, seq);
-                insert_audit(&mut tx, audit, &detail).await?;
-            }
-            out.push(Appended {
-                seq,
-                duplicate: false,
-            });
-        }
-        if out.iter().any(|a| !a.duplicate) {
-            // The notice goes out at commit, in commit order, and never for a rollback:
-            // the other server nodes read the new events from the log (see `listen`).
-            sqlx::query(
-                "WITH s AS (UPDATE sessions SET last_seq = $1, last_activity_at = $2 \
-                 WHERE id = $3 RETURNING id) SELECT pg_notify($4, $5) FROM s",
-            )
-            .bind(to_i64(seq))
-            .bind(now)
-            .bind(session_id)
-            .bind(listen::EVENTS_CHANNEL)
-            .bind(listen::event_notice(session_id, seq))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(out)
+        // One statement, so one round trip: `switchboard_append` (migration 0010) locks
+        // the session row, so concurrent appenders to one session take turns and the
+        // sequence numbers it hands out are still free at commit; it finds repeated
+        // uuids (within the batch too), stores audit entries with their events, and
+        // sends the notice the other nodes follow at commit, in commit order, never for
+        // a rollback (they read the new events from the log, see `listen`).
+        let batch: Vec<serde_json::Value> = events.iter().map(append_item).collect();
+        let rows =
+            sqlx::query("SELECT seq, duplicate FROM switchboard_append($1, $2::JSONB, $3, $4)")
+                .bind(session_id)
+                .bind(serde_json::Value::Array(batch).to_string())
+                .bind(now)
+                .bind(listen::EVENTS_CHANNEL)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| match e {
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("P0002") => {
+                        StoreError::NotFound
+                    }
+                    other => other.into(),
+                })?;
+        rows.iter()
+            .map(|row| {
+                Ok(Appended {
+                    seq: to_u64(row.try_get("seq")?),
+                    duplicate: row.try_get("duplicate")?,
+                })
+            })
+            .collect()
     }
 
     #[instrument(skip_all)]
