@@ -22,6 +22,7 @@ import { onToolProgress } from "./session-tools.js";
 import { onResult, onSystem } from "./session-turns.js";
 import { onCancel, onControlRequest, onControlResponse, sendControl } from "./session-control.js";
 import { canDo } from "./access.js";
+import { sharePanel } from "./session-share.js";
 
 const STATUS_EVENTS = new Set(["assistant", "result", "result_success", "control_request", "control_response", "control_cancel_request"]);
 
@@ -49,6 +50,8 @@ export function sessionView(root, id, app) {
     h("form", { class: "settings-form", onsubmit: (e) => { e.preventDefault(); setMode(); } },
       h("label", null, "Permission mode", h("div", { class: "row" }, modeSelect, h("button", { type: "submit" }, "Set")))));
 
+  const share = sharePanel(app.api, id);
+
   const input = h("textarea", { rows: 1, placeholder: "Message the agent…", "aria-label": "Prompt", enterKeyHint: "send" });
   const sendBtn = h("button", { type: "submit", class: "primary" }, "Send");
   const composer = h("form", { class: "composer", onsubmit: (e) => { e.preventDefault(); sendPrompt(); } }, input, sendBtn);
@@ -67,7 +70,7 @@ export function sessionView(root, id, app) {
         h("a", { href: "/", "data-nav": true, class: "back", "aria-label": "All sessions" }, "‹"),
         h("div", { class: "titles" }, title, h("div", { class: "sub-row" }, stateEl, sub)),
         conn),
-      h("div", { class: "toolbar" }, interruptBtn, settings),
+      h("div", { class: "toolbar" }, interruptBtn, settings, share),
       banner,
       log.el,
       pendingEl,
@@ -78,6 +81,8 @@ export function sessionView(root, id, app) {
   function applyRole() {
     composer.hidden = settings.hidden = !canDo(me, "driver");
     interruptBtn.hidden = !canDo(me, "approver");
+    // Only the session's owner shares it, with an admin credential.
+    share.hidden = !canDo(me, "admin") || !!me?.shared;
   }
   applyRole();
 

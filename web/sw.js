@@ -11,7 +11,7 @@ const SHELL = [
   "/", "/app.css", "/app.js", "/dom.js", "/markdown.js", "/session.js", "/session-state.js",
   "/session-socket.js", "/session-outbox.js", "/session-transcript.js", "/session-chat.js",
   "/session-tools.js", "/session-turns.js", "/session-control.js", "/diff.js", "/review.js",
-  "/notify.js", "/access.js", "/pwa.js", "/icon.svg", "/manifest.webmanifest", "/icons/icon-192.png",
+  "/session-share.js", "/notify.js", "/access.js", "/pwa.js", "/icon.svg", "/manifest.webmanifest", "/icons/icon-192.png",
 ];
 const API = /^\/(v1|v2|api|web|health|metrics)(\/|$)/;
 

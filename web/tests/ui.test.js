@@ -613,6 +613,26 @@ describe("from the phone", () => {
       const answer = await worker.waitFor((m) => m.type === "control_response" && m.response?.request_id === "req-shared");
       assert.equal(answer.response.response.behavior, "allow");
       assert.deepEqual(p.errors, []);
+      // Bob's page offers no Share (the session is not his); alice's does, and ends it.
+      assert.equal(await p.locator("details.share-panel").isVisible(), false);
+      await open(page, session);
+      await page.locator("details.share-panel > summary").click();
+      const bobRow = page.locator('.shares li[data-owner="bob"]');
+      assert.equal(await bobRow.locator(".share-role").innerText(), "approver");
+      await page.getByLabel("Share with (owner name)").fill("nobody");
+      await page.getByRole("button", { name: "Share", exact: true }).click();
+      await page.getByText(/Couldn't share: no owner named/).waitFor();
+      await bobRow.getByRole("button", { name: "Remove" }).click();
+      await page.getByText("No longer shared with bob.").waitFor();
+      // Bob's socket is closed, and his page says he has no access any more.
+      await p.getByText("You don't have access to this session.").waitFor({ timeout: 10000 });
+      assert.deepEqual((await server.api("GET", "/v1/shared_sessions", undefined, bobKey)).data, []);
+      await page.getByLabel("Share with (owner name)").fill("bob");
+      await page.getByLabel("Share role").selectOption("viewer");
+      await page.getByRole("button", { name: "Share", exact: true }).click();
+      await page.getByText("Shared with bob as viewer.").waitFor();
+      assert.equal((await server.api("GET", "/v1/shared_sessions", undefined, bobKey)).data[0].shared_role, "viewer");
+      assert.deepEqual(page.errors, []);
     } finally {
       await ctx.close();
     }

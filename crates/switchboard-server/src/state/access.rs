@@ -398,6 +398,32 @@ impl AppState {
         Ok(())
     }
 
+    /// Whether a stored credential is still good (not revoked, not expired); false too
+    /// when the store cannot say.
+    pub(crate) async fn credential_live(&self, id: &str) -> bool {
+        match self.store().credential(id).await {
+            Ok(c) => c.revoked_at.is_none() && c.expires_at.is_none_or(|exp| exp > now_ms()),
+            Err(e) => {
+                if !matches!(e, StoreError::NotFound) {
+                    tracing::warn!(error = ?e, "cannot read a credential");
+                }
+                false
+            }
+        }
+    }
+
+    /// The role `session_id` is shared with `owner_id` at now, if it is (`None` too when
+    /// the store cannot say).
+    pub(crate) async fn share_role(&self, session_id: &str, owner_id: &str) -> Option<Role> {
+        self.store()
+            .session_share(session_id, owner_id)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = ?e, "cannot read a share");
+                None
+            })
+    }
+
     /// The owners one of the caller's sessions is shared with.
     pub(crate) async fn session_shares(
         &self,

@@ -18,6 +18,9 @@ use crate::state::{Access, AppState};
 pub(crate) const CLOSE_SESSION_GONE: u16 = 4001;
 /// Close code: the credential may not reach this session (permanent).
 pub(crate) const CLOSE_UNAUTHORIZED: u16 = 4003;
+/// Close code: reconnect at once, what this connection may do changed (a share's
+/// role); "service restart" in RFC 6455's registry, which clients retry.
+pub(crate) const CLOSE_RECONNECT: u16 = 1012;
 /// Close code: the server is going away; clients reconnect.
 pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code: the server failed.

@@ -11,7 +11,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use switchboard_store::Session;
 
-use super::{close, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SESSION_GONE, CLOSE_UNAUTHORIZED};
+use super::{
+    close, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_RECONNECT, CLOSE_SESSION_GONE,
+    CLOSE_UNAUTHORIZED,
+};
 use crate::auth::Principal;
 use crate::error::{ApiError, Path, Query};
 use crate::log::{self, Audience, End, Follower};
@@ -62,6 +65,8 @@ pub(crate) async fn upgrade(
 /// a session shared with its owner, the share's end or change.
 struct Watches {
     credential: Option<Watch>,
+    /// The stored credential's id, to tell a revocation from a role change.
+    credential_id: Option<String>,
     share: Option<Watch>,
 }
 
@@ -79,6 +84,7 @@ async fn authorize(
     let share = shared.map(|role| state.watch_share(&session.id, principal.owner_id(), role));
     let watches = Watches {
         credential: state.watch_revocation(credential.as_ref()),
+        credential_id: credential.as_ref().map(|(_, id)| id.clone()),
         share,
     };
     Ok((session, watches, principal))
@@ -136,8 +142,25 @@ async fn run(
                     Some(Ok(_)) => {}
                     Some(Err(_)) => return Ok(()),
                 },
-                _ = revocation::revoked(watches.credential.as_ref()) => return Err(Ended(CLOSE_UNAUTHORIZED, "credential revoked".into())),
-                _ = revocation::revoked(watches.share.as_ref()) => return Err(Ended(CLOSE_UNAUTHORIZED, "share revoked or changed".into())),
+                _ = revocation::revoked(watches.credential.as_ref()) => {
+                    // Revoked, or its role changed: then the viewer comes back with it.
+                    let live = match &watches.credential_id {
+                        Some(id) => state.credential_live(id).await,
+                        None => false,
+                    };
+                    return Err(if live {
+                        Ended(CLOSE_RECONNECT, "role changed; reconnect".into())
+                    } else {
+                        Ended(CLOSE_UNAUTHORIZED, "credential revoked".into())
+                    });
+                }
+                _ = revocation::revoked(watches.share.as_ref()) => {
+                    // Ended, or changed: then the viewer comes back with its new role.
+                    return Err(match state.share_role(&session.id, principal.owner_id()).await {
+                        Some(_) => Ended(CLOSE_RECONNECT, "share changed; reconnect".into()),
+                        None => Ended(CLOSE_UNAUTHORIZED, "share ended".into()),
+                    });
+                }
                 _ = state.shutdown().wait() => return Err(Ended(CLOSE_GOING_AWAY, "server shutting down".into())),
             }
         }

@@ -413,6 +413,29 @@ async fn revoking_one_device_closes_its_sockets_and_leaves_the_others_alone() ->
     };
     assert_eq!(me(phone.clone()).await?, 401);
     assert_eq!(me(laptop.clone()).await?, 200);
+    // A role change is not a revocation: the laptop's socket is asked to reconnect
+    // (1012), and it does, with the new role.
+    let laptop_id = find("Firefox on Linux")?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (status, _) = admin_send(
+        &server,
+        reqwest::Method::PATCH,
+        &format!("/v1/devices/{laptop_id}"),
+        Some(json!({"role": "viewer"})),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        close_code(&mut laptop_socket, Duration::from_secs(2)).await,
+        Some(1012)
+    );
+    let mut again = viewer_socket(&server, &d.session_id, None, Some(&laptop)).await?;
+    assert_eq!(
+        close_code(&mut again, Duration::from_millis(500)).await,
+        None
+    );
     // The audit log says who revoked it, and the list no longer has it.
     let audit = admin_get(&server, "/v1/audit").await?;
     let entry = audit["data"]
@@ -1002,9 +1025,10 @@ async fn a_shared_session_reaches_the_other_owner_at_the_shared_role_until_unsha
     let (status, _) = send_as(&server, &bob, Method::GET, &shares, None).await?;
     assert_eq!(status, 403);
 
-    // Raised to driver: bob's open socket closes (it reconnects with the new role), his
-    // admin key prompts (stored, and in alice's audit log under his key), and his
-    // viewer key still cannot: a share never raises a credential's own role.
+    // Raised to driver: bob's open socket is asked to reconnect (1012, "service
+    // restart": it comes back with the new role), his admin key prompts (stored, and in
+    // alice's audit log under his key), and his viewer key still cannot: a share never
+    // raises a credential's own role.
     let (status, _) = admin_send(
         &server,
         Method::PUT,
@@ -1015,7 +1039,7 @@ async fn a_shared_session_reaches_the_other_owner_at_the_shared_role_until_unsha
     assert_eq!(status, 200);
     assert_eq!(
         close_code(&mut watching, Duration::from_secs(5)).await,
-        Some(4003)
+        Some(1012)
     );
     let (status, body) = send_as(
         &server,
