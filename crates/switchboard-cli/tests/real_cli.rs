@@ -215,6 +215,21 @@ enum Mode {
     StreamJson,
 }
 
+/// Gives the CLI under test a scratch `HOME`, none of the caller's own Claude Code
+/// settings, no telemetry or updates, and the fake model.
+fn isolate(command: &mut tokio::process::Command, home: &std::path::Path, model: &FakeAnthropic) {
+    for name in CALLER_SETTINGS {
+        command.env_remove(name);
+    }
+    command
+        .env("HOME", home)
+        .env("DISABLE_TELEMETRY", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("ANTHROPIC_API_KEY", "sk-test-dummy")
+        .env("ANTHROPIC_BASE_URL", model.base_url());
+}
+
 async fn official_cli_scenario(release: Release, mode: Mode, plane: &str) -> anyhow::Result<()> {
     let claude = claude_program(release).context("no claude program")?;
     let claude = claude.display().to_string();
@@ -245,16 +260,7 @@ async fn official_cli_scenario(release: Release, mode: Mode, plane: &str) -> any
             ]);
         }
     }
-    for name in CALLER_SETTINGS {
-        command.env_remove(name);
-    }
-    command
-        .env("HOME", home.path())
-        .env("DISABLE_TELEMETRY", "1")
-        .env("DISABLE_AUTOUPDATER", "1")
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("ANTHROPIC_API_KEY", "sk-test-dummy")
-        .env("ANTHROPIC_BASE_URL", model.base_url());
+    isolate(&mut command, home.path(), &model);
     let mut bridge = Bridge::spawn(command)?;
     let session_id = bridge.session_id().await?;
     if let Mode::Auto { native } = mode {
@@ -389,16 +395,7 @@ async fn official_cli_policy_scenario(release: Release) -> anyhow::Result<()> {
     let workdir = tempfile::tempdir()?;
     let mut command = served.bridge(workdir.path());
     command.args(["--plane", "v1", "--claude", &claude]);
-    for name in CALLER_SETTINGS {
-        command.env_remove(name);
-    }
-    command
-        .env("HOME", home.path())
-        .env("DISABLE_TELEMETRY", "1")
-        .env("DISABLE_AUTOUPDATER", "1")
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("ANTHROPIC_API_KEY", "sk-test-dummy")
-        .env("ANTHROPIC_BASE_URL", model.base_url());
+    isolate(&mut command, home.path(), &model);
     let mut bridge = Bridge::spawn(command)?;
     let session_id = bridge.session_id().await?;
     let mut viewer = Viewer::connect(&served, &session_id).await?;
