@@ -5,49 +5,14 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
-use support::{switchboard, testkit_bin, Bridge, Served, Viewer, TOOL_FILE};
+use support::{
+    add_rule, at_server, policy_story, switchboard, testkit_bin, Bridge, Served, Viewer, TOOL_FILE,
+};
 
 /// How long one step may take.
 const STEP: Duration = Duration::from_secs(20);
-
-/// Runs `switchboard ARGS --data-dir DATA` and returns its stdout.
-async fn at_server(data: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = switchboard()
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "switchboard {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-/// `policy add …`; returns the new rule's id.
-async fn add_rule(data: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let mut all = vec!["policy", "add"];
-    all.extend_from_slice(args);
-    let out = at_server(data, &all).await?;
-    out.trim()
-        .strip_prefix("Added ")
-        .map(str::to_string)
-        .ok_or_else(|| anyhow::anyhow!("unexpected output: {out}"))
-}
-
-fn is_result(m: &Value) -> bool {
-    m["type"] == "result"
-}
-
-fn is_request(m: &Value) -> bool {
-    m["type"] == "control_request" && m["request"]["subtype"] == "can_use_tool"
-}
 
 #[tokio::test]
 async fn rules_answer_the_fake_agents_permission_requests_and_the_audit_log_says_which(
@@ -67,75 +32,11 @@ async fn rules_answer_the_fake_agents_permission_requests_and_the_audit_log_says
     let mut bridge = Bridge::spawn(command)?;
     let session_id = bridge.session_id().await?;
     let mut viewer = Viewer::connect(&served, &session_id).await?;
-    let marker = workdir.path().join(TOOL_FILE);
 
-    // Allow: the tool runs with nobody answering.
-    viewer.prompt("please USE_TOOL").await?;
-    let request = viewer
-        .expect("a permission request", STEP, is_request)
-        .await?;
-    let answer = viewer
-        .expect("the rule's answer", STEP, |m| {
-            m["type"] == "control_response" && m["response"]["request_id"] == request["request_id"]
-        })
-        .await?;
-    assert_eq!(
-        answer["response"]["response"]["behavior"], "allow",
-        "{answer}"
-    );
-    viewer
-        .expect("the allowed turn's result", STEP, is_result)
-        .await?;
-    assert!(marker.exists(), "the allowed tool did not run");
-    std::fs::remove_file(&marker)?;
+    // Act and assert: allow, deny and the timeout, each in the audit log with its rule.
+    policy_story(&mut viewer, data, workdir.path(), &session_id, &allow, STEP).await?;
 
-    // Deny: a rule put first refuses it; the tool does not run.
-    let deny = add_rule(data, &["Bash", "deny", "--pattern", "touch", "--first"]).await?;
-    viewer.prompt("please USE_TOOL again").await?;
-    let denied = viewer
-        .expect("the denied turn's result", STEP, is_result)
-        .await?;
-    assert!(!marker.exists(), "the denied tool ran");
-    assert!(
-        denied["permission_denials"]
-            .as_array()
-            .is_some_and(|d| !d.is_empty()),
-        "{denied}"
-    );
-
-    // Timeout: without rules, with a 1 s timeout, the request waits for a person, then
-    // gets the default (deny, since the default is to ask).
-    at_server(data, &["policy", "remove", &deny]).await?;
-    at_server(data, &["policy", "remove", &allow]).await?;
-    at_server(data, &["policy", "default", "ask", "--timeout", "1"]).await?;
-    viewer.prompt("please USE_TOOL a third time").await?;
-    viewer
-        .expect("a permission request", STEP, is_request)
-        .await?;
-    let timed_out = viewer
-        .expect("the timed-out turn's result", STEP, is_result)
-        .await?;
-    assert!(!marker.exists(), "the tool ran without an answer");
-    assert!(
-        timed_out["permission_denials"]
-            .as_array()
-            .is_some_and(|d| !d.is_empty()),
-        "{timed_out}"
-    );
-
-    // The audit log, from the command line: each answer and the rule that gave it, and
-    // the rule changes made at the server.
-    let log = at_server(data, &["audit", "--json", "--session", &session_id]).await?;
-    let entries: Vec<Value> = log
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
-    let rules: Vec<&str> = entries
-        .iter()
-        .filter(|e| e["action"] == "permission.answer")
-        .filter_map(|e| e["detail"]["rule"].as_str())
-        .collect();
-    assert_eq!(rules, ["timeout", deny.as_str(), allow.as_str()], "{log}");
+    // The rule changes made at the server are in the audit log too, by the CLI.
     let all = at_server(data, &["audit", "--json"]).await?;
     assert!(
         all.lines()

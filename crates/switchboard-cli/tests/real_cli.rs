@@ -347,50 +347,26 @@ fn todays_cli_runs_under_the_relay_the_bridge_picks_on_the_v2_plane() -> anyhow:
     )
 }
 
-/// Runs `switchboard ARGS --data-dir DATA` at the server and returns its stdout.
-async fn at_server(data: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = support::switchboard()
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "switchboard {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 /// The approval policy with the official CLI (issue 16): rules made at the server answer
 /// its permission requests with nobody at a viewer (allow: the tool runs; deny: it does
 /// not), a request no rule answers gets the default after the timeout, and the audit log
 /// names the rule behind each answer.
 async fn official_cli_policy_scenario(release: Release) -> anyhow::Result<()> {
-    use serde_json::Value;
-    use support::TOOL_FILE;
-    let is_result = |m: &Value| m["type"] == "result";
-    let is_request =
-        |m: &Value| m["type"] == "control_request" && m["request"]["subtype"] == "can_use_tool";
     let claude = claude_program(release).context("no claude program")?;
     let claude = claude.display().to_string();
     let model = FakeAnthropic::start().await?;
     let served = Served::start().await?;
     let data = served.data.path();
-    let allow = at_server(
+    let allow = support::add_rule(
         data,
         &[
-            "policy",
-            "add",
             "Bash",
             "allow",
             "--pattern",
-            &format!("touch {TOOL_FILE}"),
+            &format!("touch {}", support::TOOL_FILE),
         ],
     )
     .await?;
-    let allow = allow.trim().trim_start_matches("Added ").to_string();
     let home = tempfile::tempdir()?;
     let workdir = tempfile::tempdir()?;
     let mut command = served.bridge(workdir.path());
@@ -399,90 +375,10 @@ async fn official_cli_policy_scenario(release: Release) -> anyhow::Result<()> {
     let mut bridge = Bridge::spawn(command)?;
     let session_id = bridge.session_id().await?;
     let mut viewer = Viewer::connect(&served, &session_id).await?;
-    let marker = workdir.path().join(TOOL_FILE);
-    let output = |bridge: &Bridge| format!("the bridge printed:\n{}", bridge.output());
 
-    // Allow: the rule answers at once and the tool runs.
-    viewer.prompt("please USE_TOOL").await?;
-    let request = viewer
-        .expect("a permission request", STEP, is_request)
+    support::policy_story(&mut viewer, data, workdir.path(), &session_id, &allow, STEP)
         .await
-        .with_context(|| output(&bridge))?;
-    let answer = viewer
-        .expect("the rule's answer", STEP, |m| {
-            m["type"] == "control_response" && m["response"]["request_id"] == request["request_id"]
-        })
-        .await?;
-    assert_eq!(
-        answer["response"]["response"]["behavior"], "allow",
-        "{answer}"
-    );
-    viewer
-        .expect("the allowed turn's result", STEP, is_result)
-        .await
-        .with_context(|| output(&bridge))?;
-    anyhow::ensure!(marker.exists(), "the allowed tool did not run");
-    std::fs::remove_file(&marker)?;
-
-    // Deny: a rule put first refuses it; the tool does not run.
-    let deny = at_server(
-        data,
-        &[
-            "policy",
-            "add",
-            "Bash",
-            "deny",
-            "--pattern",
-            "touch",
-            "--first",
-        ],
-    )
-    .await?;
-    let deny = deny.trim().trim_start_matches("Added ").to_string();
-    viewer.prompt("please USE_TOOL again").await?;
-    let denied = viewer
-        .expect("the denied turn's result", STEP, is_result)
-        .await
-        .with_context(|| output(&bridge))?;
-    anyhow::ensure!(!marker.exists(), "the denied tool ran");
-    assert!(
-        denied["permission_denials"]
-            .as_array()
-            .is_some_and(|d| !d.is_empty()),
-        "{denied}"
-    );
-
-    // Ask, with a timeout: nobody answers, so after a second the default (deny) does.
-    at_server(data, &["policy", "remove", &deny]).await?;
-    at_server(data, &["policy", "remove", &allow]).await?;
-    at_server(data, &["policy", "default", "ask", "--timeout", "1"]).await?;
-    viewer.prompt("please USE_TOOL a third time").await?;
-    viewer
-        .expect("a permission request", STEP, is_request)
-        .await?;
-    let timed_out = viewer
-        .expect("the timed-out turn's result", STEP, is_result)
-        .await
-        .with_context(|| output(&bridge))?;
-    anyhow::ensure!(!marker.exists(), "the tool ran without an answer");
-    assert!(
-        timed_out["permission_denials"]
-            .as_array()
-            .is_some_and(|d| !d.is_empty()),
-        "{timed_out}"
-    );
-
-    // The audit log names the rule behind each answer, newest first.
-    let log = at_server(data, &["audit", "--json", "--session", &session_id]).await?;
-    let rules: Vec<String> = log
-        .lines()
-        .map(serde_json::from_str::<Value>)
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .filter(|e| e["action"] == "permission.answer")
-        .filter_map(|e| e["detail"]["rule"].as_str().map(str::to_string))
-        .collect();
-    assert_eq!(rules, ["timeout", deny.as_str(), allow.as_str()], "{log}");
+        .with_context(|| format!("the bridge printed:\n{}", bridge.output()))?;
 
     viewer
         .control(serde_json::json!({"subtype": "end_session"}))

@@ -561,6 +561,119 @@ pub async fn scenario(
     Ok(slow_uuid)
 }
 
+/// Runs `switchboard ARGS --data-dir DATA` at the server and returns its stdout.
+pub async fn at_server(data: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = switchboard()
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "switchboard {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `switchboard policy add ARGS` at the server; returns the new rule's id.
+pub async fn add_rule(data: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let mut all = vec!["policy", "add"];
+    all.extend_from_slice(args);
+    let out = at_server(data, &all).await?;
+    out.trim()
+        .strip_prefix("Added ")
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("unexpected output: {out}"))
+}
+
+/// The approval policy's story, driven by a viewer that never answers, for an agent
+/// whose session started with the rule `allow` (`Bash` `touch TOOL_FILE`) in place:
+/// that rule answers a permission request and the tool runs; a `deny` rule put first
+/// refuses it; with no rules and a 1 s timeout, the default (deny) answers; and the
+/// audit log names the rule behind each answer. Returns the deny rule's id. `workdir` is
+/// where the agent runs.
+pub async fn policy_story(
+    viewer: &mut Viewer,
+    data: &Path,
+    workdir: &Path,
+    session_id: &str,
+    allow: &str,
+    step: Duration,
+) -> anyhow::Result<String> {
+    let marker = workdir.join(TOOL_FILE);
+
+    // Allow: the tool runs with nobody answering.
+    viewer.prompt("please USE_TOOL").await?;
+    let request = viewer
+        .expect("a permission request", step, is_permission_request)
+        .await?;
+    let answer = viewer
+        .expect("the rule's answer", step, |m| {
+            m["type"] == "control_response" && m["response"]["request_id"] == request["request_id"]
+        })
+        .await?;
+    assert_eq!(
+        answer["response"]["response"]["behavior"], "allow",
+        "{answer}"
+    );
+    viewer
+        .expect("the allowed turn's result", step, is_result)
+        .await?;
+    anyhow::ensure!(marker.exists(), "the allowed tool did not run");
+    std::fs::remove_file(&marker)?;
+
+    // Deny: a rule put first refuses it; the tool does not run.
+    let deny = add_rule(data, &["Bash", "deny", "--pattern", "touch", "--first"]).await?;
+    viewer.prompt("please USE_TOOL again").await?;
+    let denied = viewer
+        .expect("the denied turn's result", step, is_result)
+        .await?;
+    anyhow::ensure!(!marker.exists(), "the denied tool ran");
+    assert!(
+        denied["permission_denials"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty()),
+        "{denied}"
+    );
+
+    // Timeout: without rules, with a 1 s timeout, the request waits for a person, then
+    // gets the default (deny, since the default is to ask).
+    at_server(data, &["policy", "remove", &deny]).await?;
+    at_server(data, &["policy", "remove", allow]).await?;
+    at_server(data, &["policy", "default", "ask", "--timeout", "1"]).await?;
+    viewer.prompt("please USE_TOOL a third time").await?;
+    viewer
+        .expect("a permission request", step, is_permission_request)
+        .await?;
+    let timed_out = viewer
+        .expect("the timed-out turn's result", step, is_result)
+        .await?;
+    anyhow::ensure!(!marker.exists(), "the tool ran without an answer");
+    assert!(
+        timed_out["permission_denials"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty()),
+        "{timed_out}"
+    );
+
+    // The audit log, from the command line: each answer and the rule that gave it,
+    // newest first.
+    let log = at_server(data, &["audit", "--json", "--session", session_id]).await?;
+    let entries: Vec<Value> = log
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let rules: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["action"] == "permission.answer")
+        .filter_map(|e| e["detail"]["rule"].as_str())
+        .collect();
+    assert_eq!(rules, ["timeout", deny.as_str(), allow], "{log}");
+    Ok(deny)
+}
+
 /// After the scenario: waits for the bridge to see the agent end, then checks the
 /// session's history and that the bridge archived the session.
 pub async fn check_end(
