@@ -94,12 +94,10 @@ pub(crate) struct Baseline {
 /// Where a Switchboard server is and how to reach it.
 #[derive(Clone)]
 pub(crate) struct Switchboard {
-    /// The first node: where sessions are created.
-    http: String,
     /// Every node of the system (one unless several share a PostgreSQL database), as
-    /// `http://127.0.0.1:PORT`. Session `i`'s worker connects to node `i mod N` and its
-    /// viewers to the next node, so with two nodes every message crosses between them;
-    /// work polls go to the last node.
+    /// `http://127.0.0.1:PORT`. Sessions are created on the first; session `i`'s worker
+    /// connects to node `i mod N` and its viewers to the next node, so with two nodes
+    /// every message crosses between them; work polls go to the last node.
     nodes: Arc<Vec<String>>,
     /// Which node the next session's worker connects to.
     next_node: Arc<std::sync::atomic::AtomicUsize>,
@@ -205,9 +203,7 @@ impl System {
             .iter()
             .map(|n| n.trim_end_matches('/').to_string())
             .collect();
-        let http = nodes.first().cloned().unwrap_or_default();
         System::Switchboard(Switchboard {
-            http,
             nodes: Arc::new(nodes),
             next_node: Arc::default(),
             token: token.to_string(),
@@ -464,7 +460,7 @@ impl Switchboard {
         };
         let response: RegisterEnvironmentResponse = self
             .post_json(
-                &format!("{}/v1/environments/bridge", self.http),
+                &format!("{}/v1/environments/bridge", self.node(0)),
                 &self.token,
                 &request,
             )
@@ -483,7 +479,7 @@ impl Switchboard {
 
     /// Where work polls go: the last node (with several, not where sessions are made).
     fn poll_node(&self) -> &str {
-        self.nodes.last().map_or(&self.http, String::as_str)
+        self.node(self.nodes.len().saturating_sub(1))
     }
 
     /// The value of a gauge or counter on `/metrics` of the node that takes work polls.
@@ -495,7 +491,7 @@ impl Switchboard {
     pub(crate) async fn create_session(&self, env: &Environment) -> anyhow::Result<()> {
         let _: Value = self
             .post_json(
-                &format!("{}/v1/sessions", self.http),
+                &format!("{}/v1/sessions", self.node(0)),
                 &self.token,
                 &json!({"environment_id": env.id, "title": "bench"}),
             )
@@ -538,7 +534,9 @@ impl Switchboard {
             .post_json(
                 &format!(
                     "{}/v1/environments/{}/work/{}/ack",
-                    self.http, env.id, work.id
+                    self.node(0),
+                    env.id,
+                    work.id
                 ),
                 &token,
                 &json!({}),
@@ -568,7 +566,7 @@ impl Switchboard {
     async fn code_session(&self) -> anyhow::Result<Session> {
         let created: Value = self
             .post_json(
-                &format!("{}/v1/code/sessions", self.http),
+                &format!("{}/v1/code/sessions", self.node(0)),
                 &self.token,
                 &json!({"title": "bench"}),
             )
@@ -580,7 +578,7 @@ impl Switchboard {
             .to_string();
         let bridge: Value = self
             .post_json(
-                &format!("{}/v1/code/sessions/{id}/bridge", self.http),
+                &format!("{}/v1/code/sessions/{id}/bridge", self.node(0)),
                 &self.token,
                 &json!({}),
             )

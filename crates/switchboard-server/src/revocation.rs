@@ -16,7 +16,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 /// new role, if any). Credential ids never contain `:`, so the two kinds of key cannot
 /// meet.
 pub(crate) fn share_key(session_id: &str, owner_id: &str, role: Role) -> String {
-    format!("share:{session_id}:{owner_id}:{}", role.as_str())
+    format!("{}:{}", share_prefix(session_id, owner_id), role.as_str())
 }
 
 /// What names every connection opened through a share of `session_id` with `owner_id`,
@@ -148,7 +148,7 @@ impl Revocations {
                 continue;
             }
             let dead = match store.credential(&id).await {
-                Ok(c) => c.revoked_at.is_some() || c.expires_at.is_some_and(|exp| exp <= now),
+                Ok(c) => !c.is_live(now),
                 Err(StoreError::NotFound) => true,
                 Err(e) => {
                     tracing::warn!(error = ?e, "cannot check a credential for revocation");

@@ -375,6 +375,9 @@ impl AppState {
     /// viewer's side of a session (reading it, its viewer socket, prompts and answers,
     /// title and archive) is reachable through a share; its worker plane stays its
     /// owner's. Also returns the share's role when the caller came in through one.
+    /// Handlers check their capability before this (the credential's own role refuses
+    /// before anything is read) and again after it where a share could narrow the role
+    /// below what they need (every share reads, so `Read` needs no second check).
     pub(crate) async fn authorize_session_or_share(
         &self,
         principal: &mut Principal,

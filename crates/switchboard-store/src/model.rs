@@ -83,6 +83,13 @@ pub struct Credential {
     pub role: Role,
 }
 
+impl Credential {
+    /// Neither revoked nor expired at `now`.
+    pub fn is_live(&self, now: Millis) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|exp| exp > now)
+    }
+}
+
 /// A registered bridge environment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Environment {

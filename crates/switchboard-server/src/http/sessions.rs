@@ -57,7 +57,6 @@ pub(crate) async fn get(
     let (session, _) = state
         .authorize_session_or_share(&mut principal, &id, Access::OwnerOnly)
         .await?;
-    principal.require(Capability::Read)?;
     let mut resource = state.describe(&session).await?;
     resource.shared_role = AppState::shared_role(&principal, &session).map(|r| r.as_str().into());
     Ok(axum::Json(resource))

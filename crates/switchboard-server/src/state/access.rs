@@ -402,7 +402,7 @@ impl AppState {
     /// when the store cannot say.
     pub(crate) async fn credential_live(&self, id: &str) -> bool {
         match self.store().credential(id).await {
-            Ok(c) => c.revoked_at.is_none() && c.expires_at.is_none_or(|exp| exp > now_ms()),
+            Ok(c) => c.is_live(now_ms()),
             Err(e) => {
                 if !matches!(e, StoreError::NotFound) {
                     tracing::warn!(error = ?e, "cannot read a credential");
